@@ -1,0 +1,46 @@
+// The few CUDA runtime functions the loader needs, looked up at run time.
+//
+// We never link libcudart: the library torch already loaded is found in the process
+// (or, failing that, dlopen'ed by its usual names), so one build of the extension
+// serves every torch/CUDA version and machines without CUDA.
+#pragma once
+#include <cstddef>
+
+namespace flash {
+
+using cudaStream = void*;
+using cudaEvent = void*;
+
+struct CudaApi {
+  int (*SetDevice)(int);
+  int (*GetDevice)(int*);
+  int (*StreamCreateWithFlags)(cudaStream*, unsigned);
+  int (*StreamDestroy)(cudaStream);
+  int (*StreamSynchronize)(cudaStream);
+  int (*EventCreateWithFlags)(cudaEvent*, unsigned);
+  int (*EventDestroy)(cudaEvent);
+  int (*EventRecord)(cudaEvent, cudaStream);
+  int (*EventSynchronize)(cudaEvent);
+  int (*MemcpyAsync)(void*, const void*, size_t, int, cudaStream);
+  int (*HostAlloc)(void**, size_t, unsigned);
+  int (*FreeHost)(void*);
+  const char* (*GetErrorString)(int);
+};
+
+constexpr int kMemcpyHostToDevice = 1;
+constexpr unsigned kStreamNonBlocking = 1;
+constexpr unsigned kEventDisableTiming = 2;
+
+// The runtime's function table; throws CudaError naming what is missing.
+const CudaApi& cuda_api();
+
+// True when a CUDA runtime can be found (does not initialise CUDA).
+bool cuda_runtime_available();
+
+// The path of the runtime library in use ("" when none).
+const char* cuda_runtime_path();
+
+// Throws CudaError("<what>: <cuda message>") when status is not cudaSuccess.
+void cuda_check(int status, const char* what);
+
+}  // namespace flash

@@ -1,0 +1,234 @@
+#include "loader.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <thread>
+
+#include "crc32c.h"
+#include "cuda_api.h"
+#include "errors.h"
+#include "pinned_pool.h"
+
+namespace flash {
+namespace {
+
+// Remembers the first error any worker hit and tells the others to stop.
+class FirstError {
+ public:
+  void set(const std::string& message, bool is_cuda) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!failed_.exchange(true)) {
+      message_ = message;
+      is_cuda_ = is_cuda;
+    }
+  }
+  bool failed() const { return failed_.load(std::memory_order_relaxed); }
+  void rethrow() const {
+    if (!failed_) return;
+    if (is_cuda_) throw CudaError(message_);
+    throw IoError(message_);
+  }
+
+ private:
+  std::mutex mu_;
+  std::atomic<bool> failed_{false};
+  std::string message_;
+  bool is_cuda_ = false;
+};
+
+// Runs fn(worker_index) on n new threads and joins them all, even when one throws.
+// The caller's thread is never used: workers call cudaSetDevice, which must not leak
+// into the Python thread that torch tracks.
+template <typename Fn>
+void run_workers(int n, FirstError& error, Fn fn) {
+  auto guarded = [&](int w) {
+    try {
+      fn(w);
+    } catch (const CudaError& e) {
+      error.set(e.what(), true);
+    } catch (const std::exception& e) {
+      error.set(e.what(), false);
+    }
+  };
+  std::vector<std::thread> threads;
+  threads.reserve(n);
+  for (int w = 0; w < n; ++w) threads.emplace_back(guarded, w);
+  for (auto& t : threads) t.join();
+}
+
+std::vector<ReadOp> split(const std::vector<ReadOp>& ops, uint64_t chunk) {
+  std::vector<ReadOp> out;
+  for (const ReadOp& op : ops) {
+    for (uint64_t done = 0; done < op.length; done += chunk) {
+      ReadOp piece = op;
+      piece.offset += done;
+      piece.dest += done;
+      piece.length = std::min(chunk, op.length - done);
+      out.push_back(piece);
+    }
+  }
+  return out;
+}
+
+// A worker's pinned staging buffer and the event marking its last copy done.
+struct StagingSlot {
+  void* buffer = nullptr;
+  int device = -1;  // device of the copy in flight, -1 when idle
+  std::map<int, cudaEvent> events;
+};
+
+// One worker's CUDA state: streams per device, two staging slots used in turn.
+class CudaStager {
+ public:
+  CudaStager(void* buffer_a, void* buffer_b) : cuda_(cuda_api()) {
+    slots_[0].buffer = buffer_a;
+    slots_[1].buffer = buffer_b;
+  }
+  ~CudaStager() {
+    for (auto& slot : slots_) {
+      if (slot.device >= 0) cuda_.EventSynchronize(slot.events[slot.device]);
+      for (auto& kv : slot.events) cuda_.EventDestroy(kv.second);
+    }
+    for (auto& kv : streams_) cuda_.StreamDestroy(kv.second);
+  }
+  CudaStager(const CudaStager&) = delete;
+  CudaStager& operator=(const CudaStager&) = delete;
+
+  // Waits until the next slot's previous copy has finished and returns its buffer.
+  void* next_buffer() {
+    StagingSlot& slot = slots_[turn_];
+    if (slot.device >= 0) {
+      cuda_check(cuda_.EventSynchronize(slot.events[slot.device]), "cudaEventSynchronize");
+      slot.device = -1;
+    }
+    return slot.buffer;
+  }
+
+  // Queues the copy of the current slot's buffer to `dest` and moves to the other slot.
+  void copy(uint64_t dest, uint64_t length, int device) {
+    StagingSlot& slot = slots_[turn_];
+    use_device(device);
+    cudaStream stream = stream_for(device);
+    cuda_check(cuda_.MemcpyAsync(reinterpret_cast<void*>(dest), slot.buffer, length,
+                                 kMemcpyHostToDevice, stream),
+               "cudaMemcpyAsync");
+    cudaEvent& event = slot.events[device];
+    if (!event) cuda_check(cuda_.EventCreateWithFlags(&event, kEventDisableTiming), "cudaEventCreate");
+    cuda_check(cuda_.EventRecord(event, stream), "cudaEventRecord");
+    slot.device = device;
+    turn_ ^= 1;
+  }
+
+  void finish() {
+    for (auto& kv : streams_) cuda_check(cuda_.StreamSynchronize(kv.second), "cudaStreamSynchronize");
+    for (auto& slot : slots_) slot.device = -1;
+  }
+
+ private:
+  void use_device(int device) {
+    if (device != current_device_) {
+      cuda_check(cuda_.SetDevice(device), "cudaSetDevice");
+      current_device_ = device;
+    }
+  }
+  cudaStream stream_for(int device) {
+    cudaStream& s = streams_[device];
+    if (!s) cuda_check(cuda_.StreamCreateWithFlags(&s, kStreamNonBlocking), "cudaStreamCreate");
+    return s;
+  }
+
+  const CudaApi& cuda_;
+  StagingSlot slots_[2];
+  int turn_ = 0;
+  int current_device_ = -1;
+  std::map<int, cudaStream> streams_;
+};
+
+// Returns pinned buffers to the pool when a load ends, however it ends.
+struct PinnedLease {
+  std::vector<void*> buffers;
+  ~PinnedLease() {
+    if (!buffers.empty()) PinnedPool::instance().release(buffers);
+  }
+};
+
+std::vector<std::unique_ptr<DataFile>> open_all(const std::vector<std::string>& paths, IoMode io) {
+  std::vector<std::unique_ptr<DataFile>> files;
+  files.reserve(paths.size());
+  for (const auto& p : paths) files.push_back(std::make_unique<DataFile>(p, io));
+  return files;
+}
+
+void check_file_indices(const std::vector<ReadOp>& ops, size_t n_files) {
+  for (const ReadOp& op : ops)
+    if (op.file >= n_files) throw IoError("plan refers to file #" + std::to_string(op.file) + " of " +
+                                          std::to_string(n_files));
+}
+
+}  // namespace
+
+void execute_plan(const std::vector<std::string>& paths, const std::vector<ReadOp>& ops,
+                  const LoadOptions& options) {
+  check_file_indices(ops, paths.size());
+  const uint64_t chunk = std::max<uint64_t>(kDirectAlign, options.chunk_bytes / kDirectAlign * kDirectAlign);
+  const std::vector<ReadOp> chunks = split(ops, chunk);
+  if (chunks.empty()) return;
+  const auto files = open_all(paths, options.io);
+  const int n_threads = static_cast<int>(std::clamp<size_t>(options.threads, 1, chunks.size()));
+  const bool any_cuda = std::any_of(chunks.begin(), chunks.end(), [](const ReadOp& c) { return c.device >= 0; });
+
+  PinnedLease pinned;
+  if (any_cuda) pinned.buffers = PinnedPool::instance().acquire(2 * n_threads, chunk);
+
+  std::atomic<size_t> next{0};
+  FirstError error;
+  run_workers(n_threads, error, [&](int w) {
+    std::unique_ptr<CudaStager> stager;
+    if (any_cuda) stager = std::make_unique<CudaStager>(pinned.buffers[2 * w], pinned.buffers[2 * w + 1]);
+    for (size_t i = next++; i < chunks.size() && !error.failed(); i = next++) {
+      const ReadOp& c = chunks[i];
+      const DataFile& file = *files[c.file];
+      if (c.device < 0) {
+        file.read(reinterpret_cast<void*>(c.dest), c.offset, c.length);
+      } else {
+        file.read(stager->next_buffer(), c.offset, c.length);
+        stager->copy(c.dest, c.length, c.device);
+      }
+    }
+    if (stager) stager->finish();
+  });
+  error.rethrow();
+}
+
+std::vector<uint32_t> checksum_ranges(const std::vector<std::string>& paths,
+                                      const std::vector<ReadOp>& ranges, int threads) {
+  check_file_indices(ranges, paths.size());
+  std::vector<uint32_t> out(ranges.size(), 0);
+  if (ranges.empty()) return out;
+  const auto files = open_all(paths, IoMode::Buffered);
+  const uint64_t piece = 8ull << 20;
+  std::atomic<size_t> next{0};
+  FirstError error;
+  const int n_threads = static_cast<int>(std::clamp<size_t>(threads, 1, ranges.size()));
+  run_workers(n_threads, error, [&](int) {
+    std::unique_ptr<char[]> buffer(new char[piece]);
+    for (size_t i = next++; i < ranges.size() && !error.failed(); i = next++) {
+      const ReadOp& r = ranges[i];
+      uint32_t crc = 0;
+      for (uint64_t done = 0; done < r.length; done += piece) {
+        const uint64_t n = std::min(piece, r.length - done);
+        files[r.file]->read(buffer.get(), r.offset + done, n);
+        crc = crc32c_extend(crc, buffer.get(), n);
+      }
+      out[i] = crc;
+    }
+  });
+  error.rethrow();
+  return out;
+}
+
+}  // namespace flash

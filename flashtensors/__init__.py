@@ -1,0 +1,37 @@
+"""flashtensors: load model weights onto GPUs and CPUs as fast as the hardware allows.
+
+Example:
+    >>> from flashtensors import flash
+    >>> flash.save_dict(model.state_dict(), "/models/m")
+    >>> state_dict = flash.load_dict("/models/m", {"": 0})
+"""
+
+from .errors import FlashChecksumError, FlashDeviceError, FlashError, FlashFormatError
+from .format import INDEX_FILENAME
+
+__version__ = "0.1.0"
+__all__ = ["flash", "FlashError", "FlashFormatError", "FlashChecksumError", "FlashDeviceError",
+           "INDEX_FILENAME", "patch_transformers"]
+
+
+def __getattr__(name):
+    # `flash` pulls in the loader and writer; import it on first use so that
+    # `import flashtensors` stays cheap (the vLLM plugin entry point imports us).
+    if name == "flash":
+        import importlib
+
+        return importlib.import_module(".flash", __name__)
+    raise AttributeError(f"module 'flashtensors' has no attribute {name!r}")
+
+
+def patch_transformers() -> None:
+    """Makes ``from_pretrained`` of every transformers model read flash checkpoints.
+
+    Example:
+        >>> import flashtensors
+        >>> flashtensors.patch_transformers()
+        >>> model = AutoModelForCausalLM.from_pretrained("/models/m-flash")
+    """
+    from .integrations.transformers import patch
+
+    patch()

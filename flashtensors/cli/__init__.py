@@ -1,0 +1,54 @@
+"""The ``flashtensors`` command. Each subcommand lives in its own module here and
+exposes ``register(subparsers)``; its parser's ``func`` returns the exit code."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import FlashError
+
+SUBCOMMANDS = ("convert", "info", "verify", "bench")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flashtensors",
+        description="Save, inspect, verify and benchmark flash checkpoints.",
+        epilog="Run `flashtensors COMMAND --help` for a command's options and an example.")
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"flashtensors {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (FlashError, OSError) as e:
+        print(f"flashtensors {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"flashtensors {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.filename and e.strerror:
+        return f"{e.filename}: {e.strerror}"
+    return " ".join(str(e).split())

@@ -1,0 +1,195 @@
+"""``flashtensors convert SRC DST``: turn safetensors or PyTorch weights into a flash checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from flashtensors import FlashError
+
+EXAMPLES = """\
+SRC may be:
+  a .safetensors file, a .bin/.pt/.pth PyTorch state dict (loaded with weights_only=True),
+  or a directory of them, such as a Hugging Face model directory (sharded or not).
+The weights are streamed one file at a time into DST. For a directory, its other top-level
+files (config.json, tokenizer files, ...) are copied too, so DST is a ready model directory.
+
+examples:
+  flashtensors convert ./Qwen3-0.6B ./Qwen3-0.6B-flash
+  flashtensors convert model.safetensors ./ckpt --dtype bfloat16
+  flashtensors convert pytorch_model.bin ./ckpt --overwrite --quiet
+"""
+
+# Floating dtypes ``--dtype`` accepts; integer and bool tensors are never cast.
+DTYPES = ("float16", "bfloat16", "float32", "float64")
+# Safetensors files are written in batches of about this many bytes, so the progress bar moves.
+BATCH_BYTES = 256 << 20
+
+
+class DestinationError(FlashError):
+    """DST cannot take the checkpoint: it is a file, or holds files that would be replaced."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``convert`` subcommand to the ``flashtensors`` parser."""
+    p = subparsers.add_parser(
+        "convert",
+        help="convert safetensors / PyTorch weights into a flash checkpoint",
+        description="Convert safetensors or PyTorch weights into a flash checkpoint in DST.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("src", metavar="SRC", help="weights file or model directory")
+    p.add_argument("dst", metavar="DST", help="directory to write the flash checkpoint (and copied files) into")
+    p.add_argument("--dtype", choices=DTYPES, help="cast floating-point tensors to this dtype")
+    p.add_argument("--overwrite", action="store_true", help="replace a checkpoint and files already in DST")
+    p.add_argument("--no-copy", action="store_true", help="write the weights only; do not copy config/tokenizer files")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``flashtensors convert`` with parsed ``args``; returns the exit code."""
+    summary = convert(
+        args.src,
+        args.dst,
+        dtype=args.dtype,
+        overwrite=args.overwrite,
+        copy_files=not args.no_copy,
+        progress=not args.quiet,
+    )
+    if not args.quiet:
+        print(summary)
+    return 0
+
+
+def convert(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    dtype: str | None = None,
+    overwrite: bool = False,
+    copy_files: bool = True,
+    progress: bool = True,
+) -> str:
+    """Convert the weights at ``src`` into a flash checkpoint at ``dst``; returns a one-line summary.
+
+    Weights are read and written one file at a time (safetensors files in batches of about
+    ``BATCH_BYTES``), so peak memory is about one weight file, not the whole model. The checkpoint
+    is committed only when every file converted; on an error nothing is left in ``dst``.
+
+    Args:
+        src: a ``.safetensors`` file, a ``.bin``/``.pt``/``.pth`` state dict, or a directory of them.
+        dst: directory for the checkpoint; a directory source's other top-level files are copied there.
+        dtype: name of a floating dtype (``"bfloat16"``, ...) to cast floating tensors to.
+        overwrite: replace an existing checkpoint and existing copies in ``dst``.
+        copy_files: copy a directory source's non-weight files (config, tokenizer, ...).
+        progress: show a progress bar in bytes on stderr (only when it is a terminal).
+
+    Raises:
+        flashtensors.sources.SourceError: ``src`` is missing, unreadable or unsupported.
+        FlashError: ``dst`` holds a checkpoint or files that would be replaced, without ``overwrite``.
+
+    Example:
+        >>> convert("Qwen3-0.6B/", "Qwen3-0.6B-flash/", dtype="bfloat16")  # doctest: +SKIP
+        'converted 311 tensors (1.50GB) from Qwen3-0.6B into Qwen3-0.6B-flash; copied 7 files'
+    """
+    import torch
+    from tqdm import tqdm
+
+    from flashtensors.sources import open_source
+    from flashtensors.writer import CheckpointWriter
+
+    source = open_source(src)
+    dst = Path(dst)
+    if dst.exists() and not dst.is_dir():
+        raise DestinationError(f"{dst}: exists and is not a directory")
+    extras = _extras_to_copy(source, dst, overwrite) if copy_files else []
+    cast_to = getattr(torch, dtype) if dtype else None
+
+    bar = tqdm(
+        total=source.nbytes,
+        unit="B",
+        unit_scale=True,
+        desc="convert",
+        file=sys.stderr,
+        disable=None if progress else True,  # None: only when stderr is a terminal
+    )
+    with bar, CheckpointWriter(dst, overwrite=overwrite) as writer:
+        n_tensors = _write_weights(source, writer, cast_to, bar)
+    for path in extras:
+        shutil.copy2(path, dst / path.name)
+
+    size = tqdm.format_sizeof(source.nbytes, "B")
+    summary = f"converted {n_tensors} tensors ({size}) from {source.path} into {dst}"
+    if extras:
+        summary += f"; copied {len(extras)} file{'s' if len(extras) > 1 else ''}"
+    if copy_files and source.skipped_dirs:
+        summary += f"; did not copy subdirectories: {', '.join(p.name for p in source.skipped_dirs)}"
+    return summary
+
+
+def _write_weights(source, writer, cast_to, bar) -> int:
+    """Stream every weight file of ``source`` into ``writer``; returns the number of tensors."""
+    from flashtensors.sources import SAFETENSORS_SUFFIXES, read_shard
+
+    n_tensors = 0
+    for shard in source.shards:
+        end = bar.n + shard.stat().st_size
+        # Safetensors files hold no shared tensors, so they can be split; pickles stay whole to keep ties.
+        limit = BATCH_BYTES if shard.name.endswith(SAFETENSORS_SUFFIXES) else None
+        for batch in _batches(read_shard(shard), limit):
+            read = sum(t.nbytes for t in batch.values())
+            writer.write(_cast(batch, cast_to) if cast_to is not None else batch)
+            n_tensors += len(batch)
+            bar.update(min(read, end - bar.n))
+        bar.update(end - bar.n)  # the file's header and padding
+    return n_tensors
+
+
+def _extras_to_copy(source, dst: Path, overwrite: bool) -> list[Path]:
+    """The extras to copy into ``dst``; refuses, before anything is written, to replace files."""
+    extras = [p for p in source.extras if not _same_file(p, dst / p.name)]
+    if not overwrite:
+        clashes = [p.name for p in extras if (dst / p.name).exists()]
+        if clashes:
+            raise DestinationError(
+                f"{dst}: already has {', '.join(clashes)}; pass --overwrite to replace"
+            )
+    return extras
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
+
+
+def _batches(tensors, limit: int | None):
+    """Group ``(name, tensor)`` pairs into dicts of about ``limit`` bytes (one dict if ``limit`` is None)."""
+    batch, size = {}, 0
+    for name, tensor in tensors:
+        if batch and limit is not None and size + tensor.nbytes > limit:
+            yield batch
+            batch, size = {}, 0
+        batch[name] = tensor
+        size += tensor.nbytes
+    if batch:
+        yield batch
+
+
+def _cast(batch: dict, dtype) -> dict:
+    """Cast floating tensors to ``dtype``; views of the same data stay shared."""
+    cast, out = {}, {}
+    for name, t in batch.items():
+        if not t.is_floating_point() or t.dtype == dtype:
+            out[name] = t
+            continue
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        if key not in cast:
+            cast[key] = t.to(dtype)
+        out[name] = cast[key]
+    return out

@@ -1,0 +1,68 @@
+"""Resolving a device_map: which device each tensor goes to.
+
+The rules follow accelerate/transformers: keys are name prefixes, a tensor matches key
+``k`` when its name equals ``k`` or starts with ``k + "."``, ``""`` matches everything,
+and the longest matching key wins. Values are a GPU index, ``"cuda:N"``, ``"cpu"`` or a
+``torch.device``. ``None`` means everything on the CPU.
+"""
+
+from __future__ import annotations
+
+from .errors import FlashDeviceError
+
+DEFAULT_DEVICE = "cpu"
+
+
+def normalize_device_map(device_map) -> dict:
+    """Returns ``{prefix: torch.device}`` with every device checked to exist here.
+
+    Example:
+        >>> normalize_device_map({"model.layers": 0, "lm_head": "cpu"})
+        {'model.layers': device(type='cuda', index=0), 'lm_head': device(type='cpu')}
+    """
+    import torch
+
+    if device_map is None:
+        device_map = DEFAULT_DEVICE
+    if not isinstance(device_map, dict):
+        device_map = {"": device_map}
+    out = {}
+    for key, value in device_map.items():
+        if not isinstance(key, str):
+            raise FlashDeviceError(f"device_map keys must be strings (name prefixes), got {key!r}")
+        out[key] = _to_device(value, key, torch)
+    return out
+
+
+def _to_device(value, key: str, torch):
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        device = torch.device("cuda", value) if isinstance(value, int) else torch.device(value)
+    except (TypeError, RuntimeError, ValueError):
+        raise FlashDeviceError(f"device_map[{key!r}] = {value!r} is not a device "
+                               "(use a GPU index, 'cuda:N', 'cpu' or a torch.device)") from None
+    if device.type == "cpu":
+        return torch.device("cpu")
+    if device.type != "cuda":
+        raise FlashDeviceError(f"device_map[{key!r}] = {value!r}: flashtensors loads to 'cpu' and 'cuda' devices")
+    if not torch.cuda.is_available():
+        raise FlashDeviceError(f"device_map[{key!r}] = {value!r}, but CUDA is not available on this machine")
+    index = torch.cuda.current_device() if device.index is None else device.index
+    if not 0 <= index < torch.cuda.device_count():
+        raise FlashDeviceError(f"device_map[{key!r}] = {value!r}, but this machine has "
+                               f"{torch.cuda.device_count()} CUDA device(s)")
+    return torch.device("cuda", index)
+
+
+def device_for(name: str, device_map: dict):
+    """The device of tensor ``name`` under a normalized map: the longest matching prefix."""
+    prefix = name
+    while True:
+        if prefix in device_map:
+            return device_map[prefix]
+        if not prefix:
+            raise FlashDeviceError(f"tensor {name!r} is not covered by the device_map "
+                                   f"(keys: {sorted(device_map)[:8]})")
+        cut = prefix.rfind(".")
+        prefix = prefix[:cut] if cut >= 0 else ""

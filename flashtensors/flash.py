@@ -1,0 +1,119 @@
+"""The public API: ``from flashtensors import flash``.
+
+Example:
+    >>> import torch
+    >>> from flashtensors import flash
+    >>> flash.save_dict({"weight": torch.randn(3, 3)}, "/tmp/m")
+    >>> sd = flash.load_dict("/tmp/m", {"": "cpu"})      # {"": 0} for the first GPU
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .checksums import verify as _verify
+from .format import INDEX_FILENAME, Index
+from .format import read_index as _read_index
+from .loader import load as _load
+from .writer import CheckpointWriter
+
+__all__ = ["save_dict", "load_dict", "verify", "read_index", "is_checkpoint"]
+
+
+def save_dict(state_dict, path, *, overwrite: bool = False, metadata: dict | None = None) -> None:
+    """Saves a state dict as a flash checkpoint in directory ``path``.
+
+    Tensors may live on any device (GPU tensors are copied out one at a time, never
+    the whole model at once). Tensors that share storage, such as tied embeddings,
+    are stored once and load back sharing storage; non-contiguous tensors and views
+    load back equal in values, dtype and shape. The save is atomic: if it fails or
+    the process dies, the checkpoint previously in ``path`` stays loadable.
+
+    Args:
+        state_dict: mapping of names (any strings) to torch.Tensor.
+        path: directory to write; created if missing. It may hold other files
+            (a model's config.json, tokenizer files): only the checkpoint's own
+            files are written or replaced.
+        overwrite: replace a flash checkpoint already in ``path``. Without it, an
+            existing checkpoint raises FlashError.
+        metadata: optional string-to-string pairs kept in the index.
+
+    Raises:
+        FlashError: bad input (a non-tensor value, an unsupported dtype, an existing
+            checkpoint without ``overwrite``), naming the tensor.
+
+    Example:
+        >>> flash.save_dict(model.state_dict(), "/models/m")
+    """
+    with CheckpointWriter(path, overwrite=overwrite, metadata=metadata) as writer:
+        writer.write(state_dict)
+
+
+def load_dict(path, device_map=None, *, verify: bool = False, threads: int | None = None) -> dict:
+    """Loads a flash checkpoint and returns ``{name: tensor}`` in saved order.
+
+    Each device gets one allocation holding all its tensors; the tensors are views into
+    it. GPU tensors are read through a small reusable ring of pinned host buffers and
+    copied while the next bytes are read; the page cache or the disk (O_DIRECT) is
+    chosen per piece, by whether the data is already cached.
+
+    Args:
+        path: the checkpoint directory.
+        device_map: where tensors go, as in accelerate/transformers: a dict from name
+            prefixes to devices (a tensor matches key ``k`` when its name is ``k`` or
+            starts with ``k + "."``; ``""`` matches all; the longest key wins), or one
+            device for everything. Devices are a GPU index, ``"cuda:N"``, ``"cpu"`` or a
+            ``torch.device``. Default: everything on ``"cpu"``.
+        verify: check every tensor's CRC-32C before loading (reads the data twice).
+        threads: I/O threads (default: between 4 and 16, by CPU count).
+
+    Raises:
+        FlashFormatError: the checkpoint is missing, invalid, truncated or corrupt.
+        FlashDeviceError: the device_map is invalid, leaves a tensor out, names a
+            device this machine lacks, or the tensors do not fit on their GPU.
+
+    Example:
+        >>> sd = flash.load_dict("/models/m", {"": 0})
+        >>> sd = flash.load_dict("/models/m", {"model.layers": 0, "lm_head": "cpu"})
+    """
+    if verify:
+        _verify(path, threads=threads)
+    return _load(path, device_map, threads=threads)
+
+
+def verify(path, *, threads: int | None = None) -> int:
+    """Recomputes every tensor's CRC-32C and compares it with the index.
+
+    Returns the number of tensors checked.
+
+    Raises:
+        FlashChecksumError: (a FlashFormatError) naming the mismatching tensors and files.
+        FlashFormatError: the checkpoint is missing, invalid or truncated.
+
+    Example:
+        >>> flash.verify("/models/m")
+        399
+    """
+    return _verify(path, threads=threads)
+
+
+def read_index(path) -> Index:
+    """The validated index of the checkpoint in ``path``: ``.tensors`` maps names to
+    entries (``dtype``, ``shape``, data ``file``, ``offset``, ``length``, ``crc32c``),
+    ``.files`` lists the data files, ``.metadata`` the saved metadata.
+
+    Example:
+        >>> flash.read_index("/models/m").tensors["weight"].shape
+        (3, 3)
+    """
+    return _read_index(path)
+
+
+def is_checkpoint(path) -> bool:
+    """Whether directory ``path`` holds a flash checkpoint (has an index file).
+
+    Example:
+        >>> flash.is_checkpoint("/models/m")
+        True
+    """
+    return (Path(path) / INDEX_FILENAME).is_file()

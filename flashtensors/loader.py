@@ -1,0 +1,115 @@
+"""Loading a flash checkpoint: resolve devices, plan, allocate once per device, read
+with the native core, hand back tensors as views."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from . import _native
+from .device_map import device_for, normalize_device_map
+from .errors import FlashDeviceError, FlashError, FlashFormatError
+from .format import ALIGNMENT, data_file_paths, read_index, torch_dtype
+from .plan import make_plan, read_ops
+
+log = logging.getLogger("flashtensors")
+
+CHUNK_BYTES = 16 << 20
+
+
+def default_threads() -> int:
+    """I/O threads per load: enough to keep a disk queue and the copy engines busy."""
+    return max(4, min(16, os.cpu_count() or 4))
+
+
+def load(path, device_map=None, *, threads: int | None = None, io: str = "auto") -> dict:
+    """See :func:`flashtensors.flash.load_dict`."""
+    import torch
+
+    started = time.perf_counter()
+    index = read_index(path)
+    paths = data_file_paths(path, index)
+    dmap = normalize_device_map(device_map)
+    devices = {name: device_for(name, dmap) for name in index.tensors}
+    dtypes = {e.dtype: torch_dtype(e.dtype) for e in index.tensors.values()}
+    plans = make_plan(index, devices)
+    _check_capacity(plans, path)
+
+    buffers, ops = {}, []
+    for plan in plans:
+        buffer, address = _allocate(plan.nbytes, plan.device)
+        buffers[plan.device] = (buffer, address - buffer.data_ptr())
+        code = -1 if plan.device.type == "cpu" else plan.device.index
+        ops.extend(read_ops(plan, address, code))
+    try:
+        _native.module().execute_plan(paths, ops, threads or default_threads(), CHUNK_BYTES, io)
+    except OSError as e:
+        raise FlashFormatError(f"{path}: reading the checkpoint failed: {e}") from None
+    except RuntimeError as e:
+        raise FlashError(f"{path}: copying the checkpoint to the GPU failed: {e}") from None
+
+    tensors = {}
+    for plan in plans:
+        buffer, shift = buffers[plan.device]
+        for region in plan.regions:
+            storage = _region_storage(buffer, shift + region.buffer_offset, region.nbytes)
+            for e in region.members:
+                tensors[e.name] = _view(storage, e.offset - region.start, e, dtypes[e.dtype])
+    out = {}
+    for name, e in index.tensors.items():
+        out[name] = tensors[name] if name in tensors else \
+            torch.empty(e.shape, dtype=dtypes[e.dtype], device=devices[name])
+    total = sum(p.nbytes for p in plans)
+    seconds = time.perf_counter() - started
+    log.debug("loaded %d tensors, %.2f GB from %s in %.3f s (%.2f GB/s)", len(out), total / 1e9, path,
+              seconds, total / 1e9 / max(seconds, 1e-9))
+    return out
+
+
+def _check_capacity(plans, path) -> None:
+    """Refuses, before reading a byte, a load that cannot fit on its GPU."""
+    import torch
+
+    for plan in plans:
+        if plan.device.type != "cuda":
+            continue
+        free, _ = torch.cuda.mem_get_info(plan.device)
+        reserved_free = torch.cuda.memory_reserved(plan.device) - torch.cuda.memory_allocated(plan.device)
+        if plan.nbytes > free + reserved_free:
+            raise FlashDeviceError(
+                f"{path}: needs {plan.nbytes / 2**30:.2f} GiB on {plan.device}, "
+                f"only {(free + reserved_free) / 2**30:.2f} GiB is free")
+
+
+def _allocate(nbytes: int, device):
+    """One buffer per device. Host buffers get ALIGNMENT slack so reads into them can
+    bypass the page cache (O_DIRECT needs aligned addresses). Returns (tensor, aligned address)."""
+    import torch
+
+    if device.type == "cpu":
+        buffer = torch.empty(nbytes + ALIGNMENT, dtype=torch.uint8)
+        address = -(-buffer.data_ptr() // ALIGNMENT) * ALIGNMENT
+        return buffer, address
+    buffer = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    # Our copies run on the core's own streams: let work already queued on torch's
+    # stream (which may still use this recycled memory) finish first.
+    torch.cuda.current_stream(device).synchronize()
+    return buffer, buffer.data_ptr()
+
+
+def _region_storage(buffer, offset: int, nbytes: int):
+    """A 1-D uint8 tensor over ``buffer[offset:offset+nbytes]`` with a storage of its own
+    (kept alive by, and keeping alive, the device buffer): tensors in different regions
+    do not share storage, so torch.save, safetensors and transformers treat them as the
+    separate tensors they were when saved."""
+    from torch.utils.dlpack import from_dlpack, to_dlpack
+
+    return from_dlpack(to_dlpack(buffer[offset:offset + nbytes]))
+
+
+def _view(storage, rel: int, entry, dtype):
+    data = storage[rel:rel + entry.length].view(dtype)
+    if entry.strides is None:
+        return data.view(entry.shape)
+    return data.as_strided(entry.shape, entry.strides)

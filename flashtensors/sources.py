@@ -1,0 +1,201 @@
+"""Read model weights in the formats ``flashtensors convert`` accepts, one file at a time.
+
+A *source* is what a user names as SRC:
+
+- one safetensors file (``model.safetensors``);
+- one PyTorch state dict (``*.bin``, ``*.pt``, ``*.pth``), loaded with ``weights_only=True``
+  so a hostile pickle is refused instead of run;
+- a directory of weight files, such as a Hugging Face model directory. Its weights are the
+  files named by ``model.safetensors.index.json``, else every ``*.safetensors``, else the files
+  named by ``pytorch_model.bin.index.json``, else ``pytorch_model*.bin``, else every
+  ``*.bin``/``*.pt``/``*.pth``. Its other top-level files (config, tokenizer, ...) are *extras*.
+
+Tensors come back lazily: safetensors files and zip-format PyTorch files are memory-mapped,
+so holding one file's tensors costs page cache, not process memory.
+
+Example:
+    >>> src = open_source("my-model/")                        # doctest: +SKIP
+    >>> for shard in src.shards:                              # doctest: +SKIP
+    ...     tensors = dict(read_shard(shard))
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import warnings
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from flashtensors import INDEX_FILENAME, FlashError
+
+SAFETENSORS_SUFFIXES = (".safetensors",)
+TORCH_SUFFIXES = (".bin", ".pt", ".pth")
+# Weight files of any framework: never copied as extras, since DST holds the weights in flash format.
+WEIGHT_SUFFIXES = SAFETENSORS_SUFFIXES + TORCH_SUFFIXES + (".ckpt", ".h5", ".msgpack", ".gguf", ".onnx", ".flash")
+INDEX_SUFFIX = ".index.json"
+
+
+class SourceError(FlashError):
+    """SRC is missing, unreadable, or not a format flashtensors can convert."""
+
+
+class UnsafePickleError(SourceError):
+    """A PyTorch file holds objects other than tensors, so it was not unpickled."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """The weight files of a source, in order, and the other files that travel with them.
+
+    Attributes:
+        path: the file or directory the user named.
+        shards: the weight files to read, in order.
+        extras: top-level non-weight files of a directory source (config, tokenizer, ...).
+        skipped_dirs: subdirectories of a directory source, which are not copied.
+    """
+
+    path: Path
+    shards: tuple[Path, ...]
+    extras: tuple[Path, ...] = ()
+    skipped_dirs: tuple[Path, ...] = ()
+
+    @property
+    def nbytes(self) -> int:
+        """Total size of the weight files on disk, in bytes."""
+        return sum(shard.stat().st_size for shard in self.shards)
+
+
+def open_source(path: str | Path) -> Source:
+    """Find the weight files (and, for a directory, the extras) of ``path``.
+
+    Raises:
+        SourceError: ``path`` does not exist, holds no weights, or has an unsupported type.
+
+    Example:
+        >>> open_source("model.safetensors").shards         # doctest: +SKIP
+        (PosixPath('model.safetensors'),)
+    """
+    path = Path(path)
+    if path.is_dir():
+        return _open_dir(path)
+    if not path.exists():
+        raise SourceError(f"{path}: no such file or directory")
+    if not path.is_file():
+        raise SourceError(f"{path}: not a regular file or directory")
+    if not path.name.endswith(SAFETENSORS_SUFFIXES + TORCH_SUFFIXES):
+        raise SourceError(f"{path}: unsupported input; expected {_accepted()}")
+    return Source(path=path, shards=(path,))
+
+
+def read_shard(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(name, tensor)`` for every tensor of one weight file, in file order.
+
+    Raises:
+        SourceError: the file is corrupt or does not hold a flat ``{name: tensor}`` dict.
+        UnsafePickleError: a PyTorch file holds objects other than tensors.
+
+    Example:
+        >>> dict(read_shard(Path("model.safetensors")))     # doctest: +SKIP
+        {'lm_head.weight': tensor(...)}
+    """
+    if path.name.endswith(SAFETENSORS_SUFFIXES):
+        yield from _read_safetensors(path)
+    else:
+        yield from _read_torch(path).items()
+
+
+def _accepted() -> str:
+    return "a .safetensors file, a .bin/.pt/.pth PyTorch state dict, or a directory of them"
+
+
+def _is_weight_file(path: Path) -> bool:
+    name = path.name
+    if name == INDEX_FILENAME:
+        return True
+    if name.endswith(INDEX_SUFFIX):  # model.safetensors.index.json, pytorch_model.bin.index.json, ...
+        name = name[: -len(INDEX_SUFFIX)]
+    return name.endswith(WEIGHT_SUFFIXES)
+
+
+def _open_dir(path: Path) -> Source:
+    entries = sorted(path.iterdir())
+    files = [p for p in entries if p.is_file()]
+    shards = (
+        _shards_from_index(path / "model.safetensors.index.json")
+        or [p for p in files if p.name.endswith(SAFETENSORS_SUFFIXES)]
+        or _shards_from_index(path / "pytorch_model.bin.index.json")
+        or [p for p in files if p.name.startswith("pytorch_model") and p.name.endswith(".bin")]
+        or [p for p in files if p.name.endswith(TORCH_SUFFIXES)]
+    )
+    if not shards:
+        if (path / INDEX_FILENAME).is_file():
+            raise SourceError(f"{path}: already a flash checkpoint, and holds no other weights to convert")
+        raise SourceError(f"{path}: no weight files found; expected {_accepted()}")
+    return Source(
+        path=path,
+        shards=tuple(shards),
+        extras=tuple(p for p in files if not _is_weight_file(p)),
+        skipped_dirs=tuple(p for p in entries if p.is_dir()),
+    )
+
+
+def _shards_from_index(index_path: Path) -> list[Path]:
+    """The files named by a Hugging Face weight index, in first-use order; [] if there is no index."""
+    if not index_path.is_file():
+        return []
+    try:
+        weight_map = json.loads(index_path.read_text())["weight_map"]
+        names = list(dict.fromkeys(weight_map.values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise SourceError(f"{index_path}: not a valid weight index ({type(e).__name__}: {e})") from None
+    shards = [index_path.parent / name for name in names]
+    missing = [p.name for p in shards if not p.is_file()]
+    if missing:
+        raise SourceError(f"{index_path}: names missing weight file(s): {', '.join(missing)}")
+    return shards
+
+
+def _read_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    try:
+        with safe_open(path, framework="pt") as f:
+            names = f.offset_keys()
+            tensors = [(name, f.get_tensor(name)) for name in names]
+    except SafetensorError as e:
+        raise SourceError(f"{path}: not a valid safetensors file ({e})") from None
+    yield from tensors
+
+
+def _read_torch(path: Path) -> dict[str, torch.Tensor]:
+    # Zip-format files (torch.save's default since 1.6) can be memory-mapped; legacy ones cannot.
+    mmap = zipfile.is_zipfile(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols; the errors say enough
+            state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        what = f" (it references {found.group(1)})" if found else ""
+        raise UnsafePickleError(
+            f"{path}: refused to unpickle: the file holds objects other than tensors{what}; "
+            "only plain state dicts are loaded, so no code in the file was run"
+        ) from None
+    except OSError:
+        raise
+    except Exception as e:  # torch.load raises many types (KeyError, EOFError, RuntimeError) for non-checkpoints
+        raise SourceError(f"{path}: not a PyTorch checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(state_dict, dict):
+        raise SourceError(f"{path}: holds a {type(state_dict).__name__}, not a state dict (name -> tensor)")
+    for name, value in state_dict.items():
+        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+            raise SourceError(
+                f"{path}: entry {name!r} is a {type(value).__name__}, not a tensor; "
+                "only flat state dicts (name -> tensor) can be converted"
+            )
+    return state_dict
