@@ -1,0 +1,21 @@
+"""Assertions shared by the tests."""
+
+import torch
+
+
+def assert_same(loaded: dict, expected: dict):
+    """Same names in the same order, and each tensor equal in dtype, shape and bits."""
+    assert list(loaded) == list(expected)
+    for name, want in expected.items():
+        got = loaded[name]
+        assert got.dtype == want.dtype, name
+        assert got.shape == want.shape, name
+        assert torch.equal(_bits(got.cpu()), _bits(want.cpu())), name
+
+
+def _bits(t):
+    # Compare bit patterns so NaNs and float8 (no equality kernels) compare too.
+    t = t.contiguous()
+    if t.dtype == torch.bool or t.numel() == 0:
+        return t
+    return t.reshape(-1).view(torch.uint8)

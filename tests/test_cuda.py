@@ -1,0 +1,77 @@
+"""Real CUDA loads. Skipped without a GPU; run on the device machine."""
+
+import pytest
+import torch
+
+from flashtensors import FlashError, flash
+from flashtensors.errors import FlashDeviceError
+from helpers import assert_same
+
+pytestmark = pytest.mark.gpu
+
+
+def test_seed_example_on_gpu(ckpt):
+    class SimpleModel(torch.nn.Module):
+        def __init__(self, size=(3, 3)):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.randn(*size))
+
+        def forward(self, x):
+            return x @ self.weight
+
+    model = SimpleModel()
+    flash.save_dict(model.state_dict(), ckpt)
+    new_state_dict = flash.load_dict(ckpt, {"": 0})
+    assert new_state_dict["weight"].device == torch.device("cuda", 0)
+    assert torch.equal(new_state_dict["weight"].cpu(), model.weight.detach())
+
+
+def test_gpu_tensors_save_without_moving_them(ckpt):
+    sd = {"a": torch.randn(1000, device="cuda"), "b": torch.randn(3, device="cuda").to(torch.bfloat16)}
+    flash.save_dict(sd, ckpt)
+    assert_same(flash.load_dict(ckpt, 0), sd)
+
+
+def test_mixed_map(ckpt):
+    sd = {"a.w": torch.randn(100, 100), "b.w": torch.randn(50), "a.tied": None}
+    sd["a.tied"] = sd["a.w"]
+    flash.save_dict(sd, ckpt)
+    out = flash.load_dict(ckpt, {"a": 0, "b": "cpu"})
+    assert out["a.w"].is_cuda and not out["b.w"].is_cuda
+    assert out["a.w"].data_ptr() == out["a.tied"].data_ptr()
+    assert_same(out, sd)
+
+
+def test_large_round_trip_with_checksums(ckpt):
+    free, _ = torch.cuda.mem_get_info()
+    gib = 16 if free > 40 * 2**30 else 2
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    sd = {f"layer.{i}": torch.randn(256 << 20, device="cuda", generator=gen, dtype=torch.float32)
+          .to(torch.bfloat16) for i in range(gib * 2)}
+    flash.save_dict(sd, ckpt)
+    assert flash.verify(ckpt) == len(sd)
+    out = flash.load_dict(ckpt, {"": 0})
+    for name, t in sd.items():
+        assert torch.equal(out[name], t), name
+
+
+def test_load_that_cannot_fit_fails_before_reading(ckpt):
+    import json
+    import os
+
+    flash.save_dict({"w": torch.zeros(1)}, ckpt)
+    _, total = torch.cuda.mem_get_info()
+    size = -(-(total + (1 << 30)) // 4096) * 4096
+    doc = json.loads((ckpt / "flash_index.json").read_text())
+    os.truncate(ckpt / doc["files"][0]["name"], size)  # sparse: costs no disk
+    doc["files"][0]["size"] = size
+    doc["tensors"][0].update(shape=[size], dtype="uint8", length=size)
+    (ckpt / "flash_index.json").write_text(json.dumps(doc))
+    with pytest.raises(FlashDeviceError, match="GiB is free"):
+        flash.load_dict(ckpt, 0)
+
+
+def test_bad_gpu_index(ckpt):
+    flash.save_dict({"w": torch.zeros(1)}, ckpt)
+    with pytest.raises(FlashDeviceError, match="CUDA device"):
+        flash.load_dict(ckpt, torch.cuda.device_count())
