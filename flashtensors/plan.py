@@ -19,7 +19,8 @@ class Region:
     file: int
     start: int  # in the file, aligned
     end: int  # in the file, aligned
-    buffer_offset: int = 0  # in the device buffer, aligned
+    buffer_offset: int = 0  # in the device buffer, aligned; unused when mapped
+    mapped: bool = False  # a zero-copy view of the file's mapping (host targets only)
     members: list = field(default_factory=list)  # TensorEntry objects
 
     @property
@@ -34,9 +35,10 @@ class DevicePlan:
     nbytes: int  # size of the device's one buffer
 
 
-def make_plan(index: Index, devices: dict) -> list:
+def make_plan(index: Index, devices: dict, mapped_files=frozenset()) -> list:
     """``devices`` maps each tensor name to its torch.device; returns one DevicePlan per
-    device, in order of first use. Empty tensors need no bytes and get no region."""
+    device, in order of first use. Host regions from ``mapped_files`` are marked mapped
+    and take no room in the buffer. Empty tensors need no bytes and get no region."""
     by_device: dict = {}
     for name, entry in index.tensors.items():
         if entry.length:
@@ -46,6 +48,9 @@ def make_plan(index: Index, devices: dict) -> list:
         regions = _merge(entries)
         offset = 0
         for r in regions:
+            if device.type == "cpu" and r.file in mapped_files:
+                r.mapped = True
+                continue
             r.buffer_offset = offset
             offset += r.nbytes
         plans.append(DevicePlan(device=device, regions=regions, nbytes=offset))
@@ -73,6 +78,8 @@ def read_ops(plan: DevicePlan, base_address: int, device_code: int) -> list:
     with regions adjacent in both the file and the buffer coalesced into one read."""
     ops: list = []
     for r in plan.regions:
+        if r.mapped:
+            continue
         if ops and ops[-1][0] == r.file and ops[-1][1] + ops[-1][2] == r.start:
             f, off, length, addr, dev = ops[-1]
             ops[-1] = (f, off, length + r.nbytes, addr, dev)

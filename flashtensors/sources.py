@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import re
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -173,18 +172,21 @@ def _read_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 def _read_torch(path: Path) -> dict[str, torch.Tensor]:
-    # Zip-format files (torch.save's default since 1.6) can be memory-mapped; legacy ones cannot.
+    # torch.save writes a zip archive (since torch 1.6; these can be memory-mapped) or, in the
+    # legacy format, a pickle that starts with the PROTO opcode. Anything else is not a checkpoint.
     mmap = zipfile.is_zipfile(path)
+    if not mmap:
+        with open(path, "rb") as f:
+            if f.read(1) != b"\x80":
+                raise SourceError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor a pickle)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about pickle protocols; the errors say enough
             state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL (\S+)", str(e))
-        what = f" (it references {found.group(1)})" if found else ""
         raise UnsafePickleError(
-            f"{path}: refused to unpickle: the file holds objects other than tensors{what}; "
-            "only plain state dicts are loaded, so no code in the file was run"
+            f"{path}: refused to unpickle: the file holds more than tensors ({_unpickler_reason(e)}); "
+            "only plain state dicts are loaded, so nothing in the file was run"
         ) from None
     except OSError:
         raise
@@ -199,3 +201,12 @@ def _read_torch(path: Path) -> dict[str, torch.Tensor]:
                 "only flat state dicts (name -> tensor) can be converted"
             )
     return state_dict
+
+
+def _unpickler_reason(e: pickle.UnpicklingError) -> str:
+    """The specific reason in torch's weights-only refusal, without its advice paragraphs."""
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    lines = [line.strip() for line in str(e).splitlines()]
+    reasons = [line for line in lines if line and not line.startswith(boilerplate)]
+    reason = " ".join(reasons).removeprefix("WeightsUnpickler error:").strip().rstrip(".")
+    return reason or "rejected by torch's weights-only unpickler"

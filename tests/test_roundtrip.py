@@ -138,7 +138,7 @@ def test_every_tensor_starts_aligned(ckpt):
     assert all(t.offset % 4096 == 0 for t in flash.read_index(ckpt).tensors.values())
 
 
-@pytest.mark.parametrize("io", ["buffered", "direct", "auto"])
+@pytest.mark.parametrize("io", ["buffered", "direct", "auto", "mmap"])
 def test_io_modes_read_the_same_bytes(ckpt, io):
     from flashtensors.loader import load
 
@@ -165,3 +165,15 @@ def test_verify_then_load(ckpt):
     sd = {"a": torch.randn(10)}
     flash.save_dict(sd, ckpt)
     assert_same(flash.load_dict(ckpt, verify=True), sd)
+
+
+def test_mapped_tensors_are_copy_on_write(ckpt):
+    from flashtensors.loader import load
+
+    sd = {"a": torch.zeros(5000), "b": torch.ones(10)}
+    flash.save_dict(sd, ckpt)
+    out = load(ckpt, "cpu", io="mmap")
+    out["a"] += 1
+    out["b"].zero_()
+    assert_same(flash.load_dict(ckpt), sd)
+    flash.verify(ckpt)

@@ -117,8 +117,14 @@ def convert(
         file=sys.stderr,
         disable=None if progress else True,  # None: only when stderr is a terminal
     )
-    with bar, CheckpointWriter(dst, overwrite=overwrite) as writer:
-        n_tensors = _write_weights(source, writer, cast_to, bar)
+    created = not dst.exists()
+    try:
+        with bar, CheckpointWriter(dst, overwrite=overwrite) as writer:
+            n_tensors = _write_weights(source, writer, cast_to, bar)
+    except BaseException:
+        if created:  # the writer discarded its files; do not leave the directory it made behind
+            shutil.rmtree(dst, ignore_errors=True)
+        raise
     for path in extras:
         shutil.copy2(path, dst / path.name)
 

@@ -1,0 +1,89 @@
+"""``flashtensors info DIR``: what a flash checkpoint holds, read from its index alone."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+EXAMPLES = """\
+examples:
+  flashtensors info ./Qwen3-0.6B-flash
+  flashtensors info ./Qwen3-0.6B-flash --json | jq '.tensors | length'
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``info`` subcommand to the ``flashtensors`` parser."""
+    p = subparsers.add_parser(
+        "info",
+        help="list a flash checkpoint's tensors, size, data files and format version",
+        description="List the tensors (name, dtype, shape), total size, data files, metadata and "
+        "format version of the flash checkpoint in DIR. Only the index is read.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("dir", metavar="DIR", help="checkpoint directory (holds flash_index.json)")
+    p.add_argument("--json", action="store_true", help="print the same as one JSON document")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``flashtensors info`` with parsed ``args``; returns the exit code."""
+    summary = describe(args.dir)
+    print(json.dumps(summary, indent=2, ensure_ascii=False) if args.json else format_text(summary))
+    return 0
+
+
+def describe(path) -> dict:
+    """A JSON-ready summary of the checkpoint in ``path``.
+
+    Keys: ``path``, ``format_version``, ``total_bytes`` (of the data files), ``files``
+    (``name``, ``size``), ``metadata``, ``tensors`` (``name``, ``dtype``, ``shape``, ``file``).
+
+    Raises:
+        FlashFormatError: ``path`` holds no valid flash checkpoint.
+
+    Example:
+        >>> describe("ckpt")["tensors"][0]                            # doctest: +SKIP
+        {'name': 'weight', 'dtype': 'float32', 'shape': [3, 3], 'file': 'weights-1f0c9a2e-00000.flash'}
+    """
+    from flashtensors import flash
+
+    index = flash.read_index(path)
+    return {
+        "path": str(path),
+        "format_version": index.version,
+        "total_bytes": index.total_bytes,
+        "files": [{"name": f.name, "size": f.size} for f in index.files],
+        "metadata": dict(index.metadata),
+        "tensors": [
+            {"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "file": index.files[t.file].name}
+            for t in index.tensors.values()
+        ],
+    }
+
+
+def format_text(summary: dict) -> str:
+    """The human-readable form of :func:`describe`'s summary."""
+    from tqdm import tqdm
+
+    def size(n: int) -> str:
+        return tqdm.format_sizeof(n, "B")
+
+    tensors, files = summary["tensors"], summary["files"]
+    lines = [
+        f"flash checkpoint {summary['path']} (format version {summary['format_version']})",
+        f"{len(tensors)} tensors, {size(summary['total_bytes'])} ({summary['total_bytes']} bytes) "
+        f"in {len(files)} data file{'' if len(files) == 1 else 's'}",
+        "",
+        "data files:",
+        *(f"  {f['name']}  {size(f['size'])}" for f in files),
+    ]
+    if summary["metadata"]:
+        lines += ["", "metadata:", *(f"  {k}: {v}" for k, v in summary["metadata"].items())]
+    if tensors:
+        name_width = max(len("name"), *(len(t["name"]) for t in tensors))
+        dtype_width = max(len("dtype"), *(len(t["dtype"]) for t in tensors))
+        lines += ["", f"  {'name':<{name_width}}  {'dtype':<{dtype_width}}  shape"]
+        lines += [f"  {t['name']:<{name_width}}  {t['dtype']:<{dtype_width}}  {t['shape']}" for t in tensors]
+    return "\n".join(lines)
