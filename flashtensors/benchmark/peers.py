@@ -1,0 +1,88 @@
+"""The loaders measured side by side. Each returns {name: tensor} on the device and is
+timed until the data is really there (CUDA synchronized, or every host page touched)."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass
+class Loader:
+    name: str
+    load: Callable  # (flash_dir, safetensors_files, device, names) -> (tensors, keepalive)
+    available: Callable[[object], str]  # device -> "" if usable, else why not
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _flash(flash_dir, files, device, names):
+    from .. import flash
+
+    return flash.load_dict(flash_dir, {"": device}), None
+
+
+def _safetensors(flash_dir, files, device, names):
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in files:
+        out.update(load_file(f, device=str(device)))
+    return out, None
+
+
+def _instanttensor(flash_dir, files, device, names):
+    from instanttensor import safe_open
+
+    out = {}
+    with safe_open([str(f) for f in files], framework="pt", device=device.index) as f:
+        for name, tensor in f.tensors():
+            out[name] = tensor
+    return out, None
+
+
+def _fastsafetensors(flash_dir, files, device, names):
+    from fastsafetensors import SafeTensorsFileLoader, SingleGroup
+
+    loader = SafeTensorsFileLoader(SingleGroup(), device, nogds=True)
+    loader.add_filenames({0: [str(f) for f in files]})
+    buffers = loader.copy_files_to_device()
+    out = {name: buffers.get_tensor(name) for name in names}
+    return out, (buffers, loader)  # the tensors are views into these
+
+
+def _runai(flash_dir, files, device, names):
+    from runai_model_streamer import SafetensorsStreamer
+
+    out = {}
+    with SafetensorsStreamer() as streamer:
+        streamer.stream_files([str(f) for f in files])
+        for name, tensor in streamer.get_tensors():
+            out[name] = tensor.to(device, copy=True)  # the streamer reuses its buffer
+    return out, None
+
+
+def _any_device(device) -> str:
+    return ""
+
+
+def _needs(module: str, cuda_only: bool = False):
+    def check(device) -> str:
+        if not _installed(module):
+            return f"{module} is not installed"
+        if cuda_only and device.type != "cuda":
+            return f"{module} loads to CUDA devices only"
+        return ""
+    return check
+
+
+LOADERS = [
+    Loader("flashtensors", _flash, _any_device),
+    Loader("safetensors load_file", _safetensors, _any_device),
+    Loader("instanttensor", _instanttensor, _needs("instanttensor", cuda_only=True)),
+    Loader("fastsafetensors", _fastsafetensors, _needs("fastsafetensors")),
+    Loader("runai-model-streamer", _runai, _needs("runai_model_streamer")),
+]

@@ -1,0 +1,54 @@
+"""Turning what the user points ``bench`` at into the same checkpoint in both formats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import FlashError
+from .shapes import QWEN3, digest, make_checkpoint, shape_for_size
+
+
+def prepare(args, log=print):
+    """Returns (flash_dir, safetensors_files, expected {name: crc32c})."""
+    work = Path(args.dir)
+    if args.path:
+        return _from_path(Path(args.path), work, log)
+    shape = QWEN3[args.model] if args.model else shape_for_size(args.size)
+    label = args.model or f"{args.size}gb"
+    root = work / f"qwen3-{label}"
+    log(f"preparing a Qwen3-{label}-shaped bf16 checkpoint in {root} (reused if present)")
+    expected = make_checkpoint(shape, root, log=log)
+    return root / "flash", sorted((root / "safetensors").glob("*.safetensors")), expected
+
+
+def _from_path(path: Path, work: Path, log):
+    from safetensors.torch import save_file
+
+    from .. import flash
+    from ..writer import CheckpointWriter
+
+    if flash.is_checkpoint(path):
+        index = flash.read_index(path)
+        out = work / (path.name + "-safetensors")
+        out.mkdir(parents=True, exist_ok=True)
+        target = out / "model.safetensors"
+        if not target.exists():
+            log(f"writing a safetensors copy of {path} to {target}")
+            tensors = flash.load_dict(path, "cpu")
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(target))
+        expected = {n: e.crc32c for n, e in index.tensors.items() if e.strides is None}
+        return path, [target], expected
+    files = [path] if path.is_file() else sorted(path.glob("*.safetensors"))
+    if not files:
+        raise FlashError(f"{path}: neither a flash checkpoint nor safetensors files")
+    flash_dir = work / (path.stem + "-flash")
+    from safetensors.torch import load_file
+
+    expected = {}
+    log(f"writing a flash copy of {path} to {flash_dir}")
+    with CheckpointWriter(flash_dir, overwrite=True) as writer:
+        for f in files:
+            shard = load_file(str(f))
+            expected.update({k: digest(v) for k, v in shard.items()})
+            writer.write(shard)
+    return flash_dir, files, expected

@@ -1,0 +1,110 @@
+"""Runs the loaders side by side, warm and cold, and checks every tensor they load."""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from dataclasses import dataclass, field
+
+from . import system
+from .peers import LOADERS
+from .shapes import digest
+
+
+@dataclass
+class Result:
+    loader: str
+    mode: str  # "warm" or "cold"
+    seconds: list = field(default_factory=list)
+    error: str = ""
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(self.seconds) if self.seconds else None
+
+
+def settle(tensors: dict, device) -> None:
+    """Waits until the tensors' data is really there: CUDA copies finished, or every
+    host page touched (a lazily mapped file is not loaded until then)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return
+    for t in tensors.values():
+        if t.numel():
+            t.reshape(-1).view(torch.uint8)[::4096].sum()
+
+
+def check(tensors: dict, expected: dict) -> str:
+    """'' when every expected tensor came back with the right bytes, else what is wrong."""
+    missing = [n for n in expected if n not in tensors]
+    if missing:
+        return f"missing {len(missing)} tensors, e.g. {missing[0]}"
+    wrong = [n for n, crc in expected.items() if digest(tensors[n]) != crc]
+    return f"{len(wrong)} tensors differ, e.g. {wrong[0]}" if wrong else ""
+
+
+def run(flash_dir, st_files, data_files, device, expected: dict, *, runs: int, cold: bool,
+        only=None, log=print) -> list:
+    """Times each available loader ``runs`` times per mode, alternating loaders."""
+    loaders = [ld for ld in LOADERS if only is None or ld.name in only]
+    results = []
+    for ld in loaders:
+        why = ld.available(device)
+        if why:
+            log(f"  skipping {ld.name}: {why}")
+    usable = [ld for ld in loaders if not ld.available(device)]
+    modes = ["warm"] + (["cold"] if cold else [])
+    for mode in modes:
+        by_name = {ld.name: Result(ld.name, mode) for ld in usable}
+        for i in range(runs):
+            for ld in usable:
+                res = by_name[ld.name]
+                if res.error:
+                    continue
+                if mode == "cold":
+                    system.drop_from_cache(data_files)
+                else:
+                    system.warm_up(data_files)
+                try:
+                    start = time.perf_counter()
+                    tensors, keep = ld.load(flash_dir, st_files, device, list(expected))
+                    settle(tensors, device)
+                    res.seconds.append(time.perf_counter() - start)
+                    if i == 0:
+                        res.error = check(tensors, expected)
+                except Exception as e:  # a peer's failure is reported, not fatal
+                    res.error = f"{type(e).__name__}: {e}".splitlines()[0][:160]
+                tensors = keep = None
+                gc.collect()
+                if device.type == "cuda":
+                    import torch
+
+                    torch.cuda.empty_cache()
+                log(f"  {mode} run {i + 1}/{runs} {ld.name}: "
+                    + (f"{res.seconds[-1]:.3f} s" if res.seconds and not res.error else res.error))
+        results.extend(by_name.values())
+    return results
+
+
+def table(results: list, nbytes: int) -> str:
+    """A text table: seconds, GB/s and speedup over safetensors, per mode."""
+    modes = sorted({r.mode for r in results}, key=["warm", "cold"].index)
+    rows = [["loader"] + [f"{m} {c}" for m in modes for c in ("s", "GB/s", "vs safetensors")]]
+    base = {r.mode: r.median for r in results if r.loader == "safetensors load_file" and not r.error}
+    for name in dict.fromkeys(r.loader for r in results):
+        row = [name]
+        for m in modes:
+            r = next((x for x in results if x.loader == name and x.mode == m), None)
+            if r is None or r.error or r.median is None:
+                row += ["error" if r and r.error else "-", "", ""]
+                continue
+            speed = f"{base[m] / r.median:.2f}x" if base.get(m) else ""
+            row += [f"{r.median:.3f}", f"{nbytes / 1e9 / r.median:.1f}", speed]
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
