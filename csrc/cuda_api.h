@@ -30,6 +30,7 @@ struct CudaApi {
 constexpr int kMemcpyHostToDevice = 1;
 constexpr unsigned kStreamNonBlocking = 1;
 constexpr unsigned kEventDisableTiming = 2;
+constexpr unsigned kHostAllocPortable = 1;  // pinned for every device's context
 
 // The runtime's function table; throws CudaError naming what is missing.
 const CudaApi& cuda_api();

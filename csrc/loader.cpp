@@ -60,18 +60,26 @@ void run_workers(int n, FirstError& error, Fn fn) {
   for (auto& t : threads) t.join();
 }
 
+// Splits ops into pieces of at most `chunk` bytes, interleaving the targets so that the
+// threads feed every device (and the host) at once rather than one after another.
 std::vector<ReadOp> split(const std::vector<ReadOp>& ops, uint64_t chunk) {
-  std::vector<ReadOp> out;
+  std::map<int32_t, std::vector<ReadOp>> by_target;
   for (const ReadOp& op : ops) {
     for (uint64_t done = 0; done < op.length; done += chunk) {
       ReadOp piece = op;
       piece.offset += done;
       piece.dest += done;
       piece.length = std::min(chunk, op.length - done);
-      out.push_back(piece);
+      by_target[op.device].push_back(piece);
     }
   }
-  return out;
+  std::vector<ReadOp> out;
+  for (size_t i = 0;; ++i) {
+    const size_t before = out.size();
+    for (const auto& kv : by_target)
+      if (i < kv.second.size()) out.push_back(kv.second[i]);
+    if (out.size() == before) return out;
+  }
 }
 
 // A worker's pinned staging buffer and the event marking its last copy done.

@@ -29,7 +29,7 @@ std::vector<void*> PinnedPool::acquire(size_t count, size_t bytes) {
   idle_.swap(keep);
   while (out.size() < count) {
     void* p = nullptr;
-    int status = cuda.HostAlloc(&p, bytes, 0);
+    int status = cuda.HostAlloc(&p, bytes, kHostAllocPortable);
     if (status != 0) {
       for (void* q : out) idle_.push_back(q);
       cuda_check(status, "cudaHostAlloc of the pinned staging ring");

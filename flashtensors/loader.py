@@ -16,6 +16,9 @@ from .plan import make_plan, read_ops
 log = logging.getLogger("flashtensors")
 
 CHUNK_BYTES = 16 << 20
+# Pinned staging memory for GPU loads: two buffers per thread, pinned once per process.
+# Smaller values shrink the pieces each thread reads; 1 GiB is plenty for any link.
+PINNED_RING_BYTES = 512 << 20
 # How bytes reach host memory. "auto" maps cached files and reads the rest, choosing
 # the page cache or O_DIRECT per piece; the others force one way (for benchmarks).
 IO_MODES = ("auto", "mmap", "buffered", "direct")
@@ -42,6 +45,7 @@ def load(path, device_map=None, *, threads: int | None = None, io: str = "auto")
     plans = make_plan(index, devices, frozenset(mapped))
     _check_capacity(plans, path)
 
+    n_threads = threads or default_threads()
     buffers, ops = {}, []
     for plan in plans:
         buffer, address = _allocate(plan.nbytes, plan.device)
@@ -49,7 +53,7 @@ def load(path, device_map=None, *, threads: int | None = None, io: str = "auto")
         code = -1 if plan.device.type == "cpu" else plan.device.index
         ops.extend(read_ops(plan, address, code))
     try:
-        _native.module().execute_plan(paths, ops, threads or default_threads(), CHUNK_BYTES,
+        _native.module().execute_plan(paths, ops, n_threads, _chunk_bytes(plans, n_threads),
                                       "auto" if io == "mmap" else io)
     except OSError as e:
         raise FlashFormatError(f"{path}: reading the checkpoint failed: {e}") from None
@@ -99,6 +103,14 @@ def _files_to_map(index, devices, paths, io: str) -> dict:
             storage = torch.UntypedStorage.from_file(paths[f], shared=False, nbytes=size)
             out[f] = torch.empty(0, dtype=torch.uint8).set_(storage)
     return out
+
+
+def _chunk_bytes(plans, n_threads: int) -> int:
+    """Read size: CHUNK_BYTES, shrunk for GPU loads so the ring stays within PINNED_RING_BYTES."""
+    if not any(p.device.type == "cuda" for p in plans):
+        return CHUNK_BYTES
+    fit = PINNED_RING_BYTES // (2 * n_threads) // ALIGNMENT * ALIGNMENT
+    return max(ALIGNMENT, min(CHUNK_BYTES, fit))
 
 
 def _check_capacity(plans, path) -> None:

@@ -11,7 +11,7 @@ int fake_host_allocs(void) { return host_allocs; }
 int fake_copies(void) { return copies; }
 void fake_fail_copies_after(int n) { fail_after = n; }
 
-int cudaSetDevice(int d) { return d == 0 ? 0 : 101; /* cudaErrorInvalidDevice */ }
+int cudaSetDevice(int d) { return d == 0 || d == 1 ? 0 : 101; /* two devices; else cudaErrorInvalidDevice */ }
 int cudaGetDevice(int* d) { *d = 0; return 0; }
 int cudaStreamCreateWithFlags(void** s, unsigned f) { (void)f; *s = malloc(1); return 0; }
 int cudaStreamDestroy(void* s) { free(s); return 0; }
