@@ -227,7 +227,7 @@ def _parse_tensors(raw, files: list, v: _Validator) -> dict:
 
 def _parse_tensor(t: dict, name: str, files: list, v: _Validator) -> TensorEntry:
     dtype = t.get("dtype")
-    v.check(dtype in DTYPE_SIZES, f"unknown dtype {dtype!r}", name)
+    v.check(isinstance(dtype, str) and dtype in DTYPE_SIZES, f"unknown dtype {dtype!r}", name)
     itemsize = DTYPE_SIZES[dtype]
     shape = t.get("shape")
     v.check(isinstance(shape, list) and len(shape) <= MAX_NDIM

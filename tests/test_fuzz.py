@@ -1,0 +1,159 @@
+"""Fuzzing the index and data files: every case must end in a FlashError or a correct load.
+
+CI runs a couple of minutes' worth; set FLASH_FUZZ_EXAMPLES=10000 for the long run
+(documented in docs/reliability.md).
+"""
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from flashtensors import FlashError, flash
+from flashtensors.format import INDEX_FILENAME, torch_dtype
+
+EXAMPLES = int(os.environ.get("FLASH_FUZZ_EXAMPLES", "400"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=5000, derandomize=not os.environ.get("FLASH_FUZZ_RANDOM"),
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+@pytest.fixture(scope="module")
+def original(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fuzz") / "orig"
+    w = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    flash.save_dict({"w": w, "w_t": w.t(), "b": torch.tensor([1, 2, 3], dtype=torch.int16),
+                     "s": torch.tensor(True), "e": torch.empty(0, 3, dtype=torch.bfloat16)}, root)
+    return root
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True) | st.text(max_size=20)
+    | st.sampled_from(["float32", "int16", "bool", "bfloat16", "../x.flash", "/etc/passwd", "a.flash", "crc32c",
+                       "flashtensors", "00000000", ".flash"]),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=8)
+
+
+def _paths(doc, prefix=()):
+    """Every (path, value) in a JSON document."""
+    yield prefix, doc
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            yield from _paths(v, prefix + (k,))
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            yield from _paths(v, prefix + (i,))
+
+
+def _set(doc, path, value):
+    for key in path[:-1]:
+        doc = doc[key]
+    if value is _DELETE:
+        del doc[path[-1]]
+    else:
+        doc[path[-1]] = value
+
+
+_DELETE = object()
+
+
+@st.composite
+def mutations(draw, doc):
+    paths = [p for p, _ in _paths(doc) if p]
+    edits = []
+    for _ in range(draw(st.integers(1, 4))):
+        path = draw(st.sampled_from(paths))
+        kind = draw(st.sampled_from(["value", "int", "delete"]))
+        if kind == "delete":
+            edits.append((path, _DELETE))
+        elif kind == "int":
+            edits.append((path, draw(st.integers(-1, 2**64) | st.sampled_from([0, 1, 4095, 4096, 8192, 2**48]))))
+        else:
+            edits.append((path, draw(json_values)))
+    return edits
+
+
+def _check_correct(loaded, index_doc, root):
+    """A load that succeeded must match what its (mutated) index says is in the files."""
+    tensors = {t["name"]: t for t in index_doc["tensors"]}
+    assert list(loaded) == list(tensors)
+    files = [f["name"] for f in index_doc["files"]]
+    for name, t in loaded.items():
+        entry = tensors[name]
+        assert t.dtype == torch_dtype(entry["dtype"])
+        assert list(t.shape) == entry["shape"]
+        if entry.get("strides") is None and t.numel():
+            with open(root / files[entry["file"]], "rb") as f:
+                f.seek(entry["offset"])
+                raw = f.read(entry["length"])
+            assert bytes(t.contiguous().view(-1).view(torch.uint8).numpy()) == raw
+
+
+def _fresh_copy(original, tmp_path):
+    root = tmp_path / "case"
+    shutil.rmtree(root, ignore_errors=True)
+    shutil.copytree(original, root)
+    return root
+
+
+@FUZZ
+@given(data=st.data())
+def test_mutated_index(original, tmp_path, data):
+    root = _fresh_copy(original, tmp_path)
+    doc = json.loads((root / INDEX_FILENAME).read_text())
+    for path, value in data.draw(mutations(doc)):
+        try:
+            _set(doc, path, value)
+        except (KeyError, IndexError, TypeError):
+            pass  # an earlier edit removed or replaced the parent
+    (root / INDEX_FILENAME).write_text(json.dumps(doc))
+    try:
+        loaded = flash.load_dict(root)
+    except FlashError:
+        return
+    _check_correct(loaded, doc, root)
+
+
+@FUZZ
+@given(raw=st.binary(max_size=600), cut=st.integers(0, 2000))
+def test_garbage_and_truncated_index(original, tmp_path, raw, cut):
+    root = _fresh_copy(original, tmp_path)
+    text = (root / INDEX_FILENAME).read_bytes()
+    for content in (raw, text[:cut], text[:cut] + raw):
+        if content == text:
+            continue  # the intact index
+        (root / INDEX_FILENAME).write_bytes(content)
+        with pytest.raises(FlashError):
+            flash.load_dict(root)
+
+
+@FUZZ
+@given(flips=st.lists(st.tuples(st.integers(0, 3 * 4096 - 1), st.integers(1, 255)), max_size=8),
+       truncate=st.one_of(st.none(), st.integers(0, 5 * 4096)))
+def test_damaged_data_file(original, tmp_path, flips, truncate):
+    root = _fresh_copy(original, tmp_path)
+    (name,) = [f.name for f in flash.read_index(root).files]
+    raw = bytearray((root / name).read_bytes())
+    for pos, xor in flips:
+        if pos < len(raw):
+            raw[pos] ^= xor
+    if truncate is not None:
+        raw = raw[:truncate]
+    (root / name).write_bytes(bytes(raw))
+    try:
+        flash.verify(root)
+    except FlashError:
+        damaged = True
+    else:
+        damaged = False
+    try:
+        loaded = flash.load_dict(root)
+    except FlashError:
+        assert damaged or truncate is not None
+        return
+    _check_correct(loaded, json.loads((root / INDEX_FILENAME).read_text()), root)
