@@ -10,7 +10,7 @@ import time
 from . import _native
 from .device_map import device_for, normalize_device_map
 from .errors import FlashDeviceError, FlashError, FlashFormatError
-from .format import ALIGNMENT, data_file_paths, read_index, torch_dtype
+from .format import ALIGNMENT, INDEX_FILENAME, data_file_paths, read_index, torch_dtype
 from .plan import make_plan, read_ops
 
 log = logging.getLogger("flashtensors")
@@ -31,10 +31,31 @@ def default_threads() -> int:
 
 def load(path, device_map=None, *, threads: int | None = None, io: str = "auto") -> dict:
     """See :func:`flashtensors.flash.load_dict`."""
-    import torch
-
     if io not in IO_MODES:
         raise ValueError(f"io must be one of {IO_MODES}, not {io!r}")
+    for attempt in range(3):
+        version = _index_identity(path)
+        try:
+            return _load_once(path, device_map, threads, io)
+        except FlashFormatError:
+            # A save into this directory committed while we read: its data files replaced
+            # the ones our index named. Load the new version instead.
+            if attempt == 2 or _index_identity(path) == version:
+                raise
+            log.debug("%s changed while loading; loading the new version", path)
+
+
+def _index_identity(path):
+    try:
+        st = os.stat(os.path.join(path, INDEX_FILENAME))
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _load_once(path, device_map, threads, io) -> dict:
+    import torch
+
     started = time.perf_counter()
     index = read_index(path)
     paths = data_file_paths(path, index)

@@ -21,7 +21,6 @@ from .format import (ALIGNMENT, DATA_SUFFIX, INDEX_FILENAME, DataFileEntry, Inde
                      dtype_name, read_index, span_bytes)
 
 DEFAULT_MAX_FILE_SIZE = 4 << 30
-LOCK_FILENAME = ".flash.lock"
 _OUR_DATA_FILE = re.compile(r"^weights-[0-9a-f]{8}-\d{5}\.flash$")
 _OUR_TEMP_INDEX = re.compile(r"^" + re.escape(INDEX_FILENAME) + r"\.tmp-[0-9a-f]{8}$")
 _ZEROS = bytes(ALIGNMENT)
@@ -283,10 +282,11 @@ def _unlink_quietly(p: Path) -> None:
 
 
 class _DirectoryLock:
-    """An exclusive flock on the directory's lock file: saves into one directory take turns."""
+    """An exclusive flock on the checkpoint directory itself: saves into one directory
+    take turns, and no lock file is left behind."""
 
     def __init__(self, path: Path):
-        self._fd = os.open(path / LOCK_FILENAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self._fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         fcntl.flock(self._fd, fcntl.LOCK_EX)
 
     def release(self):

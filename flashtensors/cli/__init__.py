@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from ..errors import FlashError
@@ -40,6 +41,10 @@ def main(argv=None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:
+        # The reader went away (`flashtensors info DIR | head`): not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (FlashError, OSError) as e:
         print(f"flashtensors {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 1
