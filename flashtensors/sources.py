@@ -8,7 +8,8 @@ A *source* is what a user names as SRC:
 - a directory of weight files, such as a Hugging Face model directory. Its weights are the
   files named by ``model.safetensors.index.json``, else every ``*.safetensors``, else the files
   named by ``pytorch_model.bin.index.json``, else ``pytorch_model*.bin``, else every
-  ``*.bin``/``*.pt``/``*.pth``. Its other top-level files (config, tokenizer, ...) are *extras*.
+  ``*.bin``/``*.pt``/``*.pth``. Its other top-level files (config, tokenizer, ...; not hidden
+  files) are *extras*.
 
 Tensors come back lazily: safetensors files and zip-format PyTorch files are memory-mapped,
 so holding one file's tensors costs page cache, not process memory.
@@ -36,8 +37,9 @@ from flashtensors import INDEX_FILENAME, FlashError
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 TORCH_SUFFIXES = (".bin", ".pt", ".pth")
+OTHER_WEIGHT_SUFFIXES = (".ckpt", ".h5", ".msgpack", ".gguf", ".onnx", ".flash")
 # Weight files of any framework: never copied as extras, since DST holds the weights in flash format.
-WEIGHT_SUFFIXES = SAFETENSORS_SUFFIXES + TORCH_SUFFIXES + (".ckpt", ".h5", ".msgpack", ".gguf", ".onnx", ".flash")
+WEIGHT_SUFFIXES = SAFETENSORS_SUFFIXES + TORCH_SUFFIXES + OTHER_WEIGHT_SUFFIXES
 INDEX_SUFFIX = ".index.json"
 
 
@@ -56,8 +58,8 @@ class Source:
     Attributes:
         path: the file or directory the user named.
         shards: the weight files to read, in order.
-        extras: top-level non-weight files of a directory source (config, tokenizer, ...).
-        skipped_dirs: subdirectories of a directory source, which are not copied.
+        extras: top-level non-weight, non-hidden files of a directory source (config, tokenizer, ...).
+        skipped_dirs: non-hidden subdirectories of a directory source, which are not copied.
     """
 
     path: Path
@@ -140,8 +142,8 @@ def _open_dir(path: Path) -> Source:
     return Source(
         path=path,
         shards=tuple(shards),
-        extras=tuple(p for p in files if not _is_weight_file(p)),
-        skipped_dirs=tuple(p for p in entries if p.is_dir()),
+        extras=tuple(p for p in files if not _is_weight_file(p) and not p.name.startswith(".")),
+        skipped_dirs=tuple(p for p in entries if p.is_dir() and not p.name.startswith(".")),
     )
 
 
@@ -154,6 +156,9 @@ def _shards_from_index(index_path: Path) -> list[Path]:
         names = list(dict.fromkeys(weight_map.values()))
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise SourceError(f"{index_path}: not a valid weight index ({type(e).__name__}: {e})") from None
+    bad = [n for n in names if not isinstance(n, str) or Path(n).name != n or n in ("", ".", "..")]
+    if bad:  # shards are plain file names beside the index; never read a file elsewhere
+        raise SourceError(f"{index_path}: not a valid weight index (bad file name {bad[0]!r})")
     shards = [index_path.parent / name for name in names]
     missing = [p.name for p in shards if not p.is_file()]
     if missing:
@@ -164,7 +169,8 @@ def _shards_from_index(index_path: Path) -> list[Path]:
 def _read_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
     try:
         with safe_open(path, framework="pt") as f:
-            names = f.offset_keys()
+            # File order where this safetensors release has offset_keys (2025 and later), else name order.
+            names = f.offset_keys() if hasattr(f, "offset_keys") else f.keys()
             tensors = [(name, f.get_tensor(name)) for name in names]
     except SafetensorError as e:
         raise SourceError(f"{path}: not a valid safetensors file ({e})") from None
@@ -190,7 +196,7 @@ def _read_torch(path: Path) -> dict[str, torch.Tensor]:
         ) from None
     except OSError:
         raise
-    except Exception as e:  # torch.load raises many types (KeyError, EOFError, RuntimeError) for non-checkpoints
+    except Exception as e:  # for other input torch.load raises KeyError, EOFError, RuntimeError, ...
         raise SourceError(f"{path}: not a PyTorch checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(state_dict, dict):
         raise SourceError(f"{path}: holds a {type(state_dict).__name__}, not a state dict (name -> tensor)")

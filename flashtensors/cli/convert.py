@@ -42,10 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("src", metavar="SRC", help="weights file or model directory")
-    p.add_argument("dst", metavar="DST", help="directory to write the flash checkpoint (and copied files) into")
+    p.add_argument("dst", metavar="DST", help="directory for the flash checkpoint (and the copied files)")
     p.add_argument("--dtype", choices=DTYPES, help="cast floating-point tensors to this dtype")
     p.add_argument("--overwrite", action="store_true", help="replace a checkpoint and files already in DST")
-    p.add_argument("--no-copy", action="store_true", help="write the weights only; do not copy config/tokenizer files")
+    p.add_argument("--no-copy", action="store_true", help="convert the weights only; copy no other files")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
     p.set_defaults(func=run)
 
@@ -99,6 +99,7 @@ def convert(
     import torch
     from tqdm import tqdm
 
+    from flashtensors.flash import is_checkpoint
     from flashtensors.sources import open_source
     from flashtensors.writer import CheckpointWriter
 
@@ -106,6 +107,8 @@ def convert(
     dst = Path(dst)
     if dst.exists() and not dst.is_dir():
         raise DestinationError(f"{dst}: exists and is not a directory")
+    if is_checkpoint(dst) and not overwrite:
+        raise DestinationError(f"{dst}: already holds a flash checkpoint; pass --overwrite to replace it")
     extras = _extras_to_copy(source, dst, overwrite) if copy_files else []
     cast_to = getattr(torch, dtype) if dtype else None
 
@@ -129,9 +132,9 @@ def convert(
         shutil.copy2(path, dst / path.name)
 
     size = tqdm.format_sizeof(source.nbytes, "B")
-    summary = f"converted {n_tensors} tensors ({size}) from {source.path} into {dst}"
+    summary = f"converted {_plural(n_tensors, 'tensor')} ({size}) from {source.path} into {dst}"
     if extras:
-        summary += f"; copied {len(extras)} file{'s' if len(extras) > 1 else ''}"
+        summary += f"; copied {_plural(len(extras), 'file')}"
     if copy_files and source.skipped_dirs:
         summary += f"; did not copy subdirectories: {', '.join(p.name for p in source.skipped_dirs)}"
     return summary
@@ -199,3 +202,7 @@ def _cast(batch: dict, dtype) -> dict:
             cast[key] = t.to(dtype)
         out[name] = cast[key]
     return out
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"

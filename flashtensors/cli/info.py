@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "info",
         help="list a flash checkpoint's tensors, size, data files and format version",
-        description="List the tensors (name, dtype, shape), total size, data files, metadata and "
+        description="List the tensors (name, dtype, shape), total size, data files, metadata and\n"
         "format version of the flash checkpoint in DIR. Only the index is read.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -73,7 +73,8 @@ def format_text(summary: dict) -> str:
     tensors, files = summary["tensors"], summary["files"]
     lines = [
         f"flash checkpoint {summary['path']} (format version {summary['format_version']})",
-        f"{len(tensors)} tensors, {size(summary['total_bytes'])} ({summary['total_bytes']} bytes) "
+        f"{len(tensors)} tensor{'' if len(tensors) == 1 else 's'}, "
+        f"{size(summary['total_bytes'])} ({summary['total_bytes']} bytes) "
         f"in {len(files)} data file{'' if len(files) == 1 else 's'}",
         "",
         "data files:",

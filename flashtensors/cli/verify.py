@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "verify",
         help="check every tensor of a flash checkpoint against its recorded checksum",
-        description="Recompute the CRC-32C of every tensor in the flash checkpoint in DIR and "
+        description="Recompute the CRC-32C of every tensor in the flash checkpoint in DIR and\n"
         "compare it with the one recorded in the index.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
