@@ -1,4 +1,7 @@
-"""Assertions shared by the tests."""
+"""Helpers shared by the tests."""
+
+import subprocess
+import sys
 
 import torch
 
@@ -19,3 +22,9 @@ def _bits(t):
     if t.dtype == torch.bool or t.numel() == 0:
         return t
     return t.reshape(-1).view(torch.uint8)
+
+
+def flashtensors(*args) -> subprocess.CompletedProcess:
+    """Runs the CLI in a fresh process, as a user would (stderr is a pipe: no progress bar)."""
+    cmd = [sys.executable, "-m", "flashtensors.cli", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)

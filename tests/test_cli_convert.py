@@ -13,12 +13,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from flashtensors import flash
-
-
-def flashtensors(*args) -> subprocess.CompletedProcess:
-    """Run the CLI in a fresh process, as a user would (stderr is a pipe, so no progress bar)."""
-    cmd = [sys.executable, "-m", "flashtensors.cli", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+from helpers import flashtensors
 
 
 def weights(seed: int = 0) -> dict[str, torch.Tensor]:

@@ -5,19 +5,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from flashtensors import flash
-
-
-def flashtensors(*args) -> subprocess.CompletedProcess:
-    """Run the CLI in a fresh process, as a user would."""
-    cmd = [sys.executable, "-m", "flashtensors.cli", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+from helpers import flashtensors
 
 
 def assert_fails(result: subprocess.CompletedProcess, command: str, *fragments: str):

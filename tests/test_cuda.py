@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from flashtensors import FlashError, flash
+from flashtensors import flash
 from flashtensors.errors import FlashDeviceError
 from helpers import assert_same
 

@@ -70,14 +70,14 @@ def run(flash_dir, st_files, data_files, device, expected: dict, *, runs: int, c
                     system.warm_up(data_files)
                 try:
                     start = time.perf_counter()
-                    tensors, keep = ld.load(flash_dir, st_files, device, list(expected))
+                    tensors, _keepalive = ld.load(flash_dir, st_files, device, list(expected))
                     settle(tensors, device)
                     res.seconds.append(time.perf_counter() - start)
                     if i == 0:
                         res.error = check(tensors, expected)
                 except Exception as e:  # a peer's failure is reported, not fatal
                     res.error = f"{type(e).__name__}: {e}".splitlines()[0][:160]
-                tensors = keep = None
+                tensors = _keepalive = None  # free before the next run
                 gc.collect()
                 if device.type == "cuda":
                     import torch
