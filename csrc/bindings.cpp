@@ -36,17 +36,9 @@ flash::IoMode parse_io(const std::string& io) {
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "flashtensors native core: plan execution, checksums, CUDA runtime lookup.";
-  static py::exception<flash::IoError> io_error(m, "IoError", PyExc_OSError);
-  static py::exception<flash::CudaError> cuda_error(m, "CudaError", PyExc_RuntimeError);
-  py::register_exception_translator([](std::exception_ptr p) {
-    try {
-      if (p) std::rethrow_exception(p);
-    } catch (const flash::IoError& e) {
-      io_error(e.what());
-    } catch (const flash::CudaError& e) {
-      cuda_error(e.what());
-    }
-  });
+  // Read failures surface as OSError subclasses, CUDA failures as RuntimeError ones.
+  py::register_exception<flash::IoError>(m, "IoError", PyExc_OSError);
+  py::register_exception<flash::CudaError>(m, "CudaError", PyExc_RuntimeError);
 
   m.def(
       "execute_plan",
