@@ -94,6 +94,13 @@ def _check_correct(loaded, index_doc, root):
             assert bytes(t.contiguous().view(-1).view(torch.uint8).numpy()) == raw
 
 
+def _same_json(a: bytes, b: bytes) -> bool:
+    try:
+        return json.loads(a) == json.loads(b)
+    except ValueError:
+        return False
+
+
 def _fresh_copy(original, tmp_path):
     root = tmp_path / "case"
     shutil.rmtree(root, ignore_errors=True)
@@ -125,8 +132,8 @@ def test_garbage_and_truncated_index(original, tmp_path, raw, cut):
     root = _fresh_copy(original, tmp_path)
     text = (root / INDEX_FILENAME).read_bytes()
     for content in (raw, text[:cut], text[:cut] + raw):
-        if content == text:
-            continue  # the intact index
+        if _same_json(content, text):
+            continue  # the intact index (perhaps with trailing whitespace)
         (root / INDEX_FILENAME).write_bytes(content)
         with pytest.raises(FlashError):
             flash.load_dict(root)
