@@ -30,8 +30,9 @@ def small_llama() -> LlamaForCausalLM:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", nargs="?", help="a local Hugging Face model directory (default: a small Llama)")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", nargs="?", help="a local Hugging Face model directory (default: a Llama)")
     args = parser.parse_args()
 
     if args.model:

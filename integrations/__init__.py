@@ -1,0 +1,1 @@
+"""Adapters that let other libraries (transformers, vLLM) read and write flash checkpoints."""

@@ -1,0 +1,21 @@
+"""Load flash checkpoints with transformers' ``from_pretrained``, and save them.
+
+Example::
+
+    from transformers import AutoModelForCausalLM
+    from flashtensors.integrations import transformers as flash_tf
+
+    flash_tf.save_pretrained(model, "out/model", tokenizer=tok)   # config + flash weights + tokenizer
+    flash_tf.patch()                                              # or flashtensors.patch_transformers()
+    model = AutoModelForCausalLM.from_pretrained("out/model", device_map="auto", dtype="auto")
+
+With the patch on, every model class's ``from_pretrained`` reads the weights of a local
+directory holding a flash checkpoint from it; other directories and Hub ids load exactly
+as before. ``unpatch()`` removes the patch. Supported transformers: ``compat.SUPPORTED``.
+"""
+
+from .compat import SUPPORTED, UnsupportedTransformersError
+from .patching import is_patched, patch, unpatch
+from .saving import save_pretrained
+
+__all__ = ["SUPPORTED", "UnsupportedTransformersError", "is_patched", "patch", "save_pretrained", "unpatch"]

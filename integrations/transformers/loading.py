@@ -1,0 +1,136 @@
+"""The hooks that make ``from_pretrained`` read flash checkpoints.
+
+Each hook wraps one transformers internal and changes only what concerns the
+weight files; everything else (meta-device init, ``device_map`` computed by
+accelerate, dtype casting, key renaming, tied weights, missing and unexpected keys)
+stays transformers' own work:
+
+* ``resolve_checkpoint_files`` answers "which files?" with the flash index of a
+  local directory that holds a flash checkpoint.
+* ``get_dtype`` lets ``dtype="auto"`` read the dtype from the flash index when the
+  config names none.
+* ``load_pretrained_model`` reads the tensors with ``flash.load_dict``, each straight
+  onto the device transformers placed its parameter on, and hands them to
+  transformers as a state dict.
+
+``patching.patch()`` installs them; nothing here is called directly.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+
+import torch
+
+from flashtensors import INDEX_FILENAME, flash
+from flashtensors.format import torch_dtype
+
+# Set by patching.patch(): passed to flash.load_dict.
+settings = {"verify": False}
+
+
+def flash_dir(checkpoint_files) -> str | None:
+    """The flash checkpoint directory if ``checkpoint_files`` came from ``resolve_checkpoint_files``."""
+    if checkpoint_files and len(checkpoint_files) == 1:
+        directory, name = os.path.split(checkpoint_files[0])
+        if name == INDEX_FILENAME:
+            return directory
+    return None
+
+
+def _bind(original, args, kwargs) -> inspect.BoundArguments:
+    bound = inspect.signature(original).bind(*args, **kwargs)
+    bound.apply_defaults()
+    return bound
+
+
+def resolve_checkpoint_files(original, *args, **kwargs):
+    """Wraps ``_get_resolved_checkpoint_files``: a local directory holding a flash checkpoint
+    resolves to ``[<dir>/flash_index.json]`` unless the caller asked for safetensors
+    (``use_safetensors=True``), a ``variant``, a GGUF file or the config's explicit weights file."""
+    arguments = _bind(original, args, kwargs).arguments
+    path = arguments["pretrained_model_name_or_path"]
+    if (
+        path is not None
+        and arguments["gguf_file"] is None
+        and arguments["variant"] is None
+        and arguments["use_safetensors"] is not True
+        and arguments["transformers_explicit_filename"] is None
+    ):
+        subfolder = (arguments["download_kwargs"] or {}).get("subfolder") or ""
+        directory = os.path.join(str(path), subfolder)
+        if os.path.isdir(directory) and flash.is_checkpoint(directory):
+            return [os.path.join(directory, INDEX_FILENAME)], None
+    return original(*args, **kwargs)
+
+
+def get_dtype(original, *args, **kwargs):
+    """Wraps ``_get_dtype``: for ``dtype="auto"`` without a dtype in the config, transformers
+    inspects the checkpoint's tensors; give it meta tensors shaped like the flash index's."""
+    bound = _bind(original, args, kwargs)
+    arguments = bound.arguments
+    directory = flash_dir(arguments["checkpoint_files"])
+    if (
+        directory is not None
+        and arguments["state_dict"] is None
+        and arguments["dtype"] == "auto"
+        and getattr(arguments["config"], "dtype", None) is None
+    ):
+        tensors = flash.read_index(directory).tensors
+        arguments["state_dict"] = {
+            name: torch.empty(entry.shape, dtype=torch_dtype(entry.dtype), device="meta")
+            for name, entry in tensors.items()
+        }
+        return original(*bound.args, **bound.kwargs)
+    return original(*args, **kwargs)
+
+
+def device_placement(model, load_config, names) -> dict | str:
+    """Where each checkpoint tensor in ``names`` should be read to: the device transformers
+    gives the parameter it loads into (after its key renaming), ``"cpu"`` for disk-offloaded
+    ones and for conversions transformers runs on the CPU. Example: ``{"lm_head.weight": 0, ...}``."""
+    from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+    from transformers.integrations.accelerate import expand_device_map
+
+    device_map = load_config.device_map
+    if not device_map:
+        return "cpu"
+    devices = set(device_map.values())
+    if len(devices) == 1:
+        device = devices.pop()
+        return "cpu" if device == "disk" else device
+
+    mapping = load_config.weight_mapping or []
+    renamings = [m for m in mapping if isinstance(m, WeightRenaming)]
+    converters = [m for m in mapping if isinstance(m, WeightConverter)]
+    on_cpu = {p for c in converters if getattr(c, "force_cpu", False) for p in c.source_patterns}
+    prefix = model.base_model_prefix
+    meta = model.state_dict()
+
+    targets = {}
+    for name in names:
+        target, pattern = rename_source_key(name, renamings, converters, prefix, meta)
+        if target not in meta and name in meta:  # as transformers: keep the name, maybe add the prefix
+            target, pattern = rename_source_key(name, [], [], prefix, meta)
+        targets[name] = (target, pattern in on_cpu)
+    expanded = expand_device_map(device_map, [target for target, _ in targets.values()])
+    return {
+        name: "cpu" if forced or expanded[target] == "disk" else expanded[target]
+        for name, (target, forced) in targets.items()
+    }
+
+
+def load_pretrained_model(original, *args, **kwargs):
+    """Wraps ``PreTrainedModel._load_pretrained_model``: reads a flash checkpoint onto the
+    planned devices and passes it on as ``state_dict``, so transformers loads it as usual."""
+    bound = _bind(original, args, kwargs)
+    arguments = bound.arguments
+    directory = flash_dir(arguments["checkpoint_files"])
+    if directory is None or arguments["state_dict"] is not None:
+        return original(*args, **kwargs)
+    names = list(flash.read_index(directory).tensors)
+    placement = device_placement(arguments["model"], arguments["load_config"], names)
+    arguments["state_dict"] = flash.load_dict(directory, device_map=placement, verify=settings["verify"])
+    arguments["checkpoint_files"] = None
+    return original(*bound.args, **bound.kwargs)

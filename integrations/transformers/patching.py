@@ -1,0 +1,89 @@
+"""Install and remove the ``from_pretrained`` hooks.
+
+Example::
+
+    from flashtensors.integrations import transformers as flash_tf
+
+    flash_tf.patch()                 # idempotent
+    model = AutoModelForCausalLM.from_pretrained("DIR")   # DIR may hold flash weights
+    flash_tf.unpatch()               # transformers is exactly as before
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+
+from . import loading
+from .compat import check_supported
+
+_lock = threading.Lock()
+_originals: dict[str, object] = {}  # name -> the attribute patch() replaced
+
+
+def _hooks(modeling_utils):
+    """(owner, attribute, hook) for each function patch() wraps."""
+    return [
+        (modeling_utils, "_get_resolved_checkpoint_files", loading.resolve_checkpoint_files),
+        (modeling_utils, "_get_dtype", loading.get_dtype),
+        (modeling_utils.PreTrainedModel, "_load_pretrained_model", loading.load_pretrained_model),
+    ]
+
+
+def _wrap(owner, attribute, hook):
+    """(the attribute as found, its replacement calling ``hook(original, *args, **kwargs)``)."""
+    raw = owner.__dict__[attribute]
+    is_static = isinstance(raw, staticmethod)
+    original = raw.__func__ if is_static else raw
+
+    @functools.wraps(original)
+    def wrapper(*args, **kwargs):
+        return hook(original, *args, **kwargs)
+
+    return raw, staticmethod(wrapper) if is_static else wrapper
+
+
+def patch(*, verify: bool = False) -> None:
+    """Make every ``from_pretrained`` in transformers read flash checkpoints.
+
+    A local model directory holding a flash checkpoint (``flash_index.json``) loads its
+    weights from it; any other directory or Hub id loads exactly as before. Calling
+    ``patch()`` again only updates ``verify``. With ``verify=True`` every load recomputes
+    the checksums and raises ``FlashChecksumError`` on a mismatch.
+
+    Raises ``UnsupportedTransformersError`` if the installed transformers is not supported.
+
+    Example::
+
+        import flashtensors
+        flashtensors.patch_transformers()   # the same thing
+    """
+    modeling_utils = check_supported()
+    with _lock:
+        loading.settings["verify"] = verify
+        if _originals:
+            return
+        for owner, attribute, hook in _hooks(modeling_utils):
+            raw, wrapped = _wrap(owner, attribute, hook)
+            _originals[attribute] = raw
+            setattr(owner, attribute, wrapped)
+
+
+def unpatch() -> None:
+    """Undo ``patch()``: put back transformers' own functions. Does nothing if not patched.
+
+    Example: ``flash_tf.unpatch(); flash_tf.is_patched()  # False``.
+    """
+    with _lock:
+        if not _originals:
+            return
+        from transformers import modeling_utils
+
+        for owner, attribute, _ in _hooks(modeling_utils):
+            setattr(owner, attribute, _originals.pop(attribute))
+        loading.settings["verify"] = False
+
+
+def is_patched() -> bool:
+    """Whether ``patch()`` is in effect. Example: ``assert flash_tf.is_patched()``."""
+    return bool(_originals)
