@@ -1,0 +1,67 @@
+"""vLLM integration: ``--load-format flash`` on an unmodified vLLM.
+
+Installing flashtensors registers :func:`register` under vLLM's ``vllm.general_plugins``
+entry point, which vLLM calls in every process it starts (API server, engine core,
+workers); nothing needs importing or patching. The model directory holds config.json,
+tokenizer files and flash weights (see :mod:`.loader` for the two layouts).
+
+Example::
+
+    flashtensors convert /models/qwen /models/qwen-flash      # or flash.save_dict(...)
+    vllm serve /models/qwen-flash --load-format flash \\
+        --model-loader-extra-config '{"threads": 16}'
+
+    from vllm import LLM
+    llm = LLM(model="/models/qwen-flash", load_format="flash")
+
+Options (``--model-loader-extra-config``): see :class:`.config.FlashLoaderConfig`.
+"""
+
+from __future__ import annotations
+
+LOAD_FORMAT = "flash"
+
+__all__ = [
+    "LOAD_FORMAT",
+    "FlashConfigError",
+    "FlashLoaderConfig",
+    "FlashWorkerExtension",
+    "register",
+    "save_vllm_checkpoint",
+]
+
+_registered = False
+
+
+def register() -> None:
+    """Registers the loader for ``load_format="flash"`` with vLLM (the plugin entry point).
+
+    Safe to call any number of times in a process. It imports vLLM's model-loader package
+    (which vLLM's workers import anyway) and this package's loader, and touches no GPU.
+
+    Example:
+        >>> from flashtensors.integrations.vllm import register
+        >>> register()   # only needed where vLLM's plugins are disabled (VLLM_PLUGINS)
+    """
+    global _registered
+    if _registered:
+        return
+    from vllm.model_executor.model_loader import register_model_loader
+
+    from .loader import FlashModelLoader
+
+    register_model_loader(LOAD_FORMAT)(FlashModelLoader)
+    _registered = True
+
+
+def __getattr__(name):
+    # Imported on first use so that the entry point's import of this package stays cheap.
+    if name in ("FlashWorkerExtension", "save_vllm_checkpoint"):
+        from . import per_rank
+
+        return getattr(per_rank, name)
+    if name in ("FlashConfigError", "FlashLoaderConfig"):
+        from . import config
+
+        return getattr(config, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,128 @@
+"""The vLLM model loader behind ``--load-format flash``.
+
+The model directory (``--model DIR``) is an ordinary Hugging Face model directory whose
+weights are flash checkpoints, in one or both of two layouts:
+
+* **full**: ``DIR/flash_index.json`` + ``*.flash``, a Hugging Face state dict (as written
+  by ``flash.save_dict(model.state_dict(), DIR)``, the transformers adapter or
+  ``flashtensors convert``). It is loaded onto the worker and fed through the model's
+  ``load_weights``, so vLLM's own weight loaders fuse and shard it: any
+  tensor-parallel size works.
+* **per-rank**: ``DIR/flash-rank-{rank}-of-{size}/``, written by
+  :func:`~flashtensors.integrations.vllm.save_vllm_checkpoint`; each rank copies its
+  tensors straight into its parameters (see :mod:`.per_rank`).
+
+When both are present, the per-rank layout is used if it was saved for the engine's
+tensor-parallel size, the full one otherwise.
+
+Example::
+
+    vllm serve /models/qwen-flash --load-format flash
+    LLM(model="/models/qwen-flash", load_format="flash",
+        model_loader_extra_config={"threads": 8})
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from vllm.config import ModelConfig
+from vllm.config.load import LoadConfig
+from vllm.model_executor.model_loader.base_loader import BaseModelLoader
+
+from flashtensors import flash
+from flashtensors.errors import FlashDeviceError, FlashFormatError
+
+from . import per_rank
+from .config import FlashLoaderConfig
+
+# Under vLLM's logger, so that the messages appear in vLLM's log with its format.
+log = logging.getLogger("vllm.flashtensors")
+
+
+class FlashModelLoader(BaseModelLoader):
+    """Loads a model's weights from flash checkpoints (``load_format="flash"``).
+
+    Options come from ``model_loader_extra_config``, checked strictly by
+    :class:`~.config.FlashLoaderConfig`.
+
+    Example:
+        >>> from vllm import LLM
+        >>> llm = LLM(model="/models/qwen-flash", load_format="flash")
+    """
+
+    def __init__(self, load_config: LoadConfig):
+        super().__init__(load_config)
+        self.options = FlashLoaderConfig.from_extra_config(load_config.model_loader_extra_config)
+
+    def download_model(self, model_config: ModelConfig) -> None:
+        """Nothing to download: flash weights are read from a local directory, checked here."""
+        _weights_dir(model_config)
+
+    def load_weights(self, model: nn.Module, model_config: ModelConfig) -> None:
+        """Loads the weights in ``model_config``'s directory into ``model`` (see the module docstring)."""
+        root = _weights_dir(model_config)
+        device = _model_device(model)
+        started = time.perf_counter()
+        _, tp_size = per_rank.tp_rank_and_size()
+        if tp_size in per_rank.saved_tp_sizes(root) or not flash.is_checkpoint(root):
+            per_rank.load_rank(model, root, device, verify=self.options.verify, threads=self.options.threads)
+            layout = "per-rank"
+        else:
+            self._load_full(model, model_config, root, device)
+            layout = "full"
+        log.info("flashtensors: loaded %s (%s layout) in %.2f s", root, layout, time.perf_counter() - started)
+
+    def _load_full(self, model: nn.Module, model_config: ModelConfig, root: Path, device) -> None:
+        tensors = self._stage(root, device)
+        loaded = model.load_weights(tensors.items())
+        del tensors
+        if loaded is not None and model_config.quantization is None:
+            missing = sorted({name for name, _ in model.named_parameters()} - set(loaded))
+            if missing:
+                raise FlashFormatError(
+                    f"{root}: the flash checkpoint has no weights for {len(missing)} parameter(s) "
+                    f"of the model, e.g. {missing[:5]}"
+                )
+
+
+    def _stage(self, root: Path, device: torch.device) -> dict:
+        """The full checkpoint's tensors on ``device``, or in host memory if they do not fit there."""
+        cpu = torch.device("cpu")
+        where = cpu if self.options.staging == "cpu" else device
+        try:
+            return flash.load_dict(root, where, verify=self.options.verify, threads=self.options.threads)
+        except FlashDeviceError as e:  # the whole checkpoint does not fit beside the model
+            if where == cpu:
+                raise
+            log.warning("flashtensors: %s; staging the checkpoint in host memory instead", e)
+            return flash.load_dict(root, cpu, threads=self.options.threads)  # verified already
+
+
+def _weights_dir(model_config: ModelConfig) -> Path:
+    """The local directory the weights are read from (``model_weights`` overrides ``model``)."""
+    root = Path(model_config.model_weights or model_config.model)
+    if not root.is_dir():
+        raise FlashFormatError(
+            f"--load-format flash reads a local model directory, and {str(root)!r} is not one "
+            f"(download it first, e.g. with `hf download`)"
+        )
+    if not flash.is_checkpoint(root) and not per_rank.saved_tp_sizes(root):
+        raise FlashFormatError(
+            f"{root}: holds no flash checkpoint (neither flash_index.json nor "
+            f"{per_rank.RANK_DIR.format(rank='R', size='N')}/); convert it with "
+            f"`flashtensors convert` or save one with flash.save_dict"
+        )
+    return root
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    """Where the model's parameters were created (the worker's device, or CPU)."""
+    for p in model.parameters():
+        if p.device.type != "meta":
+            return p.device
+    return torch.device("cpu")

