@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 
 from . import _native
@@ -19,6 +20,11 @@ CHUNK_BYTES = 16 << 20
 # Pinned staging memory for GPU loads: two buffers per thread, pinned once per process.
 # Smaller values shrink the pieces each thread reads; 1 GiB is plenty for any link.
 PINNED_RING_BYTES = 512 << 20
+# After a load that read files from the disk (O_DIRECT leaves nothing in the page cache),
+# have the kernel read them into the cache in the background, so that the next load of
+# the same checkpoint (a restarted or second replica) is warm. The benchmark turns it off
+# to keep its cold runs cold.
+CACHE_AFTER_COLD_LOAD = True
 # How bytes reach host memory. "auto" maps cached files and reads the rest, choosing
 # the page cache or O_DIRECT per piece; the others force one way (for benchmarks).
 IO_MODES = ("auto", "mmap", "buffered", "direct")
@@ -67,6 +73,7 @@ def _load_once(path, device_map, threads, io) -> dict:
     _check_capacity(plans, path)
 
     n_threads = threads or default_threads()
+    cold = _cold_files(paths, ops_files={r.file for p in plans for r in p.regions if not r.mapped}, io=io)
     buffers, ops = {}, []
     for plan in plans:
         buffer, address = _allocate(plan.nbytes, plan.device)
@@ -81,6 +88,9 @@ def _load_once(path, device_map, threads, io) -> dict:
     except RuntimeError as e:
         raise FlashError(f"{path}: copying the checkpoint to the GPU failed: {e}") from None
 
+    if cold:
+        threading.Thread(target=_read_into_page_cache, args=(cold,), daemon=True,
+                         name="flashtensors-cache").start()
     tensors = {}
     for plan in plans:
         buffer, shift = buffers[plan.device]
@@ -100,6 +110,31 @@ def _load_once(path, device_map, threads, io) -> dict:
     log.debug("loaded %d tensors, %.2f GB from %s in %.3f s (%.2f GB/s)", len(out), total / 1e9, path,
               seconds, total / 1e9 / max(seconds, 1e-9))
     return out
+
+
+def _cold_files(paths, ops_files, io: str) -> list:
+    """The data files this load will read mostly from the disk."""
+    if not CACHE_AFTER_COLD_LOAD or io != "auto":
+        return []
+    resident = _native.module().resident_fraction
+    return [paths[f] for f in sorted(ops_files) if resident(paths[f]) < 0.5]
+
+
+def _read_into_page_cache(paths, window: int = 2 << 20) -> None:
+    # One WILLNEED per 2 MiB: the kernel caps each request at its readahead size, so a
+    # single whole-file request would cache only the start of the file.
+    for p in paths:
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            for offset in range(0, os.fstat(fd).st_size, window):
+                os.posix_fadvise(fd, offset, window, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 def _files_to_map(index, devices, paths, io: str) -> dict:

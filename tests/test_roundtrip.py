@@ -177,3 +177,27 @@ def test_mapped_tensors_are_copy_on_write(ckpt):
     out["b"].zero_()
     assert_same(flash.load_dict(ckpt), sd)
     flash.verify(ckpt)
+
+
+def test_a_cold_load_leaves_the_files_cached_for_the_next(ckpt):
+    import os
+    import time
+
+    from flashtensors import _native
+    from flashtensors.format import data_file_paths
+
+    sd = {"a": torch.randn(4 << 20)}
+    flash.save_dict(sd, ckpt)
+    (path,) = data_file_paths(ckpt, flash.read_index(ckpt))
+    fd = os.open(path, os.O_RDONLY)
+    os.fdatasync(fd)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)
+    resident = _native.module().resident_fraction
+    if resident(path) > 0.05:
+        pytest.skip("this filesystem keeps the file cached (tmpfs?)")
+    assert_same(flash.load_dict(ckpt), sd)
+    deadline = time.monotonic() + 20
+    while resident(path) < 0.99 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert resident(path) >= 0.99

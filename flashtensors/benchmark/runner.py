@@ -49,6 +49,9 @@ def check(tensors: dict, expected: dict) -> str:
 def run(flash_dir, st_files, data_files, device, expected: dict, *, runs: int, cold: bool,
         only=None, log=print) -> list:
     """Times each available loader ``runs`` times per mode, alternating loaders."""
+    from .. import loader
+
+    loader.CACHE_AFTER_COLD_LOAD = False  # cold runs must stay cold
     loaders = [ld for ld in LOADERS if only is None or ld.name in only]
     results = []
     for ld in loaders:
