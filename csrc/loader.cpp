@@ -203,7 +203,11 @@ void execute_plan(const std::vector<std::string>& paths, const std::vector<ReadO
       if (c.device < 0) {
         file.read(reinterpret_cast<void*>(c.dest), c.offset, c.length);
       } else {
-        file.read(stager->next_buffer(), c.offset, c.length);
+        // Staging buffers are aligned and a whole chunk long: reading up to the next
+        // block boundary keeps the read eligible for O_DIRECT; only `length` is copied.
+        const uint64_t rounded = (c.length + kDirectAlign - 1) / kDirectAlign * kDirectAlign;
+        const uint64_t in_file = c.offset < file.size() ? file.size() - c.offset : 0;
+        file.read(stager->next_buffer(), c.offset, std::max(c.length, std::min(rounded, in_file)));
         stager->copy(c.dest, c.length, c.device);
       }
     }

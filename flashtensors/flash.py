@@ -15,9 +15,10 @@ from .checksums import verify as _verify
 from .format import INDEX_FILENAME, Index
 from .format import read_index as _read_index
 from .loader import load as _load
+from .inplace import load_into as _load_into
 from .writer import CheckpointWriter
 
-__all__ = ["save_dict", "load_dict", "verify", "read_index", "is_checkpoint"]
+__all__ = ["save_dict", "load_dict", "load_into", "verify", "read_index", "is_checkpoint"]
 
 
 def save_dict(state_dict, path, *, overwrite: bool = False, metadata: dict | None = None) -> None:
@@ -49,7 +50,8 @@ def save_dict(state_dict, path, *, overwrite: bool = False, metadata: dict | Non
         writer.write(state_dict)
 
 
-def load_dict(path, device_map=None, *, verify: bool = False, threads: int | None = None) -> dict:
+def load_dict(path, device_map=None, *, verify: bool = False, threads: int | None = None,
+              server=None) -> dict:
     """Loads a flash checkpoint and returns ``{name: tensor}`` in saved order.
 
     Each device gets one allocation holding all its tensors; the tensors are views into
@@ -66,6 +68,10 @@ def load_dict(path, device_map=None, *, verify: bool = False, threads: int | Non
             ``torch.device``. Default: everything on ``"cpu"``.
         verify: check every tensor's CRC-32C before loading (reads the data twice).
         threads: I/O threads (default: between 4 and 16, by CPU count).
+        server: the cache daemon (``flashtensors serve``) to map CPU tensors from: its
+            socket path, or ``False`` for none. Default: ``$FLASHTENSORS_SERVER``, else
+            the default socket, if a daemon listens there; without one (or if it fails)
+            the checkpoint is loaded directly. See docs/cache.md.
 
     Raises:
         FlashFormatError: the checkpoint is missing, invalid, truncated or corrupt.
@@ -78,7 +84,33 @@ def load_dict(path, device_map=None, *, verify: bool = False, threads: int | Non
     """
     if verify:
         _verify(path, threads=threads)
+    from .cache.client import try_load
+
+    cached = try_load(path, device_map, server)
+    if cached is not None:
+        return cached
     return _load(path, device_map, threads=threads)
+
+
+def load_into(path, tensors: dict, *, threads: int | None = None) -> None:
+    """Reads checkpoint tensors straight into existing tensors, such as a model's
+    parameters, with no intermediate copy and no new allocation.
+
+    Args:
+        path: the checkpoint directory.
+        tensors: ``{name: tensor}`` to fill, on the CPU or a CUDA device; each must have
+            the checkpoint's dtype and shape. Checkpoint tensors not named are skipped.
+        threads: I/O threads (default: between 4 and 16, by CPU count).
+
+    Raises:
+        FlashFormatError: a name is not in the checkpoint, a dtype or shape differs, or
+            the checkpoint is invalid, truncated or corrupt.
+
+    Example:
+        >>> params = dict(model.named_parameters())
+        >>> flash.load_into("/models/m", {n: p.data for n, p in params.items()})
+    """
+    _load_into(path, tensors, threads=threads)
 
 
 def verify(path, *, threads: int | None = None) -> int:

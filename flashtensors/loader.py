@@ -60,8 +60,6 @@ def _index_identity(path):
 
 
 def _load_once(path, device_map, threads, io) -> dict:
-    import torch
-
     started = time.perf_counter()
     index = read_index(path)
     paths = data_file_paths(path, index)
@@ -80,24 +78,34 @@ def _load_once(path, device_map, threads, io) -> dict:
         buffers[plan.device] = (buffer, address - buffer.data_ptr())
         code = -1 if plan.device.type == "cpu" else plan.device.index
         ops.extend(read_ops(plan, address, code))
-    try:
-        _native.module().execute_plan(paths, ops, n_threads, _chunk_bytes(plans, n_threads),
-                                      "auto" if io == "mmap" else io)
-    except OSError as e:
-        raise FlashFormatError(f"{path}: reading the checkpoint failed: {e}") from None
-    except RuntimeError as e:
-        raise FlashError(f"{path}: copying the checkpoint to the GPU failed: {e}") from None
+    to_gpu = any(p.device.type == "cuda" for p in plans)
+    execute(path, paths, ops, n_threads, chunk_bytes(to_gpu, n_threads), "auto" if io == "mmap" else io)
 
     if cold:
         threading.Thread(target=_read_into_page_cache, args=(cold,), daemon=True,
                          name="flashtensors-cache").start()
+    out = assemble(index, plans, devices, dtypes, buffers, mapped)
+    total = sum(p.nbytes for p in plans)
+    seconds = time.perf_counter() - started
+    log.debug("loaded %d tensors, %.2f GB from %s in %.3f s (%.2f GB/s)", len(out), total / 1e9, path,
+              seconds, total / 1e9 / max(seconds, 1e-9))
+    return out
+
+
+def assemble(index, plans, devices, dtypes, buffers, mapped) -> dict:
+    """The tensors of a loaded plan, in saved order, as views: of ``buffers[device]``
+    (``(buffer, shift)`` pairs) for read regions, of ``mapped[file]`` (1-D uint8 tensors
+    over a file's bytes) for mapped ones. Empty tensors are fresh allocations.
+    ``dtypes`` maps spec dtype names to torch dtypes."""
+    import torch
+
     tensors = {}
     for plan in plans:
-        buffer, shift = buffers[plan.device]
         for region in plan.regions:
             if region.mapped:
                 storage = _region_storage(mapped[region.file], region.start, region.nbytes)
             else:
+                buffer, shift = buffers[plan.device]
                 storage = _region_storage(buffer, shift + region.buffer_offset, region.nbytes)
             for e in region.members:
                 tensors[e.name] = _view(storage, e.offset - region.start, e, dtypes[e.dtype])
@@ -105,11 +113,17 @@ def _load_once(path, device_map, threads, io) -> dict:
     for name, e in index.tensors.items():
         out[name] = tensors[name] if name in tensors else \
             torch.empty(e.shape, dtype=dtypes[e.dtype], device=devices[name])
-    total = sum(p.nbytes for p in plans)
-    seconds = time.perf_counter() - started
-    log.debug("loaded %d tensors, %.2f GB from %s in %.3f s (%.2f GB/s)", len(out), total / 1e9, path,
-              seconds, total / 1e9 / max(seconds, 1e-9))
     return out
+
+
+def execute(path, paths, ops, threads: int, piece_bytes: int, io: str = "auto") -> None:
+    """Runs native read ops, turning the core's errors into FlashErrors about ``path``."""
+    try:
+        _native.module().execute_plan(paths, ops, threads, piece_bytes, io)
+    except OSError as e:
+        raise FlashFormatError(f"{path}: reading the checkpoint failed: {e}") from None
+    except RuntimeError as e:
+        raise FlashError(f"{path}: copying the checkpoint to the GPU failed: {e}") from None
 
 
 def _cold_files(paths, ops_files, io: str) -> list:
@@ -161,9 +175,9 @@ def _files_to_map(index, devices, paths, io: str) -> dict:
     return out
 
 
-def _chunk_bytes(plans, n_threads: int) -> int:
+def chunk_bytes(to_gpu: bool, n_threads: int) -> int:
     """Read size: CHUNK_BYTES, shrunk for GPU loads so the ring stays within PINNED_RING_BYTES."""
-    if not any(p.device.type == "cuda" for p in plans):
+    if not to_gpu:
         return CHUNK_BYTES
     fit = PINNED_RING_BYTES // (2 * n_threads) // ALIGNMENT * ALIGNMENT
     return max(ALIGNMENT, min(CHUNK_BYTES, fit))
@@ -194,10 +208,16 @@ def _allocate(nbytes: int, device):
         address = -(-buffer.data_ptr() // ALIGNMENT) * ALIGNMENT
         return buffer, address
     buffer = torch.empty(nbytes, dtype=torch.uint8, device=device)
-    # Our copies run on the core's own streams: let work already queued on torch's
-    # stream (which may still use this recycled memory) finish first.
-    torch.cuda.current_stream(device).synchronize()
+    synchronize_before_copies(device)
     return buffer, buffer.data_ptr()
+
+
+def synchronize_before_copies(device) -> None:
+    """Our copies run on the core's own streams: work already queued on torch's stream,
+    which may still use the target memory (or recycled memory), must finish first."""
+    import torch
+
+    torch.cuda.current_stream(device).synchronize()
 
 
 def _region_storage(buffer, offset: int, nbytes: int):
@@ -215,3 +235,4 @@ def _view(storage, rel: int, entry, dtype):
     if entry.strides is None:
         return data.view(entry.shape)
     return data.as_strided(entry.shape, entry.strides)
+

@@ -42,6 +42,14 @@ def test_mixed_map(ckpt):
     assert_same(out, sd)
 
 
+def test_load_into_gpu_parameters(ckpt):
+    model = torch.nn.Linear(300, 7).cuda()
+    sd = {k: torch.randn_like(v) for k, v in model.state_dict().items()}
+    flash.save_dict(sd, ckpt)
+    flash.load_into(ckpt, {n: p.data for n, p in model.named_parameters()})
+    assert_same(model.state_dict(), sd)
+
+
 def test_large_round_trip_with_checksums(ckpt):
     free, _ = torch.cuda.mem_get_info()
     gib = 16 if free > 40 * 2**30 else 2

@@ -55,6 +55,11 @@ mixed = [(0, 0, third, base, 0), (0, third, third, base + third, 1), (0, 2 * thi
 ctypes.memset(base, 0, size)
 C.execute_plan([path], mixed, threads, chunk, "auto")  # two devices and the host in one plan
 assert dest.raw == data[:size]
+odd = [(0, 4096, 1000, base, 0), (0, 3 * 4096, 5000, base + 2000, 0)]  # lengths off the block size
+ctypes.memset(base, 0, size)
+C.execute_plan([path], odd, threads, chunk, "auto")
+assert dest.raw[:1000] == data[4096:5096] and dest.raw[1000:2000] == bytes(1000)
+assert dest.raw[2000:7000] == data[3 * 4096:3 * 4096 + 5000] and dest.raw[7000:7100] == bytes(100)
 try:
     C.execute_plan([path], [(0, 0, size, base, 5)], threads, chunk, "auto")
 except RuntimeError as e:

@@ -1,0 +1,41 @@
+"""Loading checkpoint tensors straight into tensors that already exist (a model's
+parameters): one read per tensor into its memory, no buffer of our own."""
+
+from __future__ import annotations
+
+from .errors import FlashDeviceError, FlashFormatError
+from .format import data_file_paths, read_index, torch_dtype
+from .loader import chunk_bytes, default_threads, execute, load, synchronize_before_copies
+
+
+def load_into(path, targets: dict, *, threads: int | None = None) -> None:
+    """See :func:`flashtensors.flash.load_into`."""
+    index = read_index(path)
+    paths = data_file_paths(path, index)
+    missing = [n for n in targets if n not in index.tensors]
+    if missing:
+        raise FlashFormatError(f"{path}: no tensor {missing[0]!r} in the checkpoint"
+                               + (f" (and {len(missing) - 1} more missing)" if len(missing) > 1 else ""))
+    ops, strided = [], []
+    for name, target in targets.items():
+        entry = index.tensors[name]
+        if target.dtype != torch_dtype(entry.dtype) or tuple(target.shape) != entry.shape:
+            raise FlashFormatError(
+                f"{path}: tensor {name!r} is {entry.dtype}{list(entry.shape)} in the checkpoint, "
+                f"the target is {str(target.dtype).removeprefix('torch.')}{list(target.shape)}")
+        if target.device.type not in ("cpu", "cuda"):
+            raise FlashDeviceError(f"tensor {name!r}: cannot load into a tensor on {target.device}")
+        if entry.strides is not None or not target.is_contiguous():
+            strided.append(name)  # not one run of bytes on both sides: copied below
+        elif entry.length:
+            code = -1 if target.device.type == "cpu" else target.device.index
+            ops.append((entry.file, entry.offset, entry.length, target.data_ptr(), code))
+    gpus = {t.device for t in targets.values() if t.device.type == "cuda"}
+    for device in gpus:
+        synchronize_before_copies(device)
+    n_threads = threads or default_threads()
+    execute(path, paths, ops, n_threads, chunk_bytes(bool(gpus), n_threads))
+    if strided:
+        loaded = load(path, "cpu")
+        for name in strided:
+            targets[name].copy_(loaded[name])
