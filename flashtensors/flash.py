@@ -14,8 +14,8 @@ from pathlib import Path
 from .checksums import verify as _verify
 from .format import INDEX_FILENAME, Index
 from .format import read_index as _read_index
-from .loader import load as _load
 from .inplace import load_into as _load_into
+from .loader import load as _load
 from .writer import CheckpointWriter
 
 __all__ = ["save_dict", "load_dict", "load_into", "verify", "read_index", "is_checkpoint"]

@@ -17,8 +17,17 @@ from pathlib import Path
 
 from . import _native
 from .errors import FlashError
-from .format import (ALIGNMENT, DATA_SUFFIX, INDEX_FILENAME, DataFileEntry, Index, TensorEntry,
-                     dtype_name, read_index, span_bytes)
+from .format import (
+    ALIGNMENT,
+    DATA_SUFFIX,
+    INDEX_FILENAME,
+    DataFileEntry,
+    Index,
+    TensorEntry,
+    dtype_name,
+    read_index,
+    span_bytes,
+)
 
 DEFAULT_MAX_FILE_SIZE = 4 << 30
 _OUR_DATA_FILE = re.compile(r"^weights-[0-9a-f]{8}-\d{5}\.flash$")
@@ -206,7 +215,7 @@ def _region_of(members):
         return data, [(name, tensor, 0, None)]
     # Several views of one storage: store the byte span covering them all, once.
     spans = []
-    for name, t in members:
+    for _, t in members:
         start = t.storage_offset() * t.element_size()
         spans.append((start, start + span_bytes(tuple(t.shape), tuple(t.stride()), t.element_size())))
     lo = min(s for s, _ in spans) // 16 * 16  # keep every member aligned to its item size

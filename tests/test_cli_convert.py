@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from flashtensors import flash
+
 from helpers import flashtensors
 
 

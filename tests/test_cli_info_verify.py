@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from flashtensors import flash
-from helpers import flashtensors
 
+from helpers import flashtensors
 
 WEIGHTS = {
     "model.embed_tokens.weight": torch.arange(4096, dtype=torch.float32).reshape(256, 16),

@@ -6,8 +6,9 @@ import time
 
 import torch
 
-from concurrency_workers import load_and_check, load_either, overwrite, save_versions, state_dict
 from flashtensors import flash
+
+from concurrency_workers import load_and_check, load_either, overwrite, save_versions, state_dict
 
 
 def _run_all(targets, timeout=300) -> list:

@@ -5,6 +5,7 @@ import torch
 
 from flashtensors import flash
 from flashtensors.errors import FlashDeviceError
+
 from helpers import assert_same
 
 pytestmark = pytest.mark.gpu

@@ -51,7 +51,8 @@ else:
     raise AssertionError("a failing copy must raise")
 fake.fake_fail_copies_after(-1)
 third = size // 3 // 4096 * 4096
-mixed = [(0, 0, third, base, 0), (0, third, third, base + third, 1), (0, 2 * third, size - 2 * third, base + 2 * third, -1)]
+mixed = [(0, 0, third, base, 0), (0, third, third, base + third, 1),
+         (0, 2 * third, size - 2 * third, base + 2 * third, -1)]
 ctypes.memset(base, 0, size)
 C.execute_plan([path], mixed, threads, chunk, "auto")  # two devices and the host in one plan
 assert dest.raw == data[:size]

@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from helpers import assert_same
 from flashtensors import flash
 from flashtensors.format import DTYPE_SIZES
 from flashtensors.writer import CheckpointWriter
+
+from helpers import assert_same
 
 
 def _random(dtype, shape, gen):

@@ -10,6 +10,7 @@ import torch
 
 from flashtensors import FlashError, flash
 from flashtensors.format import INDEX_FILENAME
+
 from helpers import assert_same
 
 

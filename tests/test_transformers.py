@@ -14,13 +14,18 @@ import torch
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-from tiny_models import ARCHS, VOCAB_SIZE, make_model, make_tokenizer  # noqa: E402
-from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer  # noqa: E402
-from transformers import modeling_utils  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    modeling_utils,  # noqa: E402
+)
 
 import flashtensors  # noqa: E402
 from flashtensors import FlashChecksumError, FlashError, FlashFormatError, flash  # noqa: E402
 from flashtensors.integrations import transformers as flash_tf  # noqa: E402
+
+from tiny_models import ARCHS, VOCAB_SIZE, make_model, make_tokenizer  # noqa: E402
 
 AUTO_CLASS = {"bert": AutoModel}
 INPUT_IDS = torch.tensor([[2, 40, 77, 90, 15, 200, 3, 9]])

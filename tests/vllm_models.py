@@ -42,9 +42,9 @@ def make_model_pair(arch: str, root: Path, *, seed: int = 0) -> tuple[Path, Path
     """``root/arch-safetensors`` and ``root/arch-flash``: one tiny model, same tokenizer and
     config, weights as safetensors in the first and only as a flash checkpoint in the second.
     """
-    from tiny_models import make_model, make_tokenizer
-
     from flashtensors import flash
+
+    from tiny_models import make_model, make_tokenizer
 
     model = make_model(arch, seed=seed)
     tokenizer = make_tokenizer()

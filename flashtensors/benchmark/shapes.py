@@ -40,7 +40,8 @@ def tensor_shapes(s: Shape) -> dict:
             p + "self_attn.q_proj.weight": (q, s.hidden), p + "self_attn.k_proj.weight": (kv, s.hidden),
             p + "self_attn.v_proj.weight": (kv, s.hidden), p + "self_attn.o_proj.weight": (s.hidden, q),
             p + "self_attn.q_norm.weight": (s.head_dim,), p + "self_attn.k_norm.weight": (s.head_dim,),
-            p + "mlp.gate_proj.weight": (s.intermediate, s.hidden), p + "mlp.up_proj.weight": (s.intermediate, s.hidden),
+            p + "mlp.gate_proj.weight": (s.intermediate, s.hidden),
+            p + "mlp.up_proj.weight": (s.intermediate, s.hidden),
             p + "mlp.down_proj.weight": (s.hidden, s.intermediate),
             p + "input_layernorm.weight": (s.hidden,), p + "post_attention_layernorm.weight": (s.hidden,),
         })
