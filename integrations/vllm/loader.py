@@ -70,7 +70,7 @@ class FlashModelLoader(BaseModelLoader):
         started = time.perf_counter()
         _, tp_size = per_rank.tp_rank_and_size()
         if tp_size in per_rank.saved_tp_sizes(root) or not flash.is_checkpoint(root):
-            per_rank.load_rank(model, root, device, verify=self.options.verify, threads=self.options.threads)
+            per_rank.load_rank(model, root, verify=self.options.verify, threads=self.options.threads)
             layout = "per-rank"
         else:
             self._load_full(model, model_config, root, device)

@@ -85,7 +85,7 @@ def _refuse_pipeline_parallelism() -> None:
         raise FlashError("per-rank flash checkpoints support tensor parallelism only, not pipeline parallelism")
 
 
-def load_rank(model, root, device, *, verify: bool = False, threads: int | None = None) -> None:
+def load_rank(model, root, *, verify: bool = False, threads: int | None = None) -> None:
     """Copies this worker's per-rank checkpoint in ``root`` into ``model``'s parameters and buffers.
 
     Raises:
@@ -106,24 +106,20 @@ def load_rank(model, root, device, *, verify: bool = False, threads: int | None 
             f"{' or '.join(map(str, sizes))}, or add a full checkpoint (flash_index.json) to "
             f"load at any size."
         )
-    tensors = flash.load_dict(path, device, verify=verify, threads=threads)
+    if verify:
+        flash.verify(path, threads=threads)
+    saved = flash.read_index(path).tensors
     targets = model.state_dict()
-    missing = [n for n in targets if n not in tensors]
-    unexpected = [n for n in tensors if n not in targets]
+    missing = [n for n in targets if n not in saved]
+    unexpected = [n for n in saved if n not in targets]
     if missing or unexpected:
         raise FlashFormatError(
             f"{path}: the checkpoint does not match the model: missing {missing[:8]}, "
             f"unexpected {unexpected[:8]} (was it saved from another model or vLLM version?)"
         )
+    # Straight from the files into the parameters: no second copy of the weights.
     with torch.no_grad():
-        for name, tensor in tensors.items():
-            target = targets[name]
-            if target.shape != tensor.shape:
-                raise FlashFormatError(
-                    f"{path}: tensor {name!r} has shape {tuple(tensor.shape)}, the model's "
-                    f"parameter has {tuple(target.shape)}"
-                )
-            target.copy_(tensor)
+        flash.load_into(path, targets, threads=threads)
 
 
 def save_worker_rank(worker, path: str, overwrite: bool = False) -> str | None:
