@@ -9,7 +9,9 @@ leftovers are removed by the next save into the same directory.
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
+import logging
 import os
 import re
 import secrets
@@ -33,6 +35,7 @@ DEFAULT_MAX_FILE_SIZE = 4 << 30
 _OUR_DATA_FILE = re.compile(r"^weights-[0-9a-f]{8}-\d{5}\.flash$")
 _OUR_TEMP_INDEX = re.compile(r"^" + re.escape(INDEX_FILENAME) + r"\.tmp-[0-9a-f]{8}$")
 _ZEROS = bytes(ALIGNMENT)
+log = logging.getLogger("flashtensors")
 
 
 class CheckpointWriter:
@@ -100,14 +103,17 @@ class CheckpointWriter:
             index = Index(files=self._files, tensors=self._tensors, metadata=self.metadata)
             old = _referenced_files(self.path)
             _atomic_write(self.path / INDEX_FILENAME, index.to_json().encode("utf-8"), self._save_id)
-            for name in old - {f.name for f in self._files}:
-                _unlink_quietly(self.path / name)
-            _fsync_dir(self.path)
         except BaseException:
             self.abort()
             raise
+        # From here on the new checkpoint is the checkpoint: nothing may delete its files.
         self._done = True
-        self._lock.release()
+        try:
+            _fsync_dir(self.path)  # make the rename durable before the old files go
+            for name in (old or set()) - {f.name for f in self._files}:
+                _unlink_quietly(self.path / name)
+        finally:
+            self._lock.release()
         return index
 
     def abort(self) -> None:
@@ -195,6 +201,9 @@ def _storage_groups(tensors, already: dict):
                              f"(layout {tensor.layout}, device {tensor.device})")
         dtype_name(tensor.dtype)  # unsupported dtypes fail here, before any byte is written
         tensor = tensor.detach()
+        if tensor.is_conj() or tensor.is_neg():
+            # Lazy conjugate/negative views: their storage holds the unconjugated values.
+            tensor = tensor.resolve_conj().resolve_neg()
         ptr = tensor.untyped_storage().data_ptr()
         key = (tensor.device, ptr) if ptr and tensor.numel() else ("own", name)
         if key not in groups:
@@ -250,17 +259,24 @@ def _check_metadata(metadata):
     return metadata
 
 
-def _referenced_files(path: Path) -> set:
+def _referenced_files(path: Path):
+    """Data files named by the committed index: an empty set when there is no index,
+    None when there is one this version cannot read (then nothing may be deleted)."""
+    if not (path / INDEX_FILENAME).exists():
+        return set()
     try:
         return {f.name for f in read_index(path).files}
     except FlashError:
-        return set()
+        return None
 
 
 def _remove_debris(path: Path) -> None:
     """Removes data files and temporary indexes that no committed index refers to:
     leftovers of a save that failed or was killed."""
     keep = _referenced_files(path)
+    if keep is None:
+        log.warning("%s: the index there cannot be read; leaving its files alone", path)
+        return
     for entry in os.scandir(path):
         if (_OUR_DATA_FILE.match(entry.name) and entry.name not in keep) or _OUR_TEMP_INDEX.match(entry.name):
             _unlink_quietly(Path(entry.path))
@@ -268,17 +284,25 @@ def _remove_debris(path: Path) -> None:
 
 def _atomic_write(target: Path, data: bytes, tag: str) -> None:
     tmp = target.with_name(f"{target.name}.tmp-{tag}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
 
 
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+        # Some filesystems (FUSE, network) cannot fsync a directory: nothing more to do.
     finally:
         os.close(fd)
 
@@ -292,11 +316,20 @@ def _unlink_quietly(p: Path) -> None:
 
 class _DirectoryLock:
     """An exclusive flock on the checkpoint directory itself: saves into one directory
-    take turns, and no lock file is left behind."""
+    take turns, and no lock file is left behind. A writer dropped without commit or
+    abort releases it when garbage collected."""
 
     def __init__(self, path: Path):
         self._fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("%s: waiting for another save into this directory to finish", path)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def __del__(self):
+        if getattr(self, "_fd", None) is not None:
+            self.release()
 
     def release(self):
         if self._fd is not None:

@@ -202,3 +202,12 @@ def test_a_cold_load_leaves_the_files_cached_for_the_next(ckpt):
     while resident(path) < 0.99 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert resident(path) >= 0.99
+
+
+def test_lazy_conjugate_and_negative_views(ckpt):
+    z = torch.randn(4, dtype=torch.complex64)
+    sd = {"z": z, "conj": z.conj(), "neg_imag": z.conj().imag, "alone": torch.randn(3, dtype=torch.complex128).conj()}
+    flash.save_dict(sd, ckpt)
+    out = flash.load_dict(ckpt)
+    for name, t in sd.items():
+        assert torch.equal(out[name], t.resolve_conj().resolve_neg()), name

@@ -92,3 +92,51 @@ def test_killed_saves_never_damage_the_checkpoint(ckpt):
     assert not [n for n in names if ".tmp-" in n]
     assert INDEX_FILENAME in names
     assert len(names) == 2
+
+
+def test_a_failure_after_the_index_is_replaced_keeps_the_new_checkpoint(ckpt, monkeypatch):
+    import errno
+
+    from flashtensors import writer
+
+    flash.save_dict({"w": torch.randn(4)}, ckpt)
+    new = {"v": torch.randn(8)}
+
+    def failing_fsync(path):
+        raise OSError(errno.EIO, "simulated I/O error")
+
+    monkeypatch.setattr(writer, "_fsync_dir", failing_fsync)
+    with pytest.raises(OSError):
+        flash.save_dict(new, ckpt, overwrite=True)
+    assert_same(flash.load_dict(ckpt), new)  # committed before the failure: nothing deleted
+
+
+def test_an_index_this_version_cannot_read_is_left_alone(ckpt):
+    import json
+
+    flash.save_dict({"w": torch.randn(4)}, ckpt)
+    doc = json.loads((ckpt / INDEX_FILENAME).read_text())
+    doc["version"] = 99  # written by a newer flashtensors
+    (ckpt / INDEX_FILENAME).write_text(json.dumps(doc))
+    before = _entries(ckpt)
+    with pytest.raises(FlashError):
+        flash.save_dict({"w": "not a tensor"}, ckpt, overwrite=True)
+    assert _entries(ckpt) == before
+
+
+def test_an_abandoned_writer_does_not_block_the_next_save(ckpt):
+    import gc
+    import threading
+
+    from flashtensors.writer import CheckpointWriter
+
+    w = CheckpointWriter(ckpt)
+    w.write({"a": torch.randn(3)})
+    del w
+    gc.collect()
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (flash.save_dict({"b": torch.randn(3)}, ckpt), done.set()), daemon=True)
+    t.start()
+    t.join(timeout=30)
+    assert done.is_set(), "the save is still waiting for the abandoned writer's lock"
+    assert list(flash.load_dict(ckpt)) == ["b"]
