@@ -6,6 +6,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <system_error>
 #include <thread>
 
 #include "crc32c.h"
@@ -56,7 +57,17 @@ void run_workers(int n, FirstError& error, Fn fn) {
   };
   std::vector<std::thread> threads;
   threads.reserve(n);
-  for (int w = 0; w < n; ++w) threads.emplace_back(guarded, w);
+  for (int w = 0; w < n && !error.failed(); ++w) {
+    try {
+      threads.emplace_back(guarded, w);
+    } catch (const std::system_error& e) {
+      // Out of threads (a pids limit, address space): stop and report it; the threads
+      // already started still stop and get joined.
+      error.set(std::string("cannot start I/O thread ") + std::to_string(w + 1) + " of " + std::to_string(n) +
+                    ": " + e.what(),
+                false);
+    }
+  }
   for (auto& t : threads) t.join();
 }
 
@@ -97,10 +108,11 @@ class CudaStager {
     slots_[1].buffer = buffer_b;
   }
   ~CudaStager() {
-    for (auto& slot : slots_) {
-      if (slot.device >= 0) cuda_.EventSynchronize(slot.events[slot.device]);
+    // Every copy queued on our streams must be over before the staging buffers go back
+    // to the pool and the caller frees the device memory (even one whose event failed).
+    for (auto& kv : streams_) cuda_.StreamSynchronize(kv.second);
+    for (auto& slot : slots_)
       for (auto& kv : slot.events) cuda_.EventDestroy(kv.second);
-    }
     for (auto& kv : streams_) cuda_.StreamDestroy(kv.second);
   }
   CudaStager(const CudaStager&) = delete;
@@ -164,6 +176,10 @@ struct PinnedLease {
   }
 };
 
+// Thread counts outside [1, kMaxThreads] are clamped (Python validates them first).
+constexpr int kMaxThreads = 1024;
+size_t clamp_threads(int threads) { return static_cast<size_t>(std::clamp(threads, 1, kMaxThreads)); }
+
 std::vector<std::unique_ptr<DataFile>> open_all(const std::vector<std::string>& paths, IoMode io) {
   std::vector<std::unique_ptr<DataFile>> files;
   files.reserve(paths.size());
@@ -186,7 +202,7 @@ void execute_plan(const std::vector<std::string>& paths, const std::vector<ReadO
   const std::vector<ReadOp> chunks = split(ops, chunk);
   if (chunks.empty()) return;
   const auto files = open_all(paths, options.io);
-  const int n_threads = static_cast<int>(std::clamp<size_t>(options.threads, 1, chunks.size()));
+  const int n_threads = static_cast<int>(std::min<size_t>(clamp_threads(options.threads), chunks.size()));
   const bool any_cuda = std::any_of(chunks.begin(), chunks.end(), [](const ReadOp& c) { return c.device >= 0; });
 
   PinnedLease pinned;
@@ -225,7 +241,7 @@ std::vector<uint32_t> checksum_ranges(const std::vector<std::string>& paths,
   const uint64_t piece = 8ull << 20;
   std::atomic<size_t> next{0};
   FirstError error;
-  const int n_threads = static_cast<int>(std::clamp<size_t>(threads, 1, ranges.size()));
+  const int n_threads = static_cast<int>(std::min<size_t>(clamp_threads(threads), ranges.size()));
   run_workers(n_threads, error, [&](int) {
     std::unique_ptr<char[]> buffer(new char[piece]);
     for (size_t i = next++; i < ranges.size() && !error.failed(); i = next++) {

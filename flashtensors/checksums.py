@@ -9,14 +9,15 @@ from .format import data_file_paths, read_index
 
 def verify(path, *, threads: int | None = None) -> int:
     """See :func:`flashtensors.flash.verify`."""
-    from .loader import default_threads
+    from .loader import resolve_threads
 
+    n_threads = resolve_threads(threads)
     index = read_index(path)
     paths = data_file_paths(path, index)
     entries = list(index.tensors.values())
     try:
         crcs = _native.module().checksum_ranges(
-            paths, [(e.file, e.offset, e.length) for e in entries], threads or default_threads())
+            paths, [(e.file, e.offset, e.length) for e in entries], n_threads)
     except OSError as e:
         raise FlashFormatError(f"{path}: reading the checkpoint failed: {e}") from None
     bad = [(e.name, paths[e.file]) for e, crc in zip(entries, crcs) if crc != e.crc32c]

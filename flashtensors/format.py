@@ -148,7 +148,7 @@ def read_index(path) -> Index:
         raise FlashFormatError(f"{index_path}: index larger than {MAX_INDEX_BYTES} bytes")
     try:
         doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: also huge integers
         raise FlashFormatError(f"{index_path}: index is not valid JSON: {e}") from None
     return parse_index(doc, str(index_path))
 
@@ -190,7 +190,7 @@ def _is_int(x) -> bool:
 
 def _safe_file_name(name) -> bool:
     # Data files live directly in the checkpoint directory: no separators, no '..'.
-    return (isinstance(name, str) and name.endswith(DATA_SUFFIX) and 0 < len(name) <= 255
+    return (isinstance(name, str) and name.endswith(DATA_SUFFIX) and 0 < len(name.encode("utf-8", "replace")) <= 255
             and "/" not in name and "\\" not in name and "\0" not in name
             and name not in (".", "..") and not name.startswith("."))
 

@@ -5,13 +5,35 @@ from __future__ import annotations
 
 from .errors import FlashDeviceError, FlashFormatError
 from .format import data_file_paths, read_index, torch_dtype
-from .loader import chunk_bytes, default_threads, execute, load, synchronize_before_copies
+from .loader import CHUNK_BYTES, PINNED_RING_BYTES, execute, load_index, resolve_threads, \
+    synchronize_before_copies, with_retry
 
 
 def load_into(path, targets: dict, *, threads: int | None = None) -> None:
     """See :func:`flashtensors.flash.load_into`."""
-    index = read_index(path)
-    paths = data_file_paths(path, index)
+    n_threads = resolve_threads(threads)
+
+    def once():
+        index = read_index(path)
+        paths = data_file_paths(path, index)
+        ops, strided = _plan(path, index, targets)
+        gpus = {t.device for t in targets.values() if t.device.type == "cuda"}
+        for device in gpus:
+            synchronize_before_copies(device)
+        ring_threads = min(n_threads, PINNED_RING_BYTES // (2 * CHUNK_BYTES)) if gpus else n_threads
+        execute(path, paths, ops, ring_threads, CHUNK_BYTES)
+        if strided:
+            # Not one run of bytes on both sides: load just those (same index, same
+            # files) and copy them over.
+            loaded = load_index(path, index, paths, "cpu", n_threads, only=set(strided))
+            for name in strided:
+                targets[name].copy_(loaded[name])
+
+    with_retry(path, once)
+
+
+def _plan(path, index, targets: dict):
+    """Read ops straight into the targets, and the names that need a copy instead."""
     missing = [n for n in targets if n not in index.tensors]
     if missing:
         raise FlashFormatError(f"{path}: no tensor {missing[0]!r} in the checkpoint"
@@ -26,16 +48,8 @@ def load_into(path, targets: dict, *, threads: int | None = None) -> None:
         if target.device.type not in ("cpu", "cuda"):
             raise FlashDeviceError(f"tensor {name!r}: cannot load into a tensor on {target.device}")
         if entry.strides is not None or not target.is_contiguous():
-            strided.append(name)  # not one run of bytes on both sides: copied below
+            strided.append(name)
         elif entry.length:
             code = -1 if target.device.type == "cpu" else target.device.index
             ops.append((entry.file, entry.offset, entry.length, target.data_ptr(), code))
-    gpus = {t.device for t in targets.values() if t.device.type == "cuda"}
-    for device in gpus:
-        synchronize_before_copies(device)
-    n_threads = threads or default_threads()
-    execute(path, paths, ops, n_threads, chunk_bytes(bool(gpus), n_threads))
-    if strided:
-        loaded = load(path, "cpu")
-        for name in strided:
-            targets[name].copy_(loaded[name])
+    return ops, strided

@@ -17,9 +17,10 @@ from .plan import make_plan, read_ops
 log = logging.getLogger("flashtensors")
 
 CHUNK_BYTES = 16 << 20
-# Pinned staging memory for GPU loads: two buffers per thread, pinned once per process.
-# Smaller values shrink the pieces each thread reads; 1 GiB is plenty for any link.
+# Pinned staging memory for GPU loads: two CHUNK_BYTES buffers per thread, pinned once per
+# process, so GPU loads use at most PINNED_RING_BYTES // (2 * CHUNK_BYTES) threads.
 PINNED_RING_BYTES = 512 << 20
+MAX_THREADS = 256
 # After a load that read files from the disk (O_DIRECT leaves nothing in the page cache),
 # have the kernel read them into the cache in the background, so that the next load of
 # the same checkpoint (a restarted or second replica) is warm. The benchmark turns it off
@@ -35,19 +36,41 @@ def default_threads() -> int:
     return max(4, min(16, os.cpu_count() or 4))
 
 
+def resolve_threads(threads) -> int:
+    """The I/O thread count to use: ``threads`` checked, or the default for None."""
+    if threads is None:
+        return default_threads()
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+        raise FlashError(f"threads must be an integer from 1 to {MAX_THREADS}, not {threads!r}")
+    return threads
+
+
 def load(path, device_map=None, *, threads: int | None = None, io: str = "auto") -> dict:
     """See :func:`flashtensors.flash.load_dict`."""
     if io not in IO_MODES:
         raise ValueError(f"io must be one of {IO_MODES}, not {io!r}")
+    n_threads = resolve_threads(threads)
+
+    def once():
+        index = read_index(path)
+        return load_index(path, index, data_file_paths(path, index), device_map, n_threads, io)
+
+    return with_retry(path, once)
+
+
+def with_retry(path, once):
+    """Runs ``once()``, the reading of one checkpoint version, again (up to 3 times) when
+    a save into the same directory replaced the checkpoint while it read: the files its
+    index named can vanish. Errors of a checkpoint that did not change are raised."""
     for attempt in range(3):
         version = _index_identity(path)
         try:
-            return _load_once(path, device_map, threads, io)
-        except FlashFormatError:
-            # A save into this directory committed while we read: its data files replaced
-            # the ones our index named. Load the new version instead.
+            return once()
+        except (FlashFormatError, OSError) as e:
             if attempt == 2 or _index_identity(path) == version:
-                raise
+                if isinstance(e, FlashError):
+                    raise
+                raise FlashFormatError(f"{path}: reading the checkpoint failed: {e}") from None
             log.debug("%s changed while loading; loading the new version", path)
 
 
@@ -59,44 +82,46 @@ def _index_identity(path):
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
-def _load_once(path, device_map, threads, io) -> dict:
+def load_index(path, index, paths, device_map, n_threads: int, io: str = "auto", only=None) -> dict:
+    """Loads the tensors of a read index (those named in ``only``, or all) from ``paths``."""
     started = time.perf_counter()
-    index = read_index(path)
-    paths = data_file_paths(path, index)
+    entries = [e for e in index.tensors.values() if only is None or e.name in only]
     dmap = normalize_device_map(device_map)
-    devices = {name: device_for(name, dmap) for name in index.tensors}
-    dtypes = {e.dtype: torch_dtype(e.dtype) for e in index.tensors.values()}
-    mapped = _files_to_map(index, devices, paths, io)
-    plans = make_plan(index, devices, frozenset(mapped))
+    devices = {e.name: device_for(e.name, dmap) for e in entries}
+    dtypes = {e.dtype: torch_dtype(e.dtype) for e in entries}
+    residency = _residency(entries, paths, io)
+    mapped = _files_to_map(entries, devices, paths, residency, index, io)
+    plans = make_plan(entries, devices, frozenset(mapped))
     _check_capacity(plans, path)
 
-    n_threads = threads or default_threads()
-    cold = _cold_files(paths, ops_files={r.file for p in plans for r in p.regions if not r.mapped}, io=io)
+    if any(p.device.type == "cuda" for p in plans):
+        n_threads = min(n_threads, PINNED_RING_BYTES // (2 * CHUNK_BYTES))  # the ring's size
     buffers, ops = {}, []
     for plan in plans:
         buffer, address = _allocate(plan.nbytes, plan.device)
         buffers[plan.device] = (buffer, address - buffer.data_ptr())
         code = -1 if plan.device.type == "cpu" else plan.device.index
         ops.extend(read_ops(plan, address, code))
-    to_gpu = any(p.device.type == "cuda" for p in plans)
-    execute(path, paths, ops, n_threads, chunk_bytes(to_gpu, n_threads), "auto" if io == "mmap" else io)
+    execute(path, paths, ops, n_threads, CHUNK_BYTES, "auto" if io == "mmap" else io)
 
-    if cold:
+    read_files = {r.file for p in plans for r in p.regions if not r.mapped}
+    cold = [paths[f] for f in sorted(read_files) if residency.get(f, 1.0) < 0.5]
+    if cold and CACHE_AFTER_COLD_LOAD:
         threading.Thread(target=_read_into_page_cache, args=(cold,), daemon=True,
                          name="flashtensors-cache").start()
-    out = assemble(index, plans, devices, dtypes, buffers, mapped)
-    total = sum(p.nbytes for p in plans)
+    out = assemble(entries, plans, devices, dtypes, buffers, mapped)
+    total = sum(e.length for e in entries)
     seconds = time.perf_counter() - started
     log.debug("loaded %d tensors, %.2f GB from %s in %.3f s (%.2f GB/s)", len(out), total / 1e9, path,
               seconds, total / 1e9 / max(seconds, 1e-9))
     return out
 
 
-def assemble(index, plans, devices, dtypes, buffers, mapped) -> dict:
-    """The tensors of a loaded plan, in saved order, as views: of ``buffers[device]``
-    (``(buffer, shift)`` pairs) for read regions, of ``mapped[file]`` (1-D uint8 tensors
-    over a file's bytes) for mapped ones. Empty tensors are fresh allocations.
-    ``dtypes`` maps spec dtype names to torch dtypes."""
+def assemble(entries, plans, devices, dtypes, buffers, mapped) -> dict:
+    """The tensors of a loaded plan, in the order of ``entries``, as views: of
+    ``buffers[device]`` (``(buffer, shift)`` pairs) for read regions, of ``mapped[file]``
+    (1-D uint8 tensors over a file's bytes) for mapped ones. Empty tensors are fresh
+    allocations. ``dtypes`` maps spec dtype names to torch dtypes."""
     import torch
 
     tensors = {}
@@ -110,9 +135,9 @@ def assemble(index, plans, devices, dtypes, buffers, mapped) -> dict:
             for e in region.members:
                 tensors[e.name] = _view(storage, e.offset - region.start, e, dtypes[e.dtype])
     out = {}
-    for name, e in index.tensors.items():
-        out[name] = tensors[name] if name in tensors else \
-            torch.empty(e.shape, dtype=dtypes[e.dtype], device=devices[name])
+    for e in entries:
+        out[e.name] = tensors[e.name] if e.name in tensors else \
+            torch.empty(e.shape, dtype=dtypes[e.dtype], device=devices[e.name])
     return out
 
 
@@ -126,12 +151,12 @@ def execute(path, paths, ops, threads: int, piece_bytes: int, io: str = "auto") 
         raise FlashError(f"{path}: copying the checkpoint to the GPU failed: {e}") from None
 
 
-def _cold_files(paths, ops_files, io: str) -> list:
-    """The data files this load will read mostly from the disk."""
-    if not CACHE_AFTER_COLD_LOAD or io != "auto":
-        return []
+def _residency(entries, paths, io: str) -> dict:
+    """Fraction of each used data file in the page cache (sampled), when io is "auto"."""
+    if io != "auto":
+        return {}
     resident = _native.module().resident_fraction
-    return [paths[f] for f in sorted(ops_files) if resident(paths[f]) < 0.5]
+    return {f: resident(paths[f]) for f in sorted({e.file for e in entries if e.length})}
 
 
 def _read_into_page_cache(paths, window: int = 2 << 20) -> None:
@@ -151,7 +176,7 @@ def _read_into_page_cache(paths, window: int = 2 << 20) -> None:
             os.close(fd)
 
 
-def _files_to_map(index, devices, paths, io: str) -> dict:
+def _files_to_map(entries, devices, paths, residency: dict, index, io: str) -> dict:
     """Data files whose host-bound tensors become zero-copy views of a private mapping.
 
     Worth it when the file is in the page cache: mapping costs no copy and no fresh
@@ -164,23 +189,16 @@ def _files_to_map(index, devices, paths, io: str) -> dict:
 
     if io not in ("auto", "mmap"):
         return {}
-    host_files = {e.file for e in index.tensors.values() if e.length and devices[e.name].type == "cpu"}
-    resident = _native.module().resident_fraction
+    host_files = {e.file for e in entries if e.length and devices[e.name].type == "cpu"}
     out = {}
     for f in sorted(host_files):
-        if io == "mmap" or resident(paths[f]) >= 0.5:
-            size = index.files[f].size
-            storage = torch.UntypedStorage.from_file(paths[f], shared=False, nbytes=size)
+        if io == "mmap" or residency[f] >= 0.5:
+            try:
+                storage = torch.UntypedStorage.from_file(paths[f], shared=False, nbytes=index.files[f].size)
+            except RuntimeError as e:
+                raise FlashFormatError(f"{paths[f]}: cannot map the data file: {e}") from None
             out[f] = torch.empty(0, dtype=torch.uint8).set_(storage)
     return out
-
-
-def chunk_bytes(to_gpu: bool, n_threads: int) -> int:
-    """Read size: CHUNK_BYTES, shrunk for GPU loads so the ring stays within PINNED_RING_BYTES."""
-    if not to_gpu:
-        return CHUNK_BYTES
-    fit = PINNED_RING_BYTES // (2 * n_threads) // ALIGNMENT * ALIGNMENT
-    return max(ALIGNMENT, min(CHUNK_BYTES, fit))
 
 
 def _check_capacity(plans, path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .format import ALIGNMENT, Index
+from .format import ALIGNMENT
 
 
 @dataclass
@@ -35,14 +35,15 @@ class DevicePlan:
     nbytes: int  # size of the device's one buffer
 
 
-def make_plan(index: Index, devices: dict, mapped_files=frozenset()) -> list:
-    """``devices`` maps each tensor name to its torch.device; returns one DevicePlan per
-    device, in order of first use. Host regions from ``mapped_files`` are marked mapped
-    and take no room in the buffer. Empty tensors need no bytes and get no region."""
+def make_plan(entries, devices: dict, mapped_files=frozenset()) -> list:
+    """``entries`` are the index's TensorEntry objects to load and ``devices`` maps each
+    one's name to its torch.device; returns one DevicePlan per device, in order of first
+    use. Host regions from ``mapped_files`` are marked mapped and take no room in the
+    buffer. Empty tensors need no bytes and get no region."""
     by_device: dict = {}
-    for name, entry in index.tensors.items():
+    for entry in entries:
         if entry.length:
-            by_device.setdefault(devices[name], []).append(entry)
+            by_device.setdefault(devices[entry.name], []).append(entry)
     plans = []
     for device, entries in by_device.items():
         regions = _merge(entries)

@@ -7,8 +7,8 @@
 
 static int host_allocs = 0, copies = 0, fail_after = -1;
 
-int fake_host_allocs(void) { return host_allocs; }
-int fake_copies(void) { return copies; }
+int fake_host_allocs(void) { return __atomic_load_n(&host_allocs, __ATOMIC_SEQ_CST); }
+int fake_copies(void) { return __atomic_load_n(&copies, __ATOMIC_SEQ_CST); }  /* workers copy concurrently */
 void fake_fail_copies_after(int n) { fail_after = n; }
 
 int cudaSetDevice(int d) { return d == 0 || d == 1 ? 0 : 101; /* two devices; else cudaErrorInvalidDevice */ }
@@ -23,14 +23,14 @@ int cudaEventSynchronize(void* e) { (void)e; return 0; }
 int cudaMemcpyAsync(void* dst, const void* src, size_t n, int kind, void* s) {
   (void)s;
   if (kind != 1) return 21; /* cudaErrorInvalidMemcpyDirection */
-  if (fail_after >= 0 && copies >= fail_after) return 700; /* cudaErrorIllegalAddress */
+  if (fail_after >= 0 && __atomic_load_n(&copies, __ATOMIC_SEQ_CST) >= fail_after) return 700; /* cudaErrorIllegalAddress */
   memcpy(dst, src, n);
-  ++copies;
+  __atomic_fetch_add(&copies, 1, __ATOMIC_SEQ_CST);
   return 0;
 }
 int cudaHostAlloc(void** p, size_t n, unsigned f) {
   (void)f;
-  ++host_allocs;
+  __atomic_fetch_add(&host_allocs, 1, __ATOMIC_SEQ_CST);
   return posix_memalign(p, 4096, n) == 0 ? 0 : 2; /* cudaErrorMemoryAllocation */
 }
 int cudaFreeHost(void* p) { free(p); return 0; }

@@ -50,7 +50,8 @@ def test_missing_index(tmp_path):
         flash.load_dict(tmp_path)
 
 
-@pytest.mark.parametrize("garbage", [b"", b"{not json", b"\xff\xfe", b"[]", b'{"format": "other"}', b"1e999999"])
+@pytest.mark.parametrize("garbage", [b"", b"{not json", b"\xff\xfe", b"[]", b'{"format": "other"}', b"1e999999",
+                                     b'{"version": ' + b"9" * 5000 + b"}"])
 def test_corrupt_index(saved, garbage):
     (saved / INDEX_FILENAME).write_bytes(garbage)
     with pytest.raises(FlashFormatError, match=INDEX_FILENAME):

@@ -211,3 +211,14 @@ def test_lazy_conjugate_and_negative_views(ckpt):
     out = flash.load_dict(ckpt)
     for name, t in sd.items():
         assert torch.equal(out[name], t.resolve_conj().resolve_neg()), name
+
+
+@pytest.mark.parametrize("threads", [0, -1, 10**6, 2.5, True])
+def test_thread_counts_are_checked(ckpt, threads):
+    from flashtensors import FlashError
+
+    flash.save_dict({"a": torch.randn(3)}, ckpt)
+    for call in (lambda: flash.load_dict(ckpt, threads=threads), lambda: flash.verify(ckpt, threads=threads),
+                 lambda: flash.load_into(ckpt, {"a": torch.empty(3)}, threads=threads)):
+        with pytest.raises(FlashError, match="threads must be"):
+            call()
