@@ -5,8 +5,15 @@ from __future__ import annotations
 
 from .errors import FlashDeviceError, FlashFormatError
 from .format import data_file_paths, read_index, torch_dtype
-from .loader import CHUNK_BYTES, PINNED_RING_BYTES, execute, load_index, resolve_threads, \
-    synchronize_before_copies, with_retry
+from .loader import (
+    CHUNK_BYTES,
+    PINNED_RING_BYTES,
+    execute,
+    load_index,
+    resolve_threads,
+    synchronize_before_copies,
+    with_retry,
+)
 
 
 def load_into(path, targets: dict, *, threads: int | None = None) -> None:

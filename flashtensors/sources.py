@@ -116,7 +116,8 @@ def _accepted() -> str:
     return "a .safetensors file, a .bin/.pt/.pth PyTorch state dict, or a directory of them"
 
 
-def _is_weight_file(path: Path) -> bool:
+def is_weight_file(path: Path) -> bool:
+    """Whether ``path`` holds weights (of any framework, flash included) or a weight index."""
     name = path.name
     if name == INDEX_FILENAME:
         return True
@@ -142,7 +143,7 @@ def _open_dir(path: Path) -> Source:
     return Source(
         path=path,
         shards=tuple(shards),
-        extras=tuple(p for p in files if not _is_weight_file(p) and not p.name.startswith(".")),
+        extras=tuple(p for p in files if not is_weight_file(p) and not p.name.startswith(".")),
         skipped_dirs=tuple(p for p in entries if p.is_dir() and not p.name.startswith(".")),
     )
 

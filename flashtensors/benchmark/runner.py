@@ -51,7 +51,14 @@ def run(flash_dir, st_files, data_files, device, expected: dict, *, runs: int, c
     """Times each available loader ``runs`` times per mode, alternating loaders."""
     from .. import loader
 
-    loader.CACHE_AFTER_COLD_LOAD = False  # cold runs must stay cold
+    saved, loader.CACHE_AFTER_COLD_LOAD = loader.CACHE_AFTER_COLD_LOAD, False  # cold runs must stay cold
+    try:
+        return _run(flash_dir, st_files, data_files, device, expected, runs=runs, cold=cold, only=only, log=log)
+    finally:
+        loader.CACHE_AFTER_COLD_LOAD = saved
+
+
+def _run(flash_dir, st_files, data_files, device, expected: dict, *, runs: int, cold: bool, only, log) -> list:
     loaders = [ld for ld in LOADERS if only is None or ld.name in only]
     results = []
     for ld in loaders:
@@ -67,8 +74,8 @@ def run(flash_dir, st_files, data_files, device, expected: dict, *, runs: int, c
                 res = by_name[ld.name]
                 if res.error:
                     continue
-                if mode == "cold":
-                    system.drop_from_cache(data_files)
+                if mode == "cold" and not system.drop_from_cache(data_files):
+                    log(f"  warning: the files stayed in the page cache; this {mode} run is not cold")
                 else:
                     system.warm_up(data_files)
                 try:

@@ -9,6 +9,8 @@ import os
 import sys
 import tempfile
 
+from .args import positive_float, positive_int
+
 EXAMPLE = """examples:
   flashtensors bench --model 8b --device cuda:0         # a Qwen3-8B-shaped checkpoint on GPU 0
   flashtensors bench --size 1 --device cpu --runs 5     # about 1 GB, loaded to the CPU
@@ -25,10 +27,10 @@ def register(subparsers) -> None:
         epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     what = p.add_mutually_exclusive_group()
     what.add_argument("--model", choices=["0.6b", "4b", "8b", "14b", "32b"], help="a Qwen3-like shape")
-    what.add_argument("--size", type=float, help="about this many GB of bf16 tensors")
+    what.add_argument("--size", type=positive_float, help="about this many GB of bf16 tensors")
     what.add_argument("--path", help="an existing flash checkpoint or safetensors file/directory")
     p.add_argument("--device", default=None, help="cpu or cuda:N (default: cuda:0 if there is a GPU)")
-    p.add_argument("--runs", type=int, default=3, help="runs per loader and mode; the median is reported")
+    p.add_argument("--runs", type=positive_int, default=3, help="runs per loader and mode; the median is reported")
     p.add_argument("--no-cold", action="store_true", help="skip the cold (page cache evicted) runs")
     p.add_argument("--loaders", help="comma-separated loader names to run (default: all installed)")
     p.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "flashtensors-bench"),
@@ -44,16 +46,12 @@ def run(args) -> int:
     from ..benchmark.prepare import prepare
     from ..benchmark.runner import run as run_loaders
     from ..benchmark.runner import table
-    from ..errors import FlashError
+    from ..device_map import normalize_device_map
     from ..format import data_file_paths, read_index
 
-    if args.runs < 1:
-        raise FlashError("--runs must be at least 1")
     if not (args.model or args.size or args.path):
         args.size = 1.0
-    device = torch.device(args.device or ("cuda:0" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise FlashError(f"--device {device}: CUDA is not available here")
+    device = normalize_device_map(args.device or ("cuda:0" if torch.cuda.is_available() else "cpu"))[""]
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
 
     flash_dir, st_files, expected = prepare(args, log=log)

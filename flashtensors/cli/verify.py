@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .args import positive_int
+
 EXAMPLES = """\
 Exits 0 when every tensor matches, 1 on any problem: a checksum mismatch (the message
 names the first mismatching tensors and their data files), a missing or truncated data
@@ -25,15 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("dir", metavar="DIR", help="checkpoint directory (holds flash_index.json)")
-    p.add_argument("--threads", type=_positive_int, metavar="N", help="I/O threads (default: by CPU count)")
+    p.add_argument("--threads", type=positive_int, metavar="N", help="I/O threads (default: by CPU count)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     p.set_defaults(func=run)
-
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
 
 
 def run(args: argparse.Namespace) -> int:

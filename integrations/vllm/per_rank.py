@@ -34,15 +34,13 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-from flashtensors import INDEX_FILENAME, flash
+from flashtensors import flash
 from flashtensors.errors import FlashError, FlashFormatError
+from flashtensors.sources import is_weight_file
 
 RANK_DIR = "flash-rank-{rank}-of-{size}"
 _RANK_DIR_RE = re.compile(r"flash-rank-(\d+)-of-(\d+)")
 # Files of a model directory that hold weights, which save_vllm_checkpoint does not copy.
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".flash", ".index.json")
-
-
 def rank_dir(root, rank: int, size: int) -> Path:
     """The directory of tensor-parallel rank ``rank`` of ``size`` inside model directory ``root``.
 
@@ -233,7 +231,7 @@ def _copy_model_files(src: Path, dst: Path) -> None:
     if src.resolve() == dst.resolve():
         return
     for f in src.iterdir():
-        if f.is_file() and f.name != INDEX_FILENAME and not f.name.endswith(_WEIGHT_SUFFIXES):
+        if f.is_file() and not is_weight_file(f):
             shutil.copy2(f, dst / f.name)
 
 
