@@ -48,7 +48,7 @@ def save_shards(sd: dict[str, torch.Tensor], path, n_shards: int, *, index: bool
 
 
 def other_files(path) -> list[str]:
-    """The files in ``path`` besides the data files and the writer's hidden lock file."""
+    """The files in ``path`` besides the flash data files (and hidden files)."""
     return sorted(p.name for p in path.iterdir() if not p.name.endswith(".flash") and p.name[0] != ".")
 
 
