@@ -1,0 +1,255 @@
+"""The daemon's memory: whole checkpoints held in sealed shared-memory files, under a
+byte budget, evicted least-recently-used first.
+
+Each cached checkpoint is one memfd holding its data files back to back (each at a
+4096-aligned offset, as the files' sizes are multiples of 4096), filled by the native
+core's parallel reads, then sealed against writes, shrinking and growing. Clients
+receive the fd and map it copy-on-write, so a client can neither change the bytes
+other clients see nor pull them from under them: an evicted checkpoint's memory is
+freed when the last client mapping it lets go.
+
+A checkpoint is identified by its index file's (inode, mtime_ns, size). Saves replace
+the index atomically and never rewrite a data file in place, so a changed identity
+means a new version: it is loaded afresh, never served stale.
+
+Example:
+    >>> store = Store(budget=8 << 30)
+    >>> entry = store.acquire("/models/m")     # loads it on first use
+    >>> try: ...                               # hand entry.fd to a client
+    ... finally: store.release(entry)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from .. import _native
+from ..errors import FlashFormatError
+from ..format import INDEX_FILENAME, MAX_INDEX_BYTES, data_file_paths, parse_index
+from .protocol import CacheError
+
+log = logging.getLogger("flashtensors.cache")
+
+SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
+FILL_CHUNK_BYTES = 16 << 20
+
+
+@dataclass(eq=False)
+class Entry:
+    """One cached checkpoint."""
+
+    path: str  # real path of the checkpoint directory
+    identity: tuple  # the index file's (inode, mtime_ns, size) when it was read
+    index_bytes: bytes  # the index exactly as read, so clients see the version cached
+    offsets: list  # where each data file starts in the memfd
+    nbytes: int
+    tensors: int
+    fd: int
+    seconds: float  # how long loading took
+    pins: int = 0  # requests being served from it; never evicted while > 0
+    served: int = 0  # requests served from it
+    dead: bool = False  # evicted or stale; closed once unpinned
+    last_used: float = field(default_factory=time.time)
+
+    def describe(self) -> dict:
+        return {"path": self.path, "bytes": self.nbytes, "tensors": self.tensors, "served": self.served,
+                "pinned": self.pins, "load_seconds": round(self.seconds, 4),
+                "idle_seconds": round(time.time() - self.last_used, 1)}
+
+
+def index_identity(path: str) -> tuple:
+    """(inode, mtime_ns, size) of the checkpoint's index; FlashFormatError if it has none."""
+    try:
+        st = os.stat(os.path.join(path, INDEX_FILENAME))
+    except OSError as e:
+        raise FlashFormatError(f"{path}: no flash checkpoint here ({e.strerror})") from None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+class Store:
+    """Checkpoints in memory under ``budget`` bytes; thread-safe."""
+
+    def __init__(self, budget: int, threads: int | None = None):
+        if budget <= 0:
+            raise ValueError("the memory budget must be positive")
+        self.budget = budget
+        self.threads = threads
+        self.used = 0  # bytes held by memfds still open, plus reservations for loads under way
+        self._entries: OrderedDict = OrderedDict()  # path -> Entry, least recently used first
+        self._loading: set = set()
+        self._cond = threading.Condition()
+
+    def acquire(self, path: str) -> Entry:
+        """The entry for the checkpoint in directory ``path`` (a real path), loaded if it
+        is not cached or changed on disk, and pinned: call :meth:`release` when done."""
+        for attempt in range(3):
+            identity = index_identity(path)
+            with self._cond:
+                while path in self._loading:
+                    self._cond.wait()
+                entry = self._entries.get(path)
+                if entry is not None:
+                    if entry.identity == identity:
+                        return self._pin(entry)
+                    self._drop(entry, "changed on disk")
+                self._loading.add(path)
+            entry = None
+            try:
+                entry = self._load(path)
+            except FlashFormatError:
+                # A save committed while we read: its files replaced the ones our index named.
+                if attempt == 2 or index_identity(path) == identity:
+                    raise
+            finally:
+                with self._cond:
+                    self._loading.discard(path)
+                    if entry is not None:
+                        self._entries[path] = entry
+                        self._pin(entry)
+                    self._cond.notify_all()
+            if entry is not None:
+                return entry
+        raise AssertionError("unreachable")
+
+    def release(self, entry: Entry) -> None:
+        with self._cond:
+            entry.pins -= 1
+            if entry.dead and entry.pins == 0:
+                self._close(entry)
+
+    def evict(self, path: str) -> bool:
+        """Drops ``path`` from the cache (once no request uses it). Returns whether it was cached."""
+        with self._cond:
+            entry = self._entries.get(path)
+            if entry is not None:
+                self._drop(entry, "evicted on request")
+            return entry is not None
+
+    def describe(self) -> dict:
+        with self._cond:
+            return {"budget": self.budget, "used": self.used,
+                    "entries": [e.describe() for e in reversed(self._entries.values())]}
+
+    def close(self) -> None:
+        with self._cond:
+            for entry in list(self._entries.values()):
+                self._drop(entry, "daemon stopping", quiet=True)
+
+    # -- under self._cond --
+
+    def _pin(self, entry: Entry) -> Entry:
+        entry.pins += 1
+        entry.served += 1
+        entry.last_used = time.time()
+        self._entries.move_to_end(entry.path)
+        return entry
+
+    def _drop(self, entry: Entry, why: str, quiet: bool = False) -> None:
+        self._entries.pop(entry.path, None)
+        entry.dead = True
+        if not quiet:
+            log.info("dropped %s (%.2f GB, served %d times): %s", entry.path, entry.nbytes / 1e9,
+                     entry.served, why)
+        if entry.pins == 0:
+            self._close(entry)
+
+    def _close(self, entry: Entry) -> None:
+        if entry.fd >= 0:
+            os.close(entry.fd)
+            entry.fd = -1
+            self.used -= entry.nbytes
+
+    def _make_room(self, nbytes: int, path: str) -> None:
+        if nbytes > self.budget:
+            raise CacheError(f"{path}: {nbytes / 1e9:.2f} GB does not fit the cache's budget "
+                             f"of {self.budget / 1e9:.2f} GB")
+        for entry in list(self._entries.values()):  # least recently used first
+            if self.used + nbytes <= self.budget:
+                break
+            if entry.pins == 0:
+                self._drop(entry, f"evicted (least recently used) to make room for {path}")
+        if self.used + nbytes > self.budget:
+            raise CacheError(f"{path}: no room in the cache: the memory is held by checkpoints being served")
+        self.used += nbytes
+
+    # -- loading --
+
+    def _load(self, path: str) -> Entry:
+        started = time.perf_counter()
+        index_bytes, identity = _read_index_bytes(path)
+        index = parse_index(_decode(index_bytes, path), os.path.join(path, INDEX_FILENAME))
+        paths = data_file_paths(path, index)
+        offsets, nbytes = [], 0
+        for f in index.files:
+            offsets.append(nbytes)
+            nbytes += f.size
+        with self._cond:
+            self._make_room(nbytes, path)
+        try:
+            fd = _fill(paths, index.files, offsets, nbytes, self.threads)
+        except (OSError, RuntimeError) as e:  # no memory, no file descriptors, ...
+            with self._cond:
+                self.used -= nbytes
+            raise CacheError(f"{path}: cannot hold the checkpoint in memory: {e}") from None
+        except BaseException:
+            with self._cond:
+                self.used -= nbytes
+            raise
+        seconds = time.perf_counter() - started
+        log.info("loaded %s: %d tensors, %.2f GB in %.3f s (%.2f GB/s); %.2f of %.2f GB used", path,
+                 len(index.tensors), nbytes / 1e9, seconds, nbytes / 1e9 / max(seconds, 1e-9),
+                 self.used / 1e9, self.budget / 1e9)
+        return Entry(path=path, identity=identity, index_bytes=index_bytes, offsets=offsets, nbytes=nbytes,
+                     tensors=len(index.tensors), fd=fd, seconds=seconds)
+
+
+def _read_index_bytes(path: str):
+    index_path = os.path.join(path, INDEX_FILENAME)
+    try:
+        with open(index_path, "rb") as f:
+            st = os.fstat(f.fileno())
+            raw = f.read(MAX_INDEX_BYTES + 1)
+    except OSError as e:
+        raise FlashFormatError(f"{index_path}: cannot read the index: {e.strerror}") from None
+    if len(raw) > MAX_INDEX_BYTES:
+        raise FlashFormatError(f"{index_path}: index larger than {MAX_INDEX_BYTES} bytes")
+    return raw, (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _decode(raw: bytes, path: str):
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise FlashFormatError(f"{os.path.join(path, INDEX_FILENAME)}: index is not valid JSON: {e}") from None
+
+
+def _fill(paths: list, files: list, offsets: list, nbytes: int, threads: int | None) -> int:
+    """A sealed memfd holding every data file at its offset, read by the native core."""
+    import torch
+
+    from ..loader import default_threads
+
+    fd = os.memfd_create("flashtensors-cache", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        os.ftruncate(fd, nbytes)
+        if nbytes:
+            mapping = torch.UntypedStorage.from_file(f"/proc/self/fd/{fd}", shared=True, nbytes=nbytes)
+            base = mapping.data_ptr()
+            ops = [(i, 0, f.size, base + off, -1) for i, (f, off) in enumerate(zip(files, offsets)) if f.size]
+            try:
+                _native.module().execute_plan(paths, ops, threads or default_threads(), FILL_CHUNK_BYTES, "auto")
+            except OSError as e:
+                raise FlashFormatError(f"reading {paths[0] if paths else ''} into the cache failed: {e}") from None
+            del mapping  # unmapped: a writable shared mapping would block the write seal
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
