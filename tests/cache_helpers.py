@@ -15,6 +15,8 @@ from flashtensors import FlashError
 from flashtensors.cache import spawn
 from flashtensors.cache.client import CacheClient
 
+from concurrency_workers import report
+
 START_TIMEOUT_S = 90.0
 
 
@@ -73,14 +75,6 @@ def same_tensors(a: dict, b: dict) -> bool:
         and torch.equal(a[k], b[k]) for k in a)
 
 
-def _report(queue, body, *args):
-    try:
-        body(*args)
-        queue.put("ok")
-    except BaseException as e:  # noqa: BLE001 (report, never leave the parent waiting)
-        queue.put(f"{type(e).__name__}: {e}")
-
-
 def load_from_daemon(socket, paths_and_seeds, rounds, queue):
     """Loads each (path, seed) ``rounds`` times through the daemon (no fallback) and checks it."""
     def body():
@@ -90,7 +84,7 @@ def load_from_daemon(socket, paths_and_seeds, rounds, queue):
             for path, _seed in paths_and_seeds:
                 out = client.load_tensors(path)
                 assert same_tensors(out, expected[path]), f"{path}: wrong tensors from the daemon"
-    _report(queue, body)
+    report(queue, body)
 
 
 def request_then_die(socket, path):

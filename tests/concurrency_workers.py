@@ -12,7 +12,8 @@ def state_dict(seed: int) -> dict:
     return {f"layer.{i}": torch.randn(64 * 1024, generator=gen) for i in range(24)}
 
 
-def _report(queue, body, *args):
+def report(queue, body, *args):
+    """Runs ``body`` and puts "ok" or its error on ``queue``."""
     try:
         body(*args)
         queue.put("ok")
@@ -26,7 +27,7 @@ def load_and_check(path, seed, rounds, queue):
         for io in ["auto", "buffered", "direct"] * rounds:
             out = load(path, "cpu", io=io)
             assert all(torch.equal(out[k], v) for k, v in expected.items())
-    _report(queue, body)
+    report(queue, body)
 
 
 def save_versions(path, rounds, queue):
@@ -34,7 +35,7 @@ def save_versions(path, rounds, queue):
         for seed in range(rounds):
             flash.save_dict(state_dict(100 + seed), path, overwrite=True)
             flash.verify(path)
-    _report(queue, body)
+    report(queue, body)
 
 
 def load_either(path, rounds, queue):
@@ -43,11 +44,11 @@ def load_either(path, rounds, queue):
         for _ in range(rounds):
             out = flash.load_dict(path)
             assert any(all(torch.equal(out[k], v[k]) for k in v) for v in versions), "a mix of versions"
-    _report(queue, body)
+    report(queue, body)
 
 
 def overwrite(path, rounds, queue):
     def body():
         for i in range(rounds):
             flash.save_dict(state_dict(i % 2), path, overwrite=True)
-    _report(queue, body)
+    report(queue, body)

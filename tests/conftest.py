@@ -1,5 +1,7 @@
 """Shared fixtures. GPU tests carry the `gpu` marker and skip cleanly without CUDA."""
 
+import os
+
 import pytest
 import torch
 
@@ -25,3 +27,21 @@ def _outside_the_source_tree(tmp_path, monkeypatch):
     directory first on sys.path) outside the repository, so they import the installed
     flashtensors, with its compiled core, and not the source tree beside it."""
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def sock():
+    """A socket path for a cache daemon, in a private directory removed afterwards."""
+    from cache_helpers import socket_dir
+
+    with socket_dir() as d:
+        yield os.path.join(d, "cache.sock")
+
+
+@pytest.fixture
+def daemon(sock):
+    """A real cache daemon process on ``sock``, stopped afterwards."""
+    from cache_helpers import Daemon
+
+    with Daemon(sock) as d:
+        yield d

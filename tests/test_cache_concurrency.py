@@ -10,12 +10,13 @@ import threading
 import time
 
 import pytest
-from cache_helpers import Daemon, load_from_daemon, request_then_die, same_tensors, socket_dir, state_dict
 
 from flashtensors import flash
 from flashtensors.cache import protocol
 from flashtensors.cache.client import CacheClient
 from flashtensors.cache.protocol import ProtocolError
+
+from cache_helpers import Daemon, load_from_daemon, request_then_die, same_tensors, socket_dir, state_dict
 
 WAIT_S = 240
 

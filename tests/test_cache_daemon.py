@@ -5,26 +5,15 @@ import os
 
 import pytest
 import torch
-from cache_helpers import Daemon, same_tensors, socket_dir, state_dict
 
 from flashtensors import flash
 from flashtensors.cache.protocol import CacheError
 from flashtensors.cache.store import Store
 from flashtensors.cli import main
 
+from cache_helpers import Daemon, same_tensors, state_dict
+
 MiB = 1 << 20
-
-
-@pytest.fixture
-def sock():
-    with socket_dir() as d:
-        yield os.path.join(d, "cache.sock")
-
-
-@pytest.fixture
-def daemon(sock):
-    with Daemon(sock) as d:
-        yield d
 
 
 def mixed_state_dict() -> dict:

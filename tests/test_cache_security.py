@@ -9,24 +9,13 @@ import subprocess
 import sys
 
 import pytest
-from cache_helpers import Daemon, same_tensors, socket_dir, state_dict
 
 from flashtensors import FlashFormatError, flash
 from flashtensors.cache import paths, protocol
 from flashtensors.cache.client import CacheClient
 from flashtensors.cache.paths import UnsafeSocketError
 
-
-@pytest.fixture
-def sock():
-    with socket_dir() as d:
-        yield os.path.join(d, "cache.sock")
-
-
-@pytest.fixture
-def daemon(sock):
-    with Daemon(sock) as d:
-        yield d
+from cache_helpers import same_tensors, socket_dir, state_dict
 
 
 def _raw(sock_path, data: bytes) -> dict:
