@@ -24,8 +24,10 @@ def __getattr__(name):
     raise AttributeError(f"module 'flashtensors' has no attribute {name!r}")
 
 
-def patch_transformers() -> None:
-    """Makes ``from_pretrained`` of every transformers model read flash checkpoints.
+def patch_transformers(*, verify: bool = False) -> None:
+    """Makes ``from_pretrained`` of every transformers model read flash checkpoints
+    (``verify=True``: check every tensor's checksum on load). Undo with
+    ``flashtensors.integrations.transformers.unpatch()``.
 
     Example:
         >>> import flashtensors
@@ -34,4 +36,4 @@ def patch_transformers() -> None:
     """
     from .integrations.transformers import patch
 
-    patch()
+    patch(verify=verify)
