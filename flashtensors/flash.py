@@ -83,7 +83,9 @@ def load_dict(path, device_map=None, *, verify: bool = False, threads: int | Non
         >>> sd = flash.load_dict("/models/m", {"model.layers": 0, "lm_head": "cpu"})
     """
     if verify:
+        # Checks the files on disk, so the tensors must come from them, not from the daemon.
         _verify(path, threads=threads)
+        return _load(path, device_map, threads=threads)
     from .cache.client import try_load
 
     cached = try_load(path, device_map, server)

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from flashtensors import flash
+from flashtensors import FlashFormatError, flash
 from flashtensors.cache.protocol import CacheError
 from flashtensors.cache.store import Store
 from flashtensors.cli import main
@@ -166,3 +166,23 @@ def test_serve_refuses_bad_memory_sizes(text, capsys):
     with pytest.raises(SystemExit) as e:
         main(["serve", f"--memory={text}"])
     assert e.value.code == 2 and "expected a size" in capsys.readouterr().err
+
+
+def test_a_data_file_rewritten_in_place_is_reloaded_and_verify_reads_the_disk(daemon, tmp_path):
+    ckpt = tmp_path / "m"
+    sd = state_dict(7, n=2)
+    flash.save_dict(sd, ckpt)
+    assert same_tensors(flash.load_dict(ckpt, server=daemon.socket), sd)
+    # Same index, data file rewritten in place (not something flashtensors does, but a user may).
+    (data,) = [p for p in ckpt.iterdir() if p.suffix == ".flash"]
+    raw = bytearray(data.read_bytes())
+    raw[0] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    served = flash.load_dict(ckpt, server=daemon.socket)
+    direct = flash.load_dict(ckpt, server=False)
+    assert same_tensors(served, direct) and not same_tensors(served, sd)
+    # verify=True checks the files on disk, so it loads from them, not from the daemon.
+    before = daemon.client.ls()["entries"][0]["served"]
+    with pytest.raises(FlashFormatError):
+        flash.load_dict(ckpt, verify=True, server=daemon.socket)
+    assert daemon.client.ls()["entries"][0]["served"] == before

@@ -16,7 +16,6 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import mmap
 import os
 import socket
 import stat
@@ -32,6 +31,9 @@ log = logging.getLogger("flashtensors")
 # A `get` may have the daemon read the checkpoint from disk first.
 TIMEOUT_S = 600.0
 CONNECT_TIMEOUT_S = 5.0
+# load_dict's automatic use of the daemon: a daemon that cannot answer within this time
+# (stopped, stuck, still filling a large checkpoint) is passed over for a direct load.
+AUTO_TIMEOUT_S = 5.0
 
 
 class CacheClient:
@@ -81,6 +83,7 @@ class CacheClient:
         finally:
             sock.close()
             protocol.close_fds(fds)
+        _check_same_checkpoint(path, index_bytes)
         return _tensors(path, index_bytes, reply.get("offsets"), whole, dmap)
 
     def _connect(self) -> socket.socket:
@@ -134,8 +137,10 @@ def _map(fd: int, nbytes):
         raise ProtocolError("the shared memory is not sealed against writes")
     if nbytes == 0:
         return torch.empty(0, dtype=torch.uint8)
-    mapping = mmap.mmap(fd, nbytes, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-    return torch.frombuffer(mapping, dtype=torch.uint8)  # keeps the mapping alive
+    # Through /proc/self/fd: torch maps it and keeps no descriptor open, however long the
+    # tensors live (mmap.mmap would hold a duplicate fd per load).
+    storage = torch.UntypedStorage.from_file(f"/proc/self/fd/{fd}", shared=False, nbytes=nbytes)
+    return torch.empty(0, dtype=torch.uint8).set_(storage)
 
 
 def _tensors(path, index_bytes: bytes, offsets, whole, dmap) -> dict:
@@ -166,6 +171,18 @@ def _tensors(path, index_bytes: bytes, offsets, whole, dmap) -> dict:
     return assemble(entries, plans, devices, dtypes, {}, mapped)
 
 
+def _check_same_checkpoint(path, index_bytes: bytes) -> None:
+    """The daemon resolves ``path`` in its own view of the filesystem (another mount
+    namespace, a chroot): the index it served must be the one this process sees there."""
+    try:
+        with open(os.path.join(os.fspath(path), INDEX_FILENAME), "rb") as f:
+            own = f.read(len(index_bytes) + 1)
+    except OSError as e:
+        raise CacheError(f"{path}: cannot read the index to compare with the daemon's: {e}") from None
+    if own != index_bytes:
+        raise CacheError(f"{path}: the daemon's copy is not the checkpoint this process sees there")
+
+
 def try_load(path, device_map=None, server=None):
     """Loads through the daemon when one is reachable; None when the caller should load
     directly (no daemon, a GPU target, or any failure, logged at debug level).
@@ -187,7 +204,7 @@ def try_load(path, device_map=None, server=None):
         log.debug("%s: GPU targets are loaded directly, not through the cache daemon", path)
         return None
     try:
-        return CacheClient(socket_path).load_tensors(path, device_map)
+        return CacheClient(socket_path, timeout=AUTO_TIMEOUT_S).load_tensors(path, device_map)
     except paths.UnsafeSocketError as e:
         log.warning("not using the cache daemon: %s", e)
     except (FlashError, OSError) as e:

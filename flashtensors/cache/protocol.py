@@ -56,10 +56,13 @@ def send_frame(sock: socket.socket, obj, fds=()) -> None:
 def send_bytes(sock: socket.socket, body: bytes, fds=()) -> None:
     """Sends one frame of raw bytes; ``fds`` travel with its first bytes."""
     data = _HEADER.pack(len(body)) + body
+    # MSG_NOSIGNAL: a peer that went away is an EPIPE error here, never a SIGPIPE that
+    # would kill a process keeping the default signal handling.
     if fds:
-        sent = socket.send_fds(sock, [data], list(fds))
+        sent = socket.send_fds(sock, [data], list(fds), socket.MSG_NOSIGNAL)
         data = data[sent:]
-    sock.sendall(data)
+    while data:
+        data = data[sock.send(data, socket.MSG_NOSIGNAL):]
 
 
 def recv_frame(sock: socket.socket, max_bytes: int, max_fds: int = 0):

@@ -46,7 +46,7 @@ class Entry:
     """One cached checkpoint."""
 
     path: str  # real path of the checkpoint directory
-    identity: tuple  # the index file's (inode, mtime_ns, size) when it was read
+    identity: tuple  # index_identity() of the checkpoint, taken before it was read
     index_bytes: bytes  # the index exactly as read, so clients see the version cached
     offsets: list  # where each data file starts in the memfd
     nbytes: int
@@ -65,12 +65,24 @@ class Entry:
 
 
 def index_identity(path: str) -> tuple:
-    """(inode, mtime_ns, size) of the checkpoint's index; FlashFormatError if it has none."""
+    """What identifies the checkpoint's current version: (device, inode, size, mtime_ns,
+    ctime_ns) of its index and of every data file the index names, so that a data file
+    replaced or rewritten in place is noticed too. FlashFormatError if it has no index."""
+    from ..format import read_index
+
+    def stamp(p):
+        st = os.stat(p)
+        return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
     try:
-        st = os.stat(os.path.join(path, INDEX_FILENAME))
+        own = stamp(os.path.join(path, INDEX_FILENAME))
     except OSError as e:
         raise FlashFormatError(f"{path}: no flash checkpoint here ({e.strerror})") from None
-    return st.st_ino, st.st_mtime_ns, st.st_size
+    try:
+        files = tuple(stamp(os.path.join(path, f.name)) for f in read_index(path).files)
+    except (OSError, FlashFormatError):
+        files = ()  # the load that follows reports what is wrong
+    return own, files
 
 
 class Store:
@@ -183,7 +195,8 @@ class Store:
 
     def _load(self, path: str) -> Entry:
         started = time.perf_counter()
-        index_bytes, identity = _read_index_bytes(path)
+        identity = index_identity(path)  # before reading: a save in between only causes a reload
+        index_bytes = _read_index_bytes(path)
         index = parse_index(_decode(index_bytes, path), os.path.join(path, INDEX_FILENAME))
         paths = data_file_paths(path, index)
         offsets, nbytes = [], 0
@@ -214,13 +227,12 @@ def _read_index_bytes(path: str):
     index_path = os.path.join(path, INDEX_FILENAME)
     try:
         with open(index_path, "rb") as f:
-            st = os.fstat(f.fileno())
             raw = f.read(MAX_INDEX_BYTES + 1)
     except OSError as e:
         raise FlashFormatError(f"{index_path}: cannot read the index: {e.strerror}") from None
     if len(raw) > MAX_INDEX_BYTES:
         raise FlashFormatError(f"{index_path}: index larger than {MAX_INDEX_BYTES} bytes")
-    return raw, (st.st_ino, st.st_mtime_ns, st.st_size)
+    return raw
 
 
 def _decode(raw: bytes, path: str):
