@@ -20,14 +20,17 @@ from __future__ import annotations
 
 import inspect
 import os
+import threading
 
 import torch
+from transformers import modeling_utils
 
 from flashtensors import INDEX_FILENAME, flash
 from flashtensors.format import torch_dtype
 
 # Set by patching.patch(): passed to flash.load_dict.
 settings = {"verify": False}
+_warmup_lock = threading.Lock()  # loads that switch off transformers' GPU warm-up take turns
 
 
 def flash_dir(checkpoint_files) -> str | None:
@@ -131,6 +134,17 @@ def load_pretrained_model(original, *args, **kwargs):
         return original(*args, **kwargs)
     names = list(flash.read_index(directory).tensors)
     placement = device_placement(arguments["model"], arguments["load_config"], names)
-    arguments["state_dict"] = flash.load_dict(directory, device_map=placement, verify=settings["verify"])
+    state_dict = flash.load_dict(directory, device_map=placement, verify=settings["verify"])
+    arguments["state_dict"] = state_dict
     arguments["checkpoint_files"] = None
-    return original(*bound.args, **bound.kwargs)
+    if not any(t.is_cuda for t in state_dict.values()):
+        return original(*bound.args, **bound.kwargs)
+    # The weights already sit on their GPUs: transformers' allocator warm-up would reserve
+    # the model's size a second time.
+    with _warmup_lock:
+        warmup = modeling_utils.caching_allocator_warmup
+        modeling_utils.caching_allocator_warmup = lambda *a, **k: None
+        try:
+            return original(*bound.args, **bound.kwargs)
+        finally:
+            modeling_utils.caching_allocator_warmup = warmup

@@ -43,7 +43,7 @@ def _writing_flash(modeling_utils, path: Path):
         finally:
             modeling_utils.safe_save_file = original
         if not writers:
-            raise RuntimeError("model.save_pretrained wrote no weights")
+            raise FlashError("model.save_pretrained wrote no weights")
 
 
 def _check_target(path: Path, overwrite: bool) -> None:

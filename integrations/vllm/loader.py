@@ -78,6 +78,10 @@ class FlashModelLoader(BaseModelLoader):
         log.info("flashtensors: loaded %s (%s layout) in %.2f s", root, layout, time.perf_counter() - started)
 
     def _load_full(self, model: nn.Module, model_config: ModelConfig, root: Path, device) -> None:
+        _, tp_size = per_rank.tp_rank_and_size()
+        if tp_size > 1:
+            log.warning("flashtensors: with tensor parallelism every rank reads the whole checkpoint %s; "
+                        "save per-rank checkpoints (save_vllm_checkpoint) to read each rank's share only", root)
         tensors = self._stage(root, device)
         loaded = model.load_weights(tensors.items())
         del tensors
@@ -88,7 +92,6 @@ class FlashModelLoader(BaseModelLoader):
                     f"{root}: the flash checkpoint has no weights for {len(missing)} parameter(s) "
                     f"of the model, e.g. {missing[:5]}"
                 )
-
 
     def _stage(self, root: Path, device: torch.device) -> dict:
         """The full checkpoint's tensors on ``device``, or in host memory if they do not fit there."""
