@@ -104,8 +104,10 @@ class Store:
         for attempt in range(3):
             identity = index_identity(path)
             with self._cond:
-                while path in self._loading:
-                    self._cond.wait()
+                if path in self._loading:
+                    while path in self._loading:
+                        self._cond.wait()
+                    identity = index_identity(path)  # the other load may have read a newer version
                 entry = self._entries.get(path)
                 if entry is not None:
                     if entry.identity == identity:
@@ -182,6 +184,9 @@ class Store:
         if nbytes > self.budget:
             raise CacheError(f"{path}: {nbytes / 1e9:.2f} GB does not fit the cache's budget "
                              f"of {self.budget / 1e9:.2f} GB")
+        evictable = sum(e.nbytes for e in self._entries.values() if e.pins == 0)
+        if self.used - evictable + nbytes > self.budget:  # evicting would not be enough: keep all
+            raise CacheError(f"{path}: no room in the cache: the memory is held by checkpoints being served")
         for entry in list(self._entries.values()):  # least recently used first
             if self.used + nbytes <= self.budget:
                 break
