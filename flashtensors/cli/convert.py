@@ -124,12 +124,12 @@ def convert(
     try:
         with bar, CheckpointWriter(dst, overwrite=overwrite) as writer:
             n_tensors = _write_weights(source, writer, cast_to, bar)
+            for path in extras:  # before the commit: a failed copy leaves no checkpoint behind
+                shutil.copy2(path, dst / path.name)
     except BaseException:
         if created:  # the writer discarded its files; do not leave the directory it made behind
             shutil.rmtree(dst, ignore_errors=True)
         raise
-    for path in extras:
-        shutil.copy2(path, dst / path.name)
 
     size = tqdm.format_sizeof(source.nbytes, "B")
     summary = f"converted {_plural(n_tensors, 'tensor')} ({size}) from {source.path} into {dst}"
