@@ -86,12 +86,13 @@ class FlashModelLoader(BaseModelLoader):
         loaded = model.load_weights(tensors.items())
         del tensors
         if loaded is not None and model_config.quantization is None:
-            missing = sorted({name for name, _ in model.named_parameters()} - set(loaded))
-            if missing:
-                raise FlashFormatError(
-                    f"{root}: the flash checkpoint has no weights for {len(missing)} parameter(s) "
-                    f"of the model, e.g. {missing[:5]}"
-                )
+            # vLLM's own check, with its exemptions (online quantization, KV-cache scales).
+            from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
+
+            try:
+                DefaultModelLoader.track_weights_loading(self, model, set(loaded))
+            except ValueError as e:
+                raise FlashFormatError(f"{root}: the flash checkpoint lacks weights the model needs: {e}") from None
 
     def _stage(self, root: Path, device: torch.device) -> dict:
         """The full checkpoint's tensors on ``device``, or in host memory if they do not fit there."""
