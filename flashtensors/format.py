@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,7 +139,10 @@ def read_index(path) -> Index:
     """
     index_path = Path(path) / INDEX_FILENAME
     try:
-        with open(index_path, "rb") as f:
+        # O_NONBLOCK: something other than a file under the index's name must not hang us.
+        with os.fdopen(os.open(index_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise FlashFormatError(f"{index_path}: the index is not a regular file")
             raw = f.read(MAX_INDEX_BYTES + 1)
     except FileNotFoundError:
         raise FlashFormatError(f"{index_path}: no flash checkpoint here (index file missing)") from None

@@ -116,3 +116,11 @@ def test_data_file_replaced_by_directory(saved):
     data.mkdir()
     with pytest.raises(FlashFormatError):
         flash.load_dict(saved)
+
+
+def test_a_fifo_in_place_of_the_index_does_not_hang(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / INDEX_FILENAME)
+    with pytest.raises(FlashFormatError, match="not a regular file"):
+        flash.load_dict(tmp_path)

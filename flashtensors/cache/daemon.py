@@ -56,6 +56,7 @@ class Daemon:
             if not stat.S_ISSOCK(os.lstat(self.socket_path).st_mode):
                 raise CacheError(f"{self.socket_path}: exists and is not a socket")
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            probe.settimeout(5)
             try:
                 probe.connect(self.socket_path)
                 raise CacheError(f"{self.socket_path}: a cache daemon is already serving here")

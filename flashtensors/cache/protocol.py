@@ -149,7 +149,11 @@ def parse_request(obj: dict) -> Request:
     path = obj.get("path")
     if not isinstance(path, str) or not path:
         raise ProtocolError("path must be a non-empty string")
-    if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES or "\0" in path:
+    try:
+        encoded = path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError("path is not valid UTF-8") from None
+    if len(encoded) > MAX_PATH_BYTES or "\0" in path:
         raise ProtocolError("path too long or holds a NUL byte")
     if not os.path.isabs(path):
         raise ProtocolError(f"path must be absolute, not {path!r}")

@@ -25,6 +25,7 @@ import fcntl
 import json
 import logging
 import os
+import stat
 import threading
 import time
 from collections import OrderedDict
@@ -231,10 +232,14 @@ class Store:
 def _read_index_bytes(path: str):
     index_path = os.path.join(path, INDEX_FILENAME)
     try:
-        with open(index_path, "rb") as f:
-            raw = f.read(MAX_INDEX_BYTES + 1)
+        # O_NONBLOCK: a FIFO planted under the index's name must not block the daemon.
+        fd = os.open(index_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
         raise FlashFormatError(f"{index_path}: cannot read the index: {e.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise FlashFormatError(f"{index_path}: not a regular file")
+        raw = f.read(MAX_INDEX_BYTES + 1)
     if len(raw) > MAX_INDEX_BYTES:
         raise FlashFormatError(f"{index_path}: index larger than {MAX_INDEX_BYTES} bytes")
     return raw
