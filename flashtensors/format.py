@@ -138,6 +138,13 @@ def read_index(path) -> Index:
         (3, 3)
     """
     index_path = Path(path) / INDEX_FILENAME
+    return parse_index_bytes(read_index_bytes(path), str(index_path))
+
+
+def read_index_bytes(path) -> bytes:
+    """The raw bytes of the index of the checkpoint in directory ``path`` (at most
+    MAX_INDEX_BYTES); FlashFormatError if it is missing, unreadable or not a file."""
+    index_path = Path(path) / INDEX_FILENAME
     try:
         # O_NONBLOCK: something other than a file under the index's name must not hang us.
         with os.fdopen(os.open(index_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
@@ -150,11 +157,16 @@ def read_index(path) -> Index:
         raise FlashFormatError(f"{index_path}: cannot read the index: {e.strerror}") from None
     if len(raw) > MAX_INDEX_BYTES:
         raise FlashFormatError(f"{index_path}: index larger than {MAX_INDEX_BYTES} bytes")
+    return raw
+
+
+def parse_index_bytes(raw: bytes, where: str) -> Index:
+    """Decodes and validates an index's raw bytes; ``where`` names it in error messages."""
     try:
         doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: also huge integers
-        raise FlashFormatError(f"{index_path}: index is not valid JSON: {e}") from None
-    return parse_index(doc, str(index_path))
+        raise FlashFormatError(f"{where}: index is not valid JSON: {e}") from None
+    return parse_index(doc, where)
 
 
 def parse_index(doc, where: str) -> Index:

@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from flashtensors import flash
+
 from helpers import flashtensors
 
 

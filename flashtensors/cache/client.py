@@ -14,7 +14,6 @@ Example:
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import socket
@@ -22,7 +21,7 @@ import stat
 import struct
 
 from ..errors import FlashError
-from ..format import INDEX_FILENAME, parse_index
+from ..format import INDEX_FILENAME, parse_index_bytes
 from . import paths, protocol
 from .protocol import CacheError, ProtocolError
 
@@ -152,11 +151,7 @@ def _tensors(path, index_bytes: bytes, offsets, whole, dmap) -> dict:
     from ..plan import make_plan
 
     where = f"{os.path.join(os.fspath(path), INDEX_FILENAME)} (as cached by the daemon)"
-    try:
-        doc = json.loads(index_bytes.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise ProtocolError(f"{where}: not valid JSON: {e}") from None
-    index = parse_index(doc, where)
+    index = parse_index_bytes(index_bytes, where)
     if not isinstance(offsets, list) or len(offsets) != len(index.files):
         raise ProtocolError("the file offsets do not match the index")
     mapped = {}

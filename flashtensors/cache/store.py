@@ -22,10 +22,8 @@ Example:
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
-import stat
 import threading
 import time
 from collections import OrderedDict
@@ -33,7 +31,7 @@ from dataclasses import dataclass, field
 
 from .. import _native
 from ..errors import FlashFormatError
-from ..format import INDEX_FILENAME, MAX_INDEX_BYTES, data_file_paths, parse_index
+from ..format import INDEX_FILENAME, data_file_paths, parse_index_bytes, read_index_bytes
 from .protocol import CacheError
 
 log = logging.getLogger("flashtensors.cache")
@@ -202,8 +200,8 @@ class Store:
     def _load(self, path: str) -> Entry:
         started = time.perf_counter()
         identity = index_identity(path)  # before reading: a save in between only causes a reload
-        index_bytes = _read_index_bytes(path)
-        index = parse_index(_decode(index_bytes, path), os.path.join(path, INDEX_FILENAME))
+        index_bytes = read_index_bytes(path)
+        index = parse_index_bytes(index_bytes, os.path.join(path, INDEX_FILENAME))
         paths = data_file_paths(path, index)
         offsets, nbytes = [], 0
         for f in index.files:
@@ -229,34 +227,11 @@ class Store:
                      tensors=len(index.tensors), fd=fd, seconds=seconds)
 
 
-def _read_index_bytes(path: str):
-    index_path = os.path.join(path, INDEX_FILENAME)
-    try:
-        # O_NONBLOCK: a FIFO planted under the index's name must not block the daemon.
-        fd = os.open(index_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as e:
-        raise FlashFormatError(f"{index_path}: cannot read the index: {e.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise FlashFormatError(f"{index_path}: not a regular file")
-        raw = f.read(MAX_INDEX_BYTES + 1)
-    if len(raw) > MAX_INDEX_BYTES:
-        raise FlashFormatError(f"{index_path}: index larger than {MAX_INDEX_BYTES} bytes")
-    return raw
-
-
-def _decode(raw: bytes, path: str):
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise FlashFormatError(f"{os.path.join(path, INDEX_FILENAME)}: index is not valid JSON: {e}") from None
-
-
 def _fill(paths: list, files: list, offsets: list, nbytes: int, threads: int | None) -> int:
     """A sealed memfd holding every data file at its offset, read by the native core."""
     import torch
 
-    from ..loader import default_threads
+    from ..loader import resolve_threads
 
     fd = os.memfd_create("flashtensors-cache", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
@@ -266,7 +241,7 @@ def _fill(paths: list, files: list, offsets: list, nbytes: int, threads: int | N
             base = mapping.data_ptr()
             ops = [(i, 0, f.size, base + off, -1) for i, (f, off) in enumerate(zip(files, offsets)) if f.size]
             try:
-                _native.module().execute_plan(paths, ops, threads or default_threads(), FILL_CHUNK_BYTES, "auto")
+                _native.module().execute_plan(paths, ops, resolve_threads(threads), FILL_CHUNK_BYTES, "auto")
             except OSError as e:
                 raise FlashFormatError(f"reading {paths[0] if paths else ''} into the cache failed: {e}") from None
             del mapping  # unmapped: a writable shared mapping would block the write seal
