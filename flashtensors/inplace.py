@@ -6,8 +6,6 @@ from __future__ import annotations
 from .errors import FlashDeviceError, FlashFormatError
 from .format import data_file_paths, read_index, torch_dtype
 from .loader import (
-    CHUNK_BYTES,
-    PINNED_RING_BYTES,
     execute,
     load_index,
     resolve_threads,
@@ -27,8 +25,7 @@ def load_into(path, targets: dict, *, threads: int | None = None) -> None:
         gpus = {t.device for t in targets.values() if t.device.type == "cuda"}
         for device in gpus:
             synchronize_before_copies(device)
-        ring_threads = min(n_threads, PINNED_RING_BYTES // (2 * CHUNK_BYTES)) if gpus else n_threads
-        execute(path, paths, ops, ring_threads, CHUNK_BYTES)
+        execute(path, paths, ops, n_threads)
         if strided:
             # Not one run of bytes on both sides: load just those (same index, same
             # files) and copy them over.

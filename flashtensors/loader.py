@@ -94,15 +94,13 @@ def load_index(path, index, paths, device_map, n_threads: int, io: str = "auto",
     plans = make_plan(entries, devices, frozenset(mapped))
     _check_capacity(plans, path)
 
-    if any(p.device.type == "cuda" for p in plans):
-        n_threads = min(n_threads, PINNED_RING_BYTES // (2 * CHUNK_BYTES))  # the ring's size
     buffers, ops = {}, []
     for plan in plans:
         buffer, address = _allocate(plan.nbytes, plan.device)
         buffers[plan.device] = (buffer, address - buffer.data_ptr())
         code = -1 if plan.device.type == "cpu" else plan.device.index
         ops.extend(read_ops(plan, address, code))
-    execute(path, paths, ops, n_threads, CHUNK_BYTES, "auto" if io == "mmap" else io)
+    execute(path, paths, ops, n_threads, "auto" if io == "mmap" else io)
 
     read_files = {r.file for p in plans for r in p.regions if not r.mapped}
     cold = [paths[f] for f in sorted(read_files) if residency.get(f, 1.0) < 0.5]
@@ -141,10 +139,14 @@ def assemble(entries, plans, devices, dtypes, buffers, mapped) -> dict:
     return out
 
 
-def execute(path, paths, ops, threads: int, piece_bytes: int, io: str = "auto") -> None:
-    """Runs native read ops, turning the core's errors into FlashErrors about ``path``."""
+def execute(path, paths, ops, threads: int, io: str = "auto") -> None:
+    """Runs native read ops in CHUNK_BYTES pieces, turning the core's errors into
+    FlashErrors about ``path``. Ops to a GPU stage through the pinned ring, which bounds
+    the thread count."""
+    if any(op[4] >= 0 for op in ops):
+        threads = min(threads, PINNED_RING_BYTES // (2 * CHUNK_BYTES))
     try:
-        _native.module().execute_plan(paths, ops, threads, piece_bytes, io)
+        _native.module().execute_plan(paths, ops, threads, CHUNK_BYTES, io)
     except OSError as e:
         raise FlashFormatError(f"{path}: reading the checkpoint failed: {e}") from None
     except RuntimeError as e:
