@@ -4,18 +4,90 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <map>
+#include <optional>
+#include <string_view>
 #include <tuple>
 
 #include "crc32c.h"
 #include "cuda_api.h"
 #include "errors.h"
+#include "flash_index.h"
+#include "load_plan.h"
 #include "loader.h"
 #include "pinned_pool.h"
 
 namespace py = pybind11;
 using OpTuple = std::tuple<uint32_t, uint64_t, uint64_t, uint64_t, int32_t>;
+using flash::LoadPlan;
+using flash::TensorTable;
 
 namespace {
+
+// Names are stored as UTF-8, with escaped lone surrogates kept as WTF-8, which
+// "surrogatepass" turns back into the str Python's json would have given.
+py::str to_str(const std::string& s) {
+  PyObject* o = PyUnicode_DecodeUTF8(s.data(), static_cast<Py_ssize_t>(s.size()), "surrogatepass");
+  if (!o) throw py::error_already_set();
+  return py::reinterpret_steal<py::str>(o);
+}
+
+// Memory kept alive by tensors: a reference to a Python object, dropped under the GIL
+// whichever thread frees the last tensor.
+std::shared_ptr<void> python_owner(const py::object& obj) {
+  PyObject* o = obj.inc_ref().ptr();
+  return std::shared_ptr<void>(o, [](void* p) {
+    if (!Py_IsInitialized()) return;  // the interpreter is gone, and with it the object
+    PyGILState_STATE state = PyGILState_Ensure();
+    Py_DECREF(static_cast<PyObject*>(p));
+    PyGILState_Release(state);
+  });
+}
+
+flash::Memory to_memory(const std::tuple<uint64_t, py::object>& m) {
+  return {std::get<0>(m), python_owner(std::get<1>(m))};
+}
+
+// A DLPack capsule, as torch.from_dlpack takes it; freed here unless torch consumed it.
+py::object capsule(DLManagedTensor* managed) {
+  PyObject* cap = PyCapsule_New(managed, "dltensor", [](PyObject* c) {
+    if (PyCapsule_IsValid(c, "dltensor")) {
+      auto* m = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(c, "dltensor"));
+      if (m && m->deleter) m->deleter(m);
+    }
+  });
+  if (!cap) {
+    managed->deleter(managed);
+    throw py::error_already_set();
+  }
+  return py::reinterpret_steal<py::object>(cap);
+}
+
+py::tuple entry_tuple(const flash::TensorInfo& t) {
+  py::object strides = py::none();
+  if (t.has_strides) strides = py::tuple(py::cast(t.strides));
+  return py::make_tuple(to_str(t.name), t.dtype, py::tuple(py::cast(t.shape)), strides, t.file, t.offset, t.length,
+                        t.has_crc32c ? py::object(py::int_(t.crc32c)) : py::object(py::none()));
+}
+
+flash::FlashIndexRules flash_rules(const py::dict& d) {
+  flash::FlashIndexRules r;
+  r.format_name = d["format_name"].cast<std::string>();
+  r.version = d["version"].cast<int64_t>();
+  r.alignment = d["alignment"].cast<int64_t>();
+  r.checksum = d["checksum"].cast<std::string>();
+  r.data_suffix = d["data_suffix"].cast<std::string>();
+  r.max_tensors = d["max_tensors"].cast<uint64_t>();
+  r.max_files = d["max_files"].cast<uint64_t>();
+  r.max_ndim = d["max_ndim"].cast<uint64_t>();
+  r.max_tensor_bytes = d["max_tensor_bytes"].cast<uint64_t>();
+  r.max_name_bytes = d["max_name_bytes"].cast<uint64_t>();
+  for (const auto& [name, size] : d["dtypes"].cast<std::vector<std::pair<std::string, uint32_t>>>()) {
+    r.dtypes.names.push_back(name);
+    r.dtypes.sizes.push_back(size);
+  }
+  return r;
+}
 
 std::vector<flash::ReadOp> to_ops(const std::vector<OpTuple>& tuples) {
   std::vector<flash::ReadOp> ops;
@@ -39,6 +111,137 @@ PYBIND11_MODULE(_C, m) {
   // Read failures surface as OSError subclasses, CUDA failures as RuntimeError ones.
   py::register_exception<flash::IoError>(m, "IoError", PyExc_OSError);
   py::register_exception<flash::CudaError>(m, "CudaError", PyExc_RuntimeError);
+  // FormatError(message, tensor or None): an invalid index or header.
+  static py::exception<flash::FormatError> format_error(m, "FormatError", PyExc_ValueError);
+  static py::exception<flash::UncoveredTensor> uncovered(m, "UncoveredTensor", PyExc_LookupError);
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const flash::FormatError& e) {
+      py::object tensor = e.has_tensor() ? py::object(to_str(e.tensor())) : py::object(py::none());
+      PyErr_SetObject(format_error.ptr(), py::make_tuple(e.what(), tensor).ptr());
+    } catch (const flash::UncoveredTensor& e) {
+      PyErr_SetObject(uncovered.ptr(), to_str(e.what()).ptr());
+    }
+  });
+
+  py::class_<flash::FlashIndexRules>(m, "FlashIndexRules", "The flash format's constants and limits.")
+      .def(py::init(&flash_rules), py::arg("rules"));
+
+  py::class_<TensorTable, std::shared_ptr<TensorTable>>(
+      m, "TensorTable", "Every tensor of a checkpoint: name, dtype, shape, strides, file, offset, length, crc32c.")
+      .def_static(
+          "from_flash_index",
+          [](const py::bytes& raw, const flash::FlashIndexRules& rules) {
+            std::string_view bytes = raw;
+            py::gil_scoped_release nogil;
+            return std::make_shared<TensorTable>(flash::parse_flash_index(bytes.data(), bytes.size(), rules));
+          },
+          py::arg("raw"), py::arg("rules"), "Parses and validates a flash index (raises FormatError).")
+      .def("__len__", [](const TensorTable& t) { return t.tensors.size(); })
+      .def_readonly("version", &TensorTable::version)
+      .def(
+          "names",
+          [](const TensorTable& t) {
+            py::list out(t.tensors.size());
+            for (size_t i = 0; i < t.tensors.size(); ++i) out[i] = to_str(t.tensors[i].name);
+            return out;
+          },
+          "Tensor names in table order.")
+      .def(
+          "entries",
+          [](const TensorTable& t) {
+            py::list out(t.tensors.size());
+            for (size_t i = 0; i < t.tensors.size(); ++i) out[i] = entry_tuple(t.tensors[i]);
+            return out;
+          },
+          "(name, dtype index, shape, strides or None, file, offset, length, crc32c or None) per tensor.")
+      .def("entry", [](const TensorTable& t, size_t i) { return entry_tuple(t.tensors.at(i)); })
+      .def(
+          "files",
+          [](const TensorTable& t) {
+            py::list out;
+            for (const auto& f : t.files) out.append(py::make_tuple(to_str(f.name), f.size));
+            return out;
+          },
+          "(name, size) of each data file.")
+      .def(
+          "metadata",
+          [](const TensorTable& t) {
+            py::dict out;
+            for (const auto& [k, v] : t.metadata) out[to_str(k)] = to_str(v);
+            return out;
+          })
+      .def("find", [](const TensorTable& t, const std::string& name) { return t.find(name); },
+           "Position of the named tensor, or -1.");
+
+  py::class_<LoadPlan>(m, "LoadPlan", "Which bytes of which file land where, and the tensors as views.")
+      .def(py::init([](std::shared_ptr<TensorTable> table, std::optional<std::vector<uint32_t>> selection,
+                       const std::vector<std::pair<std::string, int32_t>>& device_map) {
+             std::vector<uint32_t> chosen;
+             if (selection) {
+               chosen = std::move(*selection);
+             } else {
+               chosen.resize(table->tensors.size());
+               for (uint32_t i = 0; i < chosen.size(); ++i) chosen[i] = i;
+             }
+             auto devices = flash::assign_devices(*table, chosen, device_map);
+             return std::make_unique<LoadPlan>(std::move(table), std::move(chosen), std::move(devices));
+           }),
+           py::arg("table"), py::arg("selection"), py::arg("device_map"),
+           "Places the selected tensors (all for None) by a device map of (prefix, device) pairs, "
+           "device -1 being the host; raises UncoveredTensor(name).")
+      .def("__len__", [](const LoadPlan& p) { return p.selection().size(); })
+      .def(
+          "names",
+          [](const LoadPlan& p) {
+            py::list out(p.selection().size());
+            for (uint32_t i = 0; i < p.selection().size(); ++i) out[i] = to_str(p.tensor(i).name);
+            return out;
+          },
+          "Names of the selected tensors, in order.")
+      .def("entry", [](const LoadPlan& p, uint32_t i) { return entry_tuple(p.tensor(i)); })
+      .def("device", &LoadPlan::device, py::arg("position"), "Device code of a selected tensor (-1: host).")
+      .def("files_used", &LoadPlan::files_used, py::arg("host_only"))
+      .def("layout", &LoadPlan::layout, py::arg("mapped_files"), py::arg("alignment"),
+           "Builds the regions; returns (device, buffer bytes) per device in order of first use.")
+      .def(
+          "execute",
+          [](const LoadPlan& p, const std::vector<std::string>& paths, const std::vector<uint64_t>& bases,
+             int threads, uint64_t chunk_bytes, const std::string& io) {
+            flash::LoadOptions options;
+            options.threads = threads;
+            options.chunk_bytes = chunk_bytes;
+            options.io = parse_io(io);
+            auto ops = p.read_ops(bases);
+            py::gil_scoped_release nogil;
+            flash::execute_plan(paths, ops, options);
+          },
+          py::arg("paths"), py::arg("bases"), py::arg("threads"), py::arg("chunk_bytes"), py::arg("io") = "auto",
+          "Reads every unmapped region into the device buffers at `bases`.")
+      .def(
+          "views",
+          [](const LoadPlan& p, const std::vector<std::tuple<uint64_t, py::object>>& buffers,
+             const std::map<uint32_t, std::tuple<uint64_t, py::object>>& mappings,
+             const std::vector<std::optional<std::pair<uint8_t, uint8_t>>>& dtypes) {
+            std::vector<flash::Memory> bufs;
+            for (const auto& b : buffers) bufs.push_back(to_memory(b));
+            std::vector<flash::Memory> maps(p.table().files.size());
+            for (const auto& [file, m] : mappings)
+              if (file < maps.size()) maps[file] = to_memory(m);
+            std::vector<flash::DlpackDtype> dl;
+            for (const auto& d : dtypes) dl.push_back(d ? flash::DlpackDtype{d->first, d->second} : flash::DlpackDtype{});
+            flash::TensorViews views = p.views(bufs, maps, dl);
+            py::list direct(views.direct.size());
+            for (size_t i = 0; i < views.direct.size(); ++i)
+              direct[i] = views.direct[i] ? capsule(views.direct[i]) : py::none();
+            py::list grouped;
+            for (auto& [region, members] : views.grouped) grouped.append(py::make_tuple(capsule(region), members));
+            return py::make_tuple(direct, grouped);
+          },
+          py::arg("buffers"), py::arg("mappings"), py::arg("dtypes"),
+          "DLPack capsules: one per selected tensor (None if empty or grouped), and (region capsule, "
+          "[(position, byte offset)]) for regions handed back as bytes.");
 
   m.def(
       "execute_plan",
@@ -80,11 +283,18 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "resident_fraction",
       [](const std::string& path) {
-        flash::DataFile file(path, flash::IoMode::Auto);
-        return file.resident_fraction(0, file.size());
+        return flash::resident_fraction(path);
       },
       py::arg("path"), "Fraction of the file's pages in the page cache (1.0 where it cannot be told).");
 
+  m.def(
+      "dlpack_dtype",
+      [](const py::capsule& cap) {
+        auto* managed = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(cap.ptr(), "dltensor"));
+        if (!managed) throw py::error_already_set();
+        return std::make_pair(managed->dl_tensor.dtype.code, managed->dl_tensor.dtype.bits);
+      },
+      py::arg("capsule"), "(code, bits) of an unconsumed DLPack capsule's dtype (to learn torch's codes).");
   m.def("cuda_runtime_available", &flash::cuda_runtime_available,
         "Whether a CUDA runtime can be loaded (does not initialise CUDA).");
   m.def("cuda_runtime_path", &flash::cuda_runtime_path, "The CUDA runtime library in use, or ''.");

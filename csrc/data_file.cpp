@@ -15,6 +15,34 @@ namespace flash {
 
 std::string errno_message(int err) { return std::strerror(err); }
 
+namespace {
+
+// Residency of [offset, offset+length) of a file mapped at map (size bytes long).
+double sampled_residency(void* map, uint64_t size, uint64_t offset, uint64_t length) {
+  if (!map || length == 0 || offset >= size) return 1.0;
+  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  const uint64_t begin = offset / page * page;
+  const uint64_t end = std::min(size, offset + length);
+  const uint64_t pages = (end - begin + page - 1) / page;
+  // Large ranges are sampled: windows spread evenly tell residency well enough, and
+  // asking about every page of a many-GB file would cost milliseconds per load.
+  constexpr uint64_t kWindowPages = 16, kMaxWindows = 256;
+  const uint64_t windows = std::min<uint64_t>(kMaxWindows, (pages + kWindowPages - 1) / kWindowPages);
+  const uint64_t stride = pages / windows;
+  unsigned char vec[kWindowPages];
+  uint64_t asked = 0, resident = 0;
+  for (uint64_t w = 0; w < windows; ++w) {
+    const uint64_t first = begin + w * stride * page;
+    const uint64_t n = std::min<uint64_t>(kWindowPages, (end - first + page - 1) / page);
+    if (mincore(static_cast<char*>(map) + first, n * page, vec) != 0) return 1.0;
+    for (uint64_t i = 0; i < n; ++i) resident += vec[i] & 1;
+    asked += n;
+  }
+  return static_cast<double>(resident) / static_cast<double>(asked);
+}
+
+}  // namespace
+
 DataFile::DataFile(std::string path, IoMode mode) : path_(std::move(path)), mode_(mode) {
   fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd_ < 0) throw IoError(path_ + ": cannot open: " + errno_message(errno));
@@ -42,27 +70,26 @@ DataFile::~DataFile() {
 }
 
 double DataFile::resident_fraction(uint64_t offset, uint64_t length) const {
-  if (!map_ || length == 0 || offset >= size_) return 1.0;
-  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
-  const uint64_t begin = offset / page * page;
-  const uint64_t end = std::min(size_, offset + length);
-  const uint64_t pages = (end - begin + page - 1) / page;
-  // Large ranges are sampled: windows spread evenly tell residency well enough, and
-  // asking about every page of a many-GB file would cost milliseconds per load.
-  constexpr uint64_t kWindowPages = 16, kMaxWindows = 256;
-  const uint64_t windows = std::min<uint64_t>(kMaxWindows, (pages + kWindowPages - 1) / kWindowPages);
-  const uint64_t stride = pages / windows;
-  unsigned char vec[kWindowPages];
-  uint64_t asked = 0, resident = 0;
-  for (uint64_t w = 0; w < windows; ++w) {
-    const uint64_t first = begin + w * stride * page;
-    const uint64_t n = std::min<uint64_t>(kWindowPages, (end - first + page - 1) / page);
-    if (mincore(static_cast<char*>(map_) + first, n * page, vec) != 0) return 1.0;
-    for (uint64_t i = 0; i < n; ++i) resident += vec[i] & 1;
-    asked += n;
-  }
-  return static_cast<double>(resident) / static_cast<double>(asked);
+  return sampled_residency(map_, size_, offset, length);
 }
+
+double resident_fraction(const std::string& path) {
+  // Just a descriptor and a mapping: no O_DIRECT descriptor as a DataFile would open.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw IoError(path + ": cannot open: " + errno_message(errno));
+  struct stat st {};
+  double fraction = 1.0;
+  if (fstat(fd, &st) == 0 && st.st_size > 0) {
+    void* m = mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_SHARED, fd, 0);
+    if (m != MAP_FAILED) {
+      fraction = sampled_residency(m, static_cast<uint64_t>(st.st_size), 0, static_cast<uint64_t>(st.st_size));
+      munmap(m, static_cast<size_t>(st.st_size));
+    }
+  }
+  ::close(fd);
+  return fraction;
+}
+
 
 bool DataFile::want_direct(const void* dst, uint64_t offset, uint64_t length) const {
   if (direct_fd_ < 0) return false;

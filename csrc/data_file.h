@@ -42,4 +42,7 @@ class DataFile {
   uint64_t size_ = 0;
 };
 
+// Fraction of a file's pages in the page cache (sampled; 1.0 where it cannot be told).
+double resident_fraction(const std::string& path);
+
 }  // namespace flash

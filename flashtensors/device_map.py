@@ -22,8 +22,8 @@ def normalize_device_map(device_map) -> dict:
     """
     import torch
 
-    if device_map is None:
-        device_map = DEFAULT_DEVICE
+    if device_map is None or device_map == DEFAULT_DEVICE:
+        return {"": torch.device(DEFAULT_DEVICE)}
     if not isinstance(device_map, dict):
         device_map = {"": device_map}
     out = {}
@@ -62,7 +62,24 @@ def device_for(name: str, device_map: dict):
         if prefix in device_map:
             return device_map[prefix]
         if not prefix:
-            raise FlashDeviceError(f"tensor {name!r} is not covered by the device_map "
-                                   f"(keys: {sorted(device_map)[:8]})")
+            raise uncovered_error(name, device_map)
         cut = prefix.rfind(".")
         prefix = prefix[:cut] if cut >= 0 else ""
+
+
+def uncovered_error(name: str, device_map: dict) -> FlashDeviceError:
+    """The error for a tensor that no key of ``device_map`` covers."""
+    return FlashDeviceError(f"tensor {name!r} is not covered by the device_map (keys: {sorted(device_map)[:8]})")
+
+
+def device_codes(device_map: dict) -> list:
+    """A normalized map as the native planner takes it: ``(prefix, code)`` pairs, code -1
+    for the CPU and the index for a CUDA device."""
+    return [(prefix, -1 if device.type == "cpu" else device.index) for prefix, device in device_map.items()]
+
+
+def device_of_code(code: int):
+    """The torch.device of a native device code."""
+    import torch
+
+    return torch.device("cpu") if code < 0 else torch.device("cuda", code)

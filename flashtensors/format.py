@@ -2,7 +2,7 @@
 
 ``docs/format.md`` is the normative description; this module follows it. The index is
 untrusted input: :func:`read_index` validates every field and enforces limits before
-anything else looks at it.
+anything else looks at it (the native core parses it: csrc/flash_index.cpp).
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import json
 import math
 import os
 import stat
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
+from functools import lru_cache
 
+from . import _native
 from .errors import FlashFormatError
 
 FORMAT_NAME = "flashtensors"
@@ -101,14 +102,37 @@ class DataFileEntry:
     size: int
 
 
-@dataclass
-class Index:
-    """A parsed, validated ``flash_index.json``."""
+DTYPE_NAMES = list(DTYPE_SIZES)  # a dtype's position here is its number in native tables
 
-    files: list
-    tensors: dict  # name -> TensorEntry, in saved order
-    metadata: dict = field(default_factory=dict)
-    version: int = FORMAT_VERSION
+
+class Index:
+    """A parsed, validated ``flash_index.json`` (or an index being written).
+
+    ``tensors`` maps names to :class:`TensorEntry` in saved order; for a read index it
+    is built on first use from ``table``, the native tensor table loads work from.
+    """
+
+    def __init__(self, files: list, tensors: dict | None = None, metadata: dict | None = None,
+                 version: int = FORMAT_VERSION, table=None):
+        self.files = files
+        self.metadata = metadata if metadata is not None else {}
+        self.version = version
+        self.table = table
+        self._tensors = tensors
+
+    @classmethod
+    def from_table(cls, table) -> Index:
+        files = [DataFileEntry(name, size) for name, size in table.files()]
+        return cls(files=files, metadata=table.metadata(), version=table.version, table=table)
+
+    @property
+    def tensors(self) -> dict:
+        if self._tensors is None:
+            self._tensors = {
+                name: TensorEntry(name=name, dtype=DTYPE_NAMES[dtype], shape=shape, file=file, offset=offset,
+                                  length=length, crc32c=crc, strides=strides)
+                for name, dtype, shape, strides, file, offset, length, crc in self.table.entries()}
+        return self._tensors
 
     @property
     def total_bytes(self) -> int:
@@ -137,20 +161,23 @@ def read_index(path) -> Index:
         >>> index.tensors["weight"].shape
         (3, 3)
     """
-    index_path = Path(path) / INDEX_FILENAME
-    return parse_index_bytes(read_index_bytes(path), str(index_path))
+    return parse_index_bytes(read_index_bytes(path), os.path.join(os.fspath(path), INDEX_FILENAME))
 
 
 def read_index_bytes(path) -> bytes:
     """The raw bytes of the index of the checkpoint in directory ``path`` (at most
     MAX_INDEX_BYTES); FlashFormatError if it is missing, unreadable or not a file."""
-    index_path = Path(path) / INDEX_FILENAME
+    index_path = os.path.join(os.fspath(path), INDEX_FILENAME)
     try:
         # O_NONBLOCK: something other than a file under the index's name must not hang us.
-        with os.fdopen(os.open(index_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        fd = os.open(index_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
                 raise FlashFormatError(f"{index_path}: the index is not a regular file")
-            raw = f.read(MAX_INDEX_BYTES + 1)
+            raw = _read_up_to(fd, min(st.st_size, MAX_INDEX_BYTES) + 1)
+        finally:
+            os.close(fd)
     except FileNotFoundError:
         raise FlashFormatError(f"{index_path}: no flash checkpoint here (index file missing)") from None
     except OSError as e:
@@ -160,137 +187,69 @@ def read_index_bytes(path) -> bytes:
     return raw
 
 
+def _read_up_to(fd: int, limit: int) -> bytes:
+    """Up to ``limit`` bytes from ``fd`` (fewer only at the end of the file)."""
+    parts, size = [], 0
+    while size < limit:
+        part = os.read(fd, limit - size)
+        if not part:
+            break
+        parts.append(part)
+        size += len(part)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
 def parse_index_bytes(raw: bytes, where: str) -> Index:
-    """Decodes and validates an index's raw bytes; ``where`` names it in error messages."""
+    """Decodes and validates an index's raw bytes (natively: this is the per-tensor work
+    of every load); ``where`` names it in error messages."""
+    native = _native.module()
     try:
-        doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: also huge integers
-        raise FlashFormatError(f"{where}: index is not valid JSON: {e}") from None
-    return parse_index(doc, where)
+        table = native.TensorTable.from_flash_index(raw, _native_rules())
+    except native.FormatError as e:
+        raise format_error(where, *e.args) from None
+    return Index.from_table(table)
 
 
-def parse_index(doc, where: str) -> Index:
-    """Validates a decoded index document; ``where`` names it in error messages."""
-    v = _Validator(where)
-    v.check(isinstance(doc, dict), "index must be a JSON object")
-    v.check(doc.get("format") == FORMAT_NAME, f"not a flash index (format is {doc.get('format')!r})")
-    version = doc.get("version")
-    v.check(_is_int(version), "version must be an integer")
-    v.check(version <= FORMAT_VERSION,
-            f"format version {version} is newer than this flashtensors reads ({FORMAT_VERSION}); upgrade")
-    v.check(version >= 1, f"format version {version} is invalid")
-    v.check(doc.get("alignment") == ALIGNMENT, f"alignment must be {ALIGNMENT}")
-    v.check(doc.get("checksum") == CHECKSUM, f"checksum must be {CHECKSUM!r}")
-    metadata = doc.get("metadata", {})
-    v.check(isinstance(metadata, dict) and all(isinstance(k, str) and isinstance(x, str)
-                                               for k, x in metadata.items()),
-            "metadata must map strings to strings")
-    files = _parse_files(doc.get("files"), v)
-    tensors = _parse_tensors(doc.get("tensors"), files, v)
-    return Index(files=files, tensors=tensors, metadata=metadata, version=version)
+def format_error(where: str, message: str, tensor: str | None = None) -> FlashFormatError:
+    """The FlashFormatError for a native parser's complaint about ``where``."""
+    about = f" (tensor {tensor!r})" if tensor is not None else ""
+    return FlashFormatError(f"{where}: {message}{about}")
 
 
-class _Validator:
-    def __init__(self, where: str):
-        self.where = where
-
-    def check(self, ok: bool, message: str, tensor: str | None = None) -> None:
-        if not ok:
-            about = f" (tensor {tensor!r})" if tensor is not None else ""
-            raise FlashFormatError(f"{self.where}: {message}{about}")
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _safe_file_name(name) -> bool:
-    # Data files live directly in the checkpoint directory: no separators, no '..'.
-    return (isinstance(name, str) and name.endswith(DATA_SUFFIX) and 0 < len(name.encode("utf-8", "replace")) <= 255
-            and "/" not in name and "\\" not in name and "\0" not in name
-            and name not in (".", "..") and not name.startswith("."))
-
-
-def _parse_files(raw, v: _Validator) -> list:
-    v.check(isinstance(raw, list), "files must be a list")
-    v.check(len(raw) <= MAX_FILES, f"more than {MAX_FILES} data files")
-    files, seen = [], set()
-    for i, f in enumerate(raw):
-        v.check(isinstance(f, dict), f"files[{i}] must be an object")
-        name, size = f.get("name"), f.get("size")
-        v.check(_safe_file_name(name), f"files[{i}] has an unsafe or invalid name {name!r}")
-        v.check(name not in seen, f"data file {name!r} listed twice")
-        v.check(_is_int(size) and 0 <= size <= MAX_TENSOR_BYTES and size % ALIGNMENT == 0,
-                f"data file {name!r} has an invalid size {size!r}")
-        seen.add(name)
-        files.append(DataFileEntry(name, size))
-    return files
-
-
-def _parse_tensors(raw, files: list, v: _Validator) -> dict:
-    v.check(isinstance(raw, list), "tensors must be a list")
-    v.check(len(raw) <= MAX_TENSORS, f"more than {MAX_TENSORS} tensors")
-    tensors = {}
-    for i, t in enumerate(raw):
-        v.check(isinstance(t, dict), f"tensors[{i}] must be an object")
-        name = t.get("name")
-        v.check(isinstance(name, str) and len(name.encode("utf-8", "surrogatepass")) <= MAX_NAME_BYTES,
-                f"tensors[{i}] has an invalid name")
-        v.check(name not in tensors, "tensor listed twice", name)
-        tensors[name] = _parse_tensor(t, name, files, v)
-    return tensors
-
-
-def _parse_tensor(t: dict, name: str, files: list, v: _Validator) -> TensorEntry:
-    dtype = t.get("dtype")
-    v.check(isinstance(dtype, str) and dtype in DTYPE_SIZES, f"unknown dtype {dtype!r}", name)
-    itemsize = DTYPE_SIZES[dtype]
-    shape = t.get("shape")
-    v.check(isinstance(shape, list) and len(shape) <= MAX_NDIM
-            and all(_is_int(d) and 0 <= d <= MAX_TENSOR_BYTES for d in shape), "invalid shape", name)
-    v.check(math.prod(shape) * itemsize <= MAX_TENSOR_BYTES, "tensor too large", name)
-    strides = t.get("strides")
-    if strides is not None:
-        v.check(isinstance(strides, list) and len(strides) == len(shape)
-                and all(_is_int(s) and 0 <= s <= MAX_TENSOR_BYTES for s in strides), "invalid strides", name)
-    file, offset, length = t.get("file"), t.get("offset"), t.get("length")
-    v.check(_is_int(file) and 0 <= file < len(files), f"invalid data file number {file!r}", name)
-    v.check(_is_int(offset) and 0 <= offset <= MAX_TENSOR_BYTES and offset % itemsize == 0,
-            f"invalid offset {offset!r}", name)
-    expected = span_bytes(shape, strides, itemsize)
-    v.check(length == expected, f"length {length!r} does not match shape and dtype ({expected})", name)
-    v.check(offset + length <= files[file].size,
-            f"bytes [{offset}, {offset + length}) lie beyond the end of {files[file].name}", name)
-    crc = t.get("crc32c")
-    v.check(isinstance(crc, str) and len(crc) == 8 and all(c in "0123456789abcdef" for c in crc),
-            "invalid crc32c", name)
-    return TensorEntry(name=name, dtype=dtype, shape=tuple(shape), file=file, offset=offset, length=length,
-                       crc32c=int(crc, 16), strides=tuple(strides) if strides is not None else None)
+@lru_cache(maxsize=None)
+def _native_rules():
+    # The spec's constants, handed to the native parser so that they live here only.
+    return _native.module().FlashIndexRules({
+        "format_name": FORMAT_NAME, "version": FORMAT_VERSION, "alignment": ALIGNMENT, "checksum": CHECKSUM,
+        "data_suffix": DATA_SUFFIX, "max_tensors": MAX_TENSORS, "max_files": MAX_FILES, "max_ndim": MAX_NDIM,
+        "max_tensor_bytes": MAX_TENSOR_BYTES, "max_name_bytes": MAX_NAME_BYTES, "dtypes": list(DTYPE_SIZES.items())})
 
 
 def data_file_paths(path, index: Index) -> list:
     """Absolute paths of the index's data files, checked to exist, to be regular files
     inside the checkpoint directory (no symlink escapes) and to have their recorded sizes."""
-    root = Path(path).resolve()
+    root = os.path.abspath(os.fspath(path))
     out = []
     for i, f in enumerate(index.files):
-        p = root / f.name
-        real = Path(os.path.realpath(p))
-        if real.parent != root:
-            raise FlashFormatError(f"{p}: data file resolves outside the checkpoint directory")
+        p = os.path.join(root, f.name)  # a plain file name: the index rules out separators
         try:
-            st = os.stat(real)
+            st = os.lstat(p)
+            if stat.S_ISLNK(st.st_mode):  # only a link can lead elsewhere
+                real = os.path.realpath(p)
+                if os.path.dirname(real) != os.path.realpath(root):
+                    raise FlashFormatError(f"{p}: data file resolves outside the checkpoint directory")
+                st = os.stat(real)
         except FileNotFoundError:
             raise FlashFormatError(f"{p}: data file missing{_first_tensor_in(index, i)}") from None
         except OSError as e:
             raise FlashFormatError(f"{p}: cannot stat data file: {e.strerror}") from None
-        if not os.path.isfile(real):
+        if not stat.S_ISREG(st.st_mode):
             raise FlashFormatError(f"{p}: not a regular file")
         if st.st_size != f.size:
             raise FlashFormatError(
                 f"{p}: data file is {st.st_size} bytes, the index says {f.size} "
                 f"(truncated or replaced){_first_tensor_beyond(index, i, st.st_size)}")
-        out.append(str(real))
+        out.append(p)
     return out
 
 

@@ -3,9 +3,11 @@ parameters): one read per tensor into its memory, no buffer of our own."""
 
 from __future__ import annotations
 
+from . import _native
 from .errors import FlashDeviceError, FlashFormatError
 from .format import data_file_paths, read_index, torch_dtype
 from .loader import (
+    CHUNK_BYTES,
     execute,
     load_index,
     resolve_threads,
@@ -25,7 +27,8 @@ def load_into(path, targets: dict, *, threads: int | None = None) -> None:
         gpus = {t.device for t in targets.values() if t.device.type == "cuda"}
         for device in gpus:
             synchronize_before_copies(device)
-        execute(path, paths, ops, n_threads)
+        execute(path, lambda threads: _native.module().execute_plan(paths, ops, threads, CHUNK_BYTES),
+                n_threads, to_gpu=bool(gpus))
         if strided:
             # Not one run of bytes on both sides: load just those (same index, same
             # files) and copy them over.

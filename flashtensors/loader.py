@@ -7,12 +7,12 @@ import logging
 import os
 import threading
 import time
+from functools import lru_cache
 
 from . import _native
-from .device_map import device_for, normalize_device_map
+from .device_map import device_codes, device_of_code, normalize_device_map, uncovered_error
 from .errors import FlashDeviceError, FlashError, FlashFormatError
-from .format import ALIGNMENT, INDEX_FILENAME, data_file_paths, read_index, torch_dtype
-from .plan import make_plan, read_ops
+from .format import ALIGNMENT, DTYPE_NAMES, INDEX_FILENAME, data_file_paths, read_index, torch_dtype
 
 log = logging.getLogger("flashtensors")
 
@@ -31,6 +31,7 @@ CACHE_AFTER_COLD_LOAD = True
 IO_MODES = ("auto", "mmap", "buffered", "direct")
 
 
+@lru_cache(maxsize=None)
 def default_threads() -> int:
     """I/O threads per load: enough to keep a disk queue and the copy engines busy."""
     return max(4, min(16, os.cpu_count() or 4))
@@ -85,80 +86,107 @@ def _index_identity(path):
 def load_index(path, index, paths, device_map, n_threads: int, io: str = "auto", only=None) -> dict:
     """Loads the tensors of a read index (those named in ``only``, or all) from ``paths``."""
     started = time.perf_counter()
-    entries = [e for e in index.tensors.values() if only is None or e.name in only]
-    dmap = normalize_device_map(device_map)
-    devices = {e.name: device_for(e.name, dmap) for e in entries}
-    dtypes = {e.dtype: torch_dtype(e.dtype) for e in entries}
-    residency = _residency(entries, paths, io)
-    mapped = _files_to_map(entries, devices, paths, residency, index, io)
-    plans = make_plan(entries, devices, frozenset(mapped))
-    _check_capacity(plans, path)
+    plan = new_plan(index, device_map, only)
+    residency = _residency(plan, paths, io)
+    mapped = _files_to_map(plan, paths, residency, index, io)
+    sizes = plan.layout(list(mapped), ALIGNMENT)
+    _check_capacity(sizes, path)
+    buffers = [_allocate(nbytes, device_of_code(code)) for code, nbytes in sizes]
+    execute(path, lambda threads: plan.execute(paths, [address for address, _ in buffers], threads, CHUNK_BYTES,
+                                               "auto" if io == "mmap" else io),
+            n_threads, to_gpu=any(code >= 0 for code, _ in sizes))
 
-    buffers, ops = {}, []
-    for plan in plans:
-        buffer, address = _allocate(plan.nbytes, plan.device)
-        buffers[plan.device] = (buffer, address - buffer.data_ptr())
-        code = -1 if plan.device.type == "cpu" else plan.device.index
-        ops.extend(read_ops(plan, address, code))
-    execute(path, paths, ops, n_threads, "auto" if io == "mmap" else io)
-
-    read_files = {r.file for p in plans for r in p.regions if not r.mapped}
-    cold = [paths[f] for f in sorted(read_files) if residency.get(f, 1.0) < 0.5]
+    cold = [paths[f] for f in plan.files_used(False) if f not in mapped and residency.get(f, 1.0) < 0.5]
     if cold and CACHE_AFTER_COLD_LOAD:
         threading.Thread(target=_read_into_page_cache, args=(cold,), daemon=True,
                          name="flashtensors-cache").start()
-    out = assemble(entries, plans, devices, dtypes, buffers, mapped)
-    total = sum(e.length for e in entries)
-    seconds = time.perf_counter() - started
-    log.debug("loaded %d tensors, %.2f GB from %s in %.3f s (%.2f GB/s)", len(out), total / 1e9, path,
-              seconds, total / 1e9 / max(seconds, 1e-9))
+    out = assemble(plan, buffers, {f: (m.data_ptr(), m) for f, m in mapped.items()})
+    if log.isEnabledFor(logging.DEBUG):
+        total = sum(t.nbytes for t in out.values())
+        seconds = time.perf_counter() - started
+        log.debug("loaded %d tensors, %.2f GB from %s in %.3f s (%.2f GB/s)", len(out), total / 1e9, path,
+                  seconds, total / 1e9 / max(seconds, 1e-9))
     return out
 
 
-def assemble(entries, plans, devices, dtypes, buffers, mapped) -> dict:
-    """The tensors of a loaded plan, in the order of ``entries``, as views: of
-    ``buffers[device]`` (``(buffer, shift)`` pairs) for read regions, of ``mapped[file]``
-    (1-D uint8 tensors over a file's bytes) for mapped ones. Empty tensors are fresh
-    allocations. ``dtypes`` maps spec dtype names to torch dtypes."""
+def new_plan(index, device_map, only=None):
+    """The native plan of a read index: the tensors named in ``only`` (or all), each
+    placed on its device by ``device_map``."""
+    dmap = normalize_device_map(device_map)
+    selection = None
+    if only is not None:
+        selection = [i for i, name in enumerate(index.table.names()) if name in only]
+    native = _native.module()
+    try:
+        return native.LoadPlan(index.table, selection, device_codes(dmap))
+    except native.UncoveredTensor as e:
+        raise uncovered_error(e.args[0], dmap) from None
+
+
+def assemble(plan, buffers, mappings) -> dict:
+    """The tensors of a laid-out plan, in its order, as views: of ``buffers`` (one
+    ``(address, owner)`` per device, as ``plan.layout`` listed them) for read regions, of
+    ``mappings`` (``{file: (address, owner)}``) for mapped ones. Every region is a
+    storage of its own, so tensors share storage only where they did when saved
+    (torch.save, safetensors and transformers see them as they were). Empty tensors are
+    fresh allocations."""
     import torch
 
-    tensors = {}
-    for plan in plans:
-        for region in plan.regions:
-            if region.mapped:
-                storage = _region_storage(mapped[region.file], region.start, region.nbytes)
-            else:
-                buffer, shift = buffers[plan.device]
-                storage = _region_storage(buffer, shift + region.buffer_offset, region.nbytes)
-            for e in region.members:
-                tensors[e.name] = _view(storage, e.offset - region.start, e, dtypes[e.dtype])
-    out = {}
-    for e in entries:
-        out[e.name] = tensors[e.name] if e.name in tensors else \
-            torch.empty(e.shape, dtype=dtypes[e.dtype], device=devices[e.name])
+    from_dlpack = torch.from_dlpack
+    direct, grouped = plan.views(buffers, mappings, _dlpack_dtypes())
+    tensors = [None if c is None else from_dlpack(c) for c in direct]
+    for region, members in grouped:
+        storage = from_dlpack(region)
+        for position, offset in members:
+            tensors[position] = _view(storage, offset, plan.entry(position))
+    for position, t in enumerate(tensors):
+        if t is None:
+            _, dtype, shape, *_ = plan.entry(position)
+            tensors[position] = torch.empty(shape, dtype=torch_dtype(DTYPE_NAMES[dtype]),
+                                            device=device_of_code(plan.device(position)))
+    return dict(zip(plan.names(), tensors))
+
+
+@lru_cache(maxsize=None)
+def _dlpack_dtypes() -> list:
+    """Per spec dtype, its DLPack (code, bits) as this torch reads them back faithfully,
+    or None: such tensors are handed over as bytes and viewed as their dtype."""
+    import torch
+
+    native = _native.module()
+    out = []
+    for name in DTYPE_NAMES:
+        dtype = getattr(torch, name, None)
+        try:
+            probe = torch.empty(1, dtype=dtype)
+            code = native.dlpack_dtype(torch.utils.dlpack.to_dlpack(probe))
+            ok = torch.from_dlpack(torch.utils.dlpack.to_dlpack(probe)).dtype == dtype
+        except (TypeError, RuntimeError, BufferError):
+            code, ok = None, False
+        out.append(code if ok else None)
     return out
 
 
-def execute(path, paths, ops, threads: int, io: str = "auto") -> None:
-    """Runs native read ops in CHUNK_BYTES pieces, turning the core's errors into
-    FlashErrors about ``path``. Ops to a GPU stage through the pinned ring, which bounds
-    the thread count."""
-    if any(op[4] >= 0 for op in ops):
+def execute(path, read, threads: int, *, to_gpu: bool) -> None:
+    """Runs ``read(threads)``, a native read of checkpoint ``path`` in CHUNK_BYTES pieces,
+    turning the core's errors into FlashErrors. Reads to a GPU stage through the pinned
+    ring, which bounds the thread count."""
+    if to_gpu:
         threads = min(threads, PINNED_RING_BYTES // (2 * CHUNK_BYTES))
     try:
-        _native.module().execute_plan(paths, ops, threads, CHUNK_BYTES, io)
+        read(threads)
     except OSError as e:
         raise FlashFormatError(f"{path}: reading the checkpoint failed: {e}") from None
     except RuntimeError as e:
         raise FlashError(f"{path}: copying the checkpoint to the GPU failed: {e}") from None
 
 
-def _residency(entries, paths, io: str) -> dict:
+def _residency(plan, paths, io: str) -> dict:
     """Fraction of each used data file in the page cache (sampled), when io is "auto"."""
     if io != "auto":
         return {}
     resident = _native.module().resident_fraction
-    return {f: resident(paths[f]) for f in sorted({e.file for e in entries if e.length})}
+    return {f: resident(paths[f]) for f in plan.files_used(False)}
 
 
 def _read_into_page_cache(paths, window: int = 2 << 20) -> None:
@@ -178,7 +206,7 @@ def _read_into_page_cache(paths, window: int = 2 << 20) -> None:
             os.close(fd)
 
 
-def _files_to_map(entries, devices, paths, residency: dict, index, io: str) -> dict:
+def _files_to_map(plan, paths, residency: dict, index, io: str) -> dict:
     """Data files whose host-bound tensors become zero-copy views of a private mapping.
 
     Worth it when the file is in the page cache: mapping costs no copy and no fresh
@@ -191,9 +219,8 @@ def _files_to_map(entries, devices, paths, residency: dict, index, io: str) -> d
 
     if io not in ("auto", "mmap"):
         return {}
-    host_files = {e.file for e in entries if e.length and devices[e.name].type == "cpu"}
     out = {}
-    for f in sorted(host_files):
+    for f in plan.files_used(True):
         if io == "mmap" or residency[f] >= 0.5:
             try:
                 storage = torch.UntypedStorage.from_file(paths[f], shared=False, nbytes=index.files[f].size)
@@ -203,33 +230,35 @@ def _files_to_map(entries, devices, paths, residency: dict, index, io: str) -> d
     return out
 
 
-def _check_capacity(plans, path) -> None:
-    """Refuses, before reading a byte, a load that cannot fit on its GPU."""
+def _check_capacity(sizes, path) -> None:
+    """Refuses, before reading a byte, a load that cannot fit on its GPU. ``sizes``:
+    (device code, bytes) per device buffer."""
     import torch
 
-    for plan in plans:
-        if plan.device.type != "cuda":
+    for code, nbytes in sizes:
+        if code < 0:
             continue
-        free, _ = torch.cuda.mem_get_info(plan.device)
-        reserved_free = torch.cuda.memory_reserved(plan.device) - torch.cuda.memory_allocated(plan.device)
-        if plan.nbytes > free + reserved_free:
+        device = device_of_code(code)
+        free, _ = torch.cuda.mem_get_info(device)
+        reserved_free = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        if nbytes > free + reserved_free:
             raise FlashDeviceError(
-                f"{path}: needs {plan.nbytes / 2**30:.2f} GiB on {plan.device}, "
+                f"{path}: needs {nbytes / 2**30:.2f} GiB on {device}, "
                 f"only {(free + reserved_free) / 2**30:.2f} GiB is free")
 
 
 def _allocate(nbytes: int, device):
     """One buffer per device. Host buffers get ALIGNMENT slack so reads into them can
-    bypass the page cache (O_DIRECT needs aligned addresses). Returns (tensor, aligned address)."""
+    bypass the page cache (O_DIRECT needs aligned addresses). Returns (aligned address,
+    tensor owning the memory)."""
     import torch
 
     if device.type == "cpu":
         buffer = torch.empty(nbytes + ALIGNMENT, dtype=torch.uint8)
-        address = -(-buffer.data_ptr() // ALIGNMENT) * ALIGNMENT
-        return buffer, address
+        return -(-buffer.data_ptr() // ALIGNMENT) * ALIGNMENT, buffer
     buffer = torch.empty(nbytes, dtype=torch.uint8, device=device)
     synchronize_before_copies(device)
-    return buffer, buffer.data_ptr()
+    return buffer.data_ptr(), buffer
 
 
 def synchronize_before_copies(device) -> None:
@@ -240,19 +269,9 @@ def synchronize_before_copies(device) -> None:
     torch.cuda.current_stream(device).synchronize()
 
 
-def _region_storage(buffer, offset: int, nbytes: int):
-    """A 1-D uint8 tensor over ``buffer[offset:offset+nbytes]`` with a storage of its own
-    (kept alive by, and keeping alive, the device buffer): tensors in different regions
-    do not share storage, so torch.save, safetensors and transformers treat them as the
-    separate tensors they were when saved."""
-    from torch.utils.dlpack import from_dlpack, to_dlpack
-
-    return from_dlpack(to_dlpack(buffer[offset:offset + nbytes]))
-
-
-def _view(storage, rel: int, entry, dtype):
-    data = storage[rel:rel + entry.length].view(dtype)
-    if entry.strides is None:
-        return data.view(entry.shape)
-    return data.as_strided(entry.shape, entry.strides)
+def _view(storage, offset: int, entry):
+    """A tensor inside a region handed back as bytes; ``entry`` as ``plan.entry`` gives it."""
+    _, dtype, shape, strides, _, _, length, _ = entry
+    data = storage[offset:offset + length].view(torch_dtype(DTYPE_NAMES[dtype]))
+    return data.view(shape) if strides is None else data.as_strided(shape, strides)
 

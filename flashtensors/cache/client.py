@@ -21,7 +21,7 @@ import stat
 import struct
 
 from ..errors import FlashError
-from ..format import INDEX_FILENAME, parse_index_bytes
+from ..format import ALIGNMENT, INDEX_FILENAME, parse_index_bytes
 from . import paths, protocol
 from .protocol import CacheError, ProtocolError
 
@@ -145,10 +145,7 @@ def _map(fd: int, nbytes):
 def _tensors(path, index_bytes: bytes, offsets, whole, dmap) -> dict:
     """The index's tensors as views of ``whole``, the mapped shared memory, placed by the
     loader's own plan and view code."""
-    from ..device_map import device_for
-    from ..format import torch_dtype
-    from ..loader import assemble
-    from ..plan import make_plan
+    from ..loader import assemble, new_plan
 
     where = f"{os.path.join(os.fspath(path), INDEX_FILENAME)} (as cached by the daemon)"
     index = parse_index_bytes(index_bytes, where)
@@ -158,12 +155,10 @@ def _tensors(path, index_bytes: bytes, offsets, whole, dmap) -> dict:
     for i, (f, off) in enumerate(zip(index.files, offsets)):
         if not isinstance(off, int) or off < 0 or off + f.size > whole.numel():
             raise ProtocolError(f"data file {f.name} lies outside the shared memory")
-        mapped[i] = whole[off:off + f.size]
-    entries = list(index.tensors.values())
-    devices = {e.name: device_for(e.name, dmap) for e in entries}
-    dtypes = {e.dtype: torch_dtype(e.dtype) for e in entries}
-    plans = make_plan(entries, devices, frozenset(mapped))
-    return assemble(entries, plans, devices, dtypes, {}, mapped)
+        mapped[i] = (whole.data_ptr() + off, whole)
+    plan = new_plan(index, dmap)
+    sizes = plan.layout(list(mapped), ALIGNMENT)
+    return assemble(plan, [(0, whole) for _ in sizes], mapped)
 
 
 def _check_same_checkpoint(path, index_bytes: bytes) -> None:

@@ -1,0 +1,324 @@
+#include "flash_index.h"
+
+#include <unordered_set>
+
+#include "json_reader.h"
+
+namespace flash {
+namespace {
+
+using Kind = JsonReader::Kind;
+
+// A scalar field as found: absent, an integer, a string, or something else (kept as
+// its JSON text for the error message).
+struct Field {
+  bool present = false;
+  bool is_int = false;
+  bool is_string = false;
+  int64_t value = 0;
+  std::string text;  // the string's value, or the JSON text of other values
+};
+
+Field read_field(JsonReader& r, const char* data) {
+  Field f;
+  f.present = true;
+  const size_t start = r.position();
+  const Kind kind = r.peek();
+  if (kind == Kind::String) {
+    f.is_string = true;
+    f.text = r.string();
+    return f;
+  }
+  if (kind == Kind::Number) {
+    const JsonNumber n = r.number();
+    f.is_int = n.is_int;
+    f.value = n.value;
+    f.text = std::string(n.text);
+    return f;
+  }
+  r.skip();
+  f.text = std::string(data + start, std::min<size_t>(r.position() - start, 60));
+  return f;
+}
+
+// A list of integers as found: `ok` unless it was not a list or held a non-integer.
+struct IntList {
+  bool present = false;
+  bool is_null = false;
+  bool ok = true;
+  std::vector<int64_t> values;
+};
+
+IntList read_int_list(JsonReader& r) {
+  IntList l;
+  l.present = true;
+  const Kind kind = r.peek();
+  if (kind == Kind::Null) {
+    r.null();
+    l.is_null = true;
+    return l;
+  }
+  if (kind != Kind::Array) {
+    r.skip();
+    l.ok = false;
+    return l;
+  }
+  r.array([&](size_t) {
+    if (r.peek() != Kind::Number) {
+      r.skip();
+      l.ok = false;
+      return;
+    }
+    const JsonNumber n = r.number();
+    if (!n.is_int) l.ok = false;
+    l.values.push_back(n.value);
+  });
+  return l;
+}
+
+struct RawTensor {
+  bool is_object = false;
+  Field name, dtype, file, offset, length, crc;
+  IntList shape, strides;
+};
+
+struct RawFile {
+  bool is_object = false;
+  Field name, size;
+};
+
+class Checker {
+ public:
+  [[noreturn]] void fail(const std::string& message) const { throw FormatError(message); }
+  void check(bool ok, const std::string& message) const {
+    if (!ok) fail(message);
+  }
+  void check(bool ok, const std::string& message, const std::string& tensor) const {
+    if (!ok) throw FormatError(message, tensor, true);
+  }
+};
+
+std::string quoted(const Field& f) {
+  if (!f.present) return "None";
+  if (f.is_string) return "'" + f.text + "'";
+  return f.text;
+}
+
+bool safe_file_name(const Field& f, const FlashIndexRules& rules) {
+  if (!f.is_string) return false;
+  const std::string& n = f.text;
+  const std::string& suffix = rules.data_suffix;
+  return n.size() >= suffix.size() && n.compare(n.size() - suffix.size(), suffix.size(), suffix) == 0 &&
+         !n.empty() && n.size() <= 255 && n.find('/') == std::string::npos &&
+         n.find('\\') == std::string::npos && n.find('\0') == std::string::npos && n != "." && n != ".." &&
+         n[0] != '.';
+}
+
+bool in_range(const Field& f, uint64_t max) { return f.is_int && f.value >= 0 && static_cast<uint64_t>(f.value) <= max; }
+
+void parse_files(const std::vector<RawFile>& raw, bool is_list, const FlashIndexRules& rules, const Checker& v,
+                 TensorTable& table) {
+  v.check(is_list, "files must be a list");
+  v.check(raw.size() <= rules.max_files, "more than " + std::to_string(rules.max_files) + " data files");
+  std::unordered_set<std::string> seen;
+  for (size_t i = 0; i < raw.size(); ++i) {
+    const RawFile& f = raw[i];
+    const std::string at = "files[" + std::to_string(i) + "]";
+    v.check(f.is_object, at + " must be an object");
+    v.check(safe_file_name(f.name, rules), at + " has an unsafe or invalid name " + quoted(f.name));
+    v.check(seen.insert(f.name.text).second, "data file '" + f.name.text + "' listed twice");
+    v.check(in_range(f.size, rules.max_tensor_bytes) && f.size.value % rules.alignment == 0,
+            "data file '" + f.name.text + "' has an invalid size " + quoted(f.size));
+    table.files.push_back({f.name.text, static_cast<uint64_t>(f.size.value)});
+  }
+}
+
+bool hex8(const Field& f, uint32_t* out) {
+  if (!f.is_string || f.text.size() != 8) return false;
+  uint32_t v = 0;
+  for (char c : f.text) {
+    v <<= 4;
+    if (c >= '0' && c <= '9') v |= c - '0';
+    else if (c >= 'a' && c <= 'f') v |= c - 'a' + 10;
+    else return false;
+  }
+  *out = v;
+  return true;
+}
+
+TensorInfo check_tensor(RawTensor& t, const FlashIndexRules& rules, const TensorTable& table, const Checker& v) {
+  const std::string& name = t.name.text;
+  TensorInfo out;
+  const int dtype = t.dtype.is_string ? rules.dtypes.find(t.dtype.text) : -1;
+  v.check(dtype >= 0, "unknown dtype " + quoted(t.dtype), name);
+  const uint64_t itemsize = rules.dtypes.sizes[dtype];
+  bool shape_ok = t.shape.present && !t.shape.is_null && t.shape.ok && t.shape.values.size() <= rules.max_ndim;
+  for (int64_t d : t.shape.values) shape_ok = shape_ok && d >= 0 && static_cast<uint64_t>(d) <= rules.max_tensor_bytes;
+  v.check(shape_ok, "invalid shape", name);
+  uint64_t nbytes = 0;
+  v.check(span_bytes(t.shape.values, nullptr, itemsize, rules.max_tensor_bytes, &nbytes), "tensor too large", name);
+  const bool has_strides = t.strides.present && !t.strides.is_null;
+  if (has_strides) {
+    bool ok = t.strides.ok && t.strides.values.size() == t.shape.values.size();
+    for (int64_t s : t.strides.values) ok = ok && s >= 0 && static_cast<uint64_t>(s) <= rules.max_tensor_bytes;
+    v.check(ok, "invalid strides", name);
+  }
+  v.check(t.file.is_int && t.file.value >= 0 && static_cast<uint64_t>(t.file.value) < table.files.size(),
+          "invalid data file number " + quoted(t.file), name);
+  v.check(in_range(t.offset, rules.max_tensor_bytes) && t.offset.value % itemsize == 0,
+          "invalid offset " + quoted(t.offset), name);
+  uint64_t expected = 0;
+  const bool fits = span_bytes(t.shape.values, has_strides ? &t.strides.values : nullptr, itemsize, UINT64_MAX >> 1,
+                               &expected);
+  v.check(fits && t.length.is_int && t.length.value >= 0 && static_cast<uint64_t>(t.length.value) == expected,
+          "length " + quoted(t.length) + " does not match shape and dtype (" +
+              (fits ? std::to_string(expected) : std::string("too large")) + ")",
+          name);
+  const DataFileInfo& file = table.files[t.file.value];
+  const uint64_t end = static_cast<uint64_t>(t.offset.value) + expected;
+  v.check(end <= file.size,
+          "bytes [" + std::to_string(t.offset.value) + ", " + std::to_string(end) + ") lie beyond the end of " + file.name,
+          name);
+  uint32_t crc = 0;
+  v.check(hex8(t.crc, &crc), "invalid crc32c", name);
+  out.name = std::move(t.name.text);
+  out.dtype = static_cast<uint32_t>(dtype);
+  out.file = static_cast<uint32_t>(t.file.value);
+  out.offset = static_cast<uint64_t>(t.offset.value);
+  out.length = expected;
+  out.crc32c = crc;
+  out.has_crc32c = true;
+  out.shape = std::move(t.shape.values);
+  out.has_strides = has_strides;
+  if (has_strides) out.strides = std::move(t.strides.values);
+  return out;
+}
+
+}  // namespace
+
+bool span_bytes(const std::vector<int64_t>& shape, const std::vector<int64_t>* strides, uint64_t itemsize,
+                uint64_t max, uint64_t* out) {
+  for (int64_t d : shape)
+    if (d == 0) {
+      *out = 0;
+      return true;
+    }
+  unsigned __int128 elements = 1;
+  if (strides == nullptr) {
+    for (int64_t d : shape) {
+      elements *= static_cast<uint64_t>(d);
+      if (elements > max) return false;  // dims are <= max, so this cannot wrap first
+    }
+  } else {
+    for (size_t i = 0; i < shape.size(); ++i)
+      elements += static_cast<unsigned __int128>(shape[i] - 1) * static_cast<uint64_t>((*strides)[i]);
+  }
+  const unsigned __int128 bytes = elements * itemsize;
+  if (bytes > max) return false;
+  *out = static_cast<uint64_t>(bytes);
+  return true;
+}
+
+TensorTable parse_flash_index(const char* data, size_t size, const FlashIndexRules& rules) {
+  JsonReader r(data, size);
+  const Checker v;
+  if (r.peek() != Kind::Object) {
+    r.skip();
+    r.finish();
+    v.fail("index must be a JSON object");
+  }
+  Field format, version, alignment, checksum;
+  bool files_is_list = false, tensors_is_list = false, have_files = false, have_tensors = false;
+  bool metadata_ok = true;
+  std::vector<RawFile> files;
+  std::vector<RawTensor> tensors;
+  TensorTable table;
+  r.object([&](const std::string& key) {
+    if (key == "format") {
+      format = read_field(r, data);
+    } else if (key == "version") {
+      version = read_field(r, data);
+    } else if (key == "alignment") {
+      alignment = read_field(r, data);
+    } else if (key == "checksum") {
+      checksum = read_field(r, data);
+    } else if (key == "metadata") {
+      if (r.peek() != Kind::Object) {
+        r.skip();
+        metadata_ok = false;
+        return;
+      }
+      r.object([&](const std::string& k) {
+        if (r.peek() != Kind::String) {
+          r.skip();
+          metadata_ok = false;
+          return;
+        }
+        table.metadata.emplace_back(k, r.string());
+      });
+    } else if (key == "files") {
+      have_files = true;
+      if (r.peek() != Kind::Array) return r.skip();
+      files_is_list = true;
+      r.array([&](size_t) {
+        RawFile& f = files.emplace_back();
+        if (r.peek() != Kind::Object) return r.skip();
+        f.is_object = true;
+        r.object([&](const std::string& k) {
+          if (k == "name") f.name = read_field(r, data);
+          else if (k == "size") f.size = read_field(r, data);
+          else r.skip();
+        });
+      });
+    } else if (key == "tensors") {
+      have_tensors = true;
+      if (r.peek() != Kind::Array) return r.skip();
+      tensors_is_list = true;
+      r.array([&](size_t) {
+        RawTensor& t = tensors.emplace_back();
+        if (r.peek() != Kind::Object) return r.skip();
+        t.is_object = true;
+        r.object([&](const std::string& k) {
+          if (k == "name") t.name = read_field(r, data);
+          else if (k == "dtype") t.dtype = read_field(r, data);
+          else if (k == "shape") t.shape = read_int_list(r);
+          else if (k == "strides") t.strides = read_int_list(r);
+          else if (k == "file") t.file = read_field(r, data);
+          else if (k == "offset") t.offset = read_field(r, data);
+          else if (k == "length") t.length = read_field(r, data);
+          else if (k == "crc32c") t.crc = read_field(r, data);
+          else r.skip();
+        });
+      });
+    } else {
+      r.skip();
+    }
+  });
+  r.finish();
+
+  v.check(format.is_string && format.text == rules.format_name, "not a flash index (format is " + quoted(format) + ")");
+  v.check(version.is_int, "version must be an integer");
+  v.check(version.value <= rules.version, "format version " + version.text + " is newer than this flashtensors reads (" +
+                                              std::to_string(rules.version) + "); upgrade");
+  v.check(version.value >= 1, "format version " + version.text + " is invalid");
+  v.check(alignment.is_int && alignment.value == rules.alignment, "alignment must be " + std::to_string(rules.alignment));
+  v.check(checksum.is_string && checksum.text == rules.checksum, "checksum must be '" + rules.checksum + "'");
+  v.check(metadata_ok, "metadata must map strings to strings");
+  table.version = version.value;
+  parse_files(files, have_files && files_is_list, rules, v, table);
+  v.check(have_tensors && tensors_is_list, "tensors must be a list");
+  v.check(tensors.size() <= rules.max_tensors, "more than " + std::to_string(rules.max_tensors) + " tensors");
+  table.tensors.reserve(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    RawTensor& t = tensors[i];
+    const std::string at = "tensors[" + std::to_string(i) + "]";
+    v.check(t.is_object, at + " must be an object");
+    v.check(t.name.is_string && t.name.text.size() <= rules.max_name_bytes, at + " has an invalid name");
+    table.tensors.push_back(check_tensor(t, rules, table, v));
+  }
+  std::string duplicate;
+  v.check(table.index_names(&duplicate), "tensor listed twice", duplicate);
+  return table;
+}
+
+}  // namespace flash

@@ -1,0 +1,63 @@
+// The formats' common output: every tensor of a checkpoint as (name, dtype, shape,
+// strides, data file, offset, length, checksum). A flash index and a safetensors
+// header both become one of these; nothing downstream knows which it was.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace flash {
+
+// The dtypes a reader accepts: spec names and item sizes, given by the caller (the
+// Python format module is the single source of truth for them).
+struct DtypeVocabulary {
+  std::vector<std::string> names;
+  std::vector<uint32_t> sizes;
+  int find(std::string_view name) const {
+    for (size_t i = 0; i < names.size(); ++i)
+      if (names[i] == name) return static_cast<int>(i);
+    return -1;
+  }
+};
+
+struct TensorInfo {
+  std::string name;
+  uint32_t dtype = 0;  // index into the DtypeVocabulary
+  uint32_t file = 0;   // index into TensorTable::files
+  uint64_t offset = 0;
+  uint64_t length = 0;
+  uint32_t crc32c = 0;
+  bool has_crc32c = false;
+  bool has_strides = false;
+  std::vector<int64_t> shape;
+  std::vector<int64_t> strides;  // in elements; empty unless has_strides
+};
+
+struct DataFileInfo {
+  std::string name;
+  uint64_t size = 0;
+};
+
+struct TensorTable {
+  int64_t version = 0;
+  std::vector<DataFileInfo> files;
+  std::vector<std::pair<std::string, std::string>> metadata;
+  std::vector<TensorInfo> tensors;
+
+  // Indexes the names (call once the tensors are final); false if a name repeats,
+  // with `duplicate` set to it.
+  bool index_names(std::string* duplicate);
+  // Position of a tensor, or -1.
+  int64_t find(std::string_view name) const {
+    auto it = by_name_.find(name);
+    return it == by_name_.end() ? -1 : static_cast<int64_t>(it->second);
+  }
+
+ private:
+  std::unordered_map<std::string_view, uint32_t> by_name_;  // views of tensors[i].name
+};
+
+}  // namespace flash
