@@ -90,13 +90,16 @@ struct RawFile {
 class Checker {
  public:
   [[noreturn]] void fail(const std::string& message) const { throw FormatError(message); }
-  void check(bool ok, const std::string& message) const {
-    if (!ok) fail(message);
-  }
-  void check(bool ok, const std::string& message, const std::string& tensor) const {
-    if (!ok) throw FormatError(message, tensor, true);
+  [[noreturn]] void fail(const std::string& message, const std::string& tensor) const {
+    throw FormatError(message, tensor, true);
   }
 };
+
+// Messages are built only when a check fails: this runs for every field of every tensor.
+#define CHECK(v, ok, ...)   \
+  do {                      \
+    if (!(ok)) (v).fail(__VA_ARGS__); \
+  } while (0)
 
 std::string quoted(const Field& f) {
   if (!f.present) return "None";
@@ -118,16 +121,16 @@ bool in_range(const Field& f, uint64_t max) { return f.is_int && f.value >= 0 &&
 
 void parse_files(const std::vector<RawFile>& raw, bool is_list, const FlashIndexRules& rules, const Checker& v,
                  TensorTable& table) {
-  v.check(is_list, "files must be a list");
-  v.check(raw.size() <= rules.max_files, "more than " + std::to_string(rules.max_files) + " data files");
+  CHECK(v, is_list, "files must be a list");
+  CHECK(v, raw.size() <= rules.max_files, "more than " + std::to_string(rules.max_files) + " data files");
   std::unordered_set<std::string> seen;
   for (size_t i = 0; i < raw.size(); ++i) {
     const RawFile& f = raw[i];
     const std::string at = "files[" + std::to_string(i) + "]";
-    v.check(f.is_object, at + " must be an object");
-    v.check(safe_file_name(f.name, rules), at + " has an unsafe or invalid name " + quoted(f.name));
-    v.check(seen.insert(f.name.text).second, "data file '" + f.name.text + "' listed twice");
-    v.check(in_range(f.size, rules.max_tensor_bytes) && f.size.value % rules.alignment == 0,
+    CHECK(v, f.is_object, at + " must be an object");
+    CHECK(v, safe_file_name(f.name, rules), at + " has an unsafe or invalid name " + quoted(f.name));
+    CHECK(v, seen.insert(f.name.text).second, "data file '" + f.name.text + "' listed twice");
+    CHECK(v, in_range(f.size, rules.max_tensor_bytes) && f.size.value % rules.alignment == 0,
             "data file '" + f.name.text + "' has an invalid size " + quoted(f.size));
     table.files.push_back({f.name.text, static_cast<uint64_t>(f.size.value)});
   }
@@ -150,37 +153,37 @@ TensorInfo check_tensor(RawTensor& t, const FlashIndexRules& rules, const Tensor
   const std::string& name = t.name.text;
   TensorInfo out;
   const int dtype = t.dtype.is_string ? rules.dtypes.find(t.dtype.text) : -1;
-  v.check(dtype >= 0, "unknown dtype " + quoted(t.dtype), name);
+  CHECK(v, dtype >= 0, "unknown dtype " + quoted(t.dtype), name);
   const uint64_t itemsize = rules.dtypes.sizes[dtype];
   bool shape_ok = t.shape.present && !t.shape.is_null && t.shape.ok && t.shape.values.size() <= rules.max_ndim;
   for (int64_t d : t.shape.values) shape_ok = shape_ok && d >= 0 && static_cast<uint64_t>(d) <= rules.max_tensor_bytes;
-  v.check(shape_ok, "invalid shape", name);
+  CHECK(v, shape_ok, "invalid shape", name);
   uint64_t nbytes = 0;
-  v.check(span_bytes(t.shape.values, nullptr, itemsize, rules.max_tensor_bytes, &nbytes), "tensor too large", name);
+  CHECK(v, span_bytes(t.shape.values, nullptr, itemsize, rules.max_tensor_bytes, &nbytes), "tensor too large", name);
   const bool has_strides = t.strides.present && !t.strides.is_null;
   if (has_strides) {
     bool ok = t.strides.ok && t.strides.values.size() == t.shape.values.size();
     for (int64_t s : t.strides.values) ok = ok && s >= 0 && static_cast<uint64_t>(s) <= rules.max_tensor_bytes;
-    v.check(ok, "invalid strides", name);
+    CHECK(v, ok, "invalid strides", name);
   }
-  v.check(t.file.is_int && t.file.value >= 0 && static_cast<uint64_t>(t.file.value) < table.files.size(),
+  CHECK(v, t.file.is_int && t.file.value >= 0 && static_cast<uint64_t>(t.file.value) < table.files.size(),
           "invalid data file number " + quoted(t.file), name);
-  v.check(in_range(t.offset, rules.max_tensor_bytes) && t.offset.value % itemsize == 0,
+  CHECK(v, in_range(t.offset, rules.max_tensor_bytes) && t.offset.value % itemsize == 0,
           "invalid offset " + quoted(t.offset), name);
   uint64_t expected = 0;
   const bool fits = span_bytes(t.shape.values, has_strides ? &t.strides.values : nullptr, itemsize, UINT64_MAX >> 1,
                                &expected);
-  v.check(fits && t.length.is_int && t.length.value >= 0 && static_cast<uint64_t>(t.length.value) == expected,
+  CHECK(v, fits && t.length.is_int && t.length.value >= 0 && static_cast<uint64_t>(t.length.value) == expected,
           "length " + quoted(t.length) + " does not match shape and dtype (" +
               (fits ? std::to_string(expected) : std::string("too large")) + ")",
           name);
   const DataFileInfo& file = table.files[t.file.value];
   const uint64_t end = static_cast<uint64_t>(t.offset.value) + expected;
-  v.check(end <= file.size,
+  CHECK(v, end <= file.size,
           "bytes [" + std::to_string(t.offset.value) + ", " + std::to_string(end) + ") lie beyond the end of " + file.name,
           name);
   uint32_t crc = 0;
-  v.check(hex8(t.crc, &crc), "invalid crc32c", name);
+  CHECK(v, hex8(t.crc, &crc), "invalid crc32c", name);
   out.name = std::move(t.name.text);
   out.dtype = static_cast<uint32_t>(dtype);
   out.file = static_cast<uint32_t>(t.file.value);
@@ -296,28 +299,28 @@ TensorTable parse_flash_index(const char* data, size_t size, const FlashIndexRul
   });
   r.finish();
 
-  v.check(format.is_string && format.text == rules.format_name, "not a flash index (format is " + quoted(format) + ")");
-  v.check(version.is_int, "version must be an integer");
-  v.check(version.value <= rules.version, "format version " + version.text + " is newer than this flashtensors reads (" +
+  CHECK(v, format.is_string && format.text == rules.format_name, "not a flash index (format is " + quoted(format) + ")");
+  CHECK(v, version.is_int, "version must be an integer");
+  CHECK(v, version.value <= rules.version, "format version " + version.text + " is newer than this flashtensors reads (" +
                                               std::to_string(rules.version) + "); upgrade");
-  v.check(version.value >= 1, "format version " + version.text + " is invalid");
-  v.check(alignment.is_int && alignment.value == rules.alignment, "alignment must be " + std::to_string(rules.alignment));
-  v.check(checksum.is_string && checksum.text == rules.checksum, "checksum must be '" + rules.checksum + "'");
-  v.check(metadata_ok, "metadata must map strings to strings");
+  CHECK(v, version.value >= 1, "format version " + version.text + " is invalid");
+  CHECK(v, alignment.is_int && alignment.value == rules.alignment, "alignment must be " + std::to_string(rules.alignment));
+  CHECK(v, checksum.is_string && checksum.text == rules.checksum, "checksum must be '" + rules.checksum + "'");
+  CHECK(v, metadata_ok, "metadata must map strings to strings");
   table.version = version.value;
   parse_files(files, have_files && files_is_list, rules, v, table);
-  v.check(have_tensors && tensors_is_list, "tensors must be a list");
-  v.check(tensors.size() <= rules.max_tensors, "more than " + std::to_string(rules.max_tensors) + " tensors");
+  CHECK(v, have_tensors && tensors_is_list, "tensors must be a list");
+  CHECK(v, tensors.size() <= rules.max_tensors, "more than " + std::to_string(rules.max_tensors) + " tensors");
   table.tensors.reserve(tensors.size());
   for (size_t i = 0; i < tensors.size(); ++i) {
     RawTensor& t = tensors[i];
     const std::string at = "tensors[" + std::to_string(i) + "]";
-    v.check(t.is_object, at + " must be an object");
-    v.check(t.name.is_string && t.name.text.size() <= rules.max_name_bytes, at + " has an invalid name");
+    CHECK(v, t.is_object, at + " must be an object");
+    CHECK(v, t.name.is_string && t.name.text.size() <= rules.max_name_bytes, at + " has an invalid name");
     table.tensors.push_back(check_tensor(t, rules, table, v));
   }
   std::string duplicate;
-  v.check(table.index_names(&duplicate), "tensor listed twice", duplicate);
+  CHECK(v, table.index_names(&duplicate), "tensor listed twice", duplicate);
   return table;
 }
 
