@@ -288,6 +288,16 @@ PYBIND11_MODULE(_C, m) {
       py::arg("path"), "Fraction of the file's pages in the page cache (1.0 where it cannot be told).");
 
   m.def(
+      "touch_pages",
+      [](const std::vector<std::pair<uint64_t, uint64_t>>& ranges) {
+        py::gil_scoped_release nogil;
+        uint64_t sum = 0;
+        for (const auto& [address, length] : ranges)
+          for (uint64_t at = 0; at < length; at += 4096) sum += *reinterpret_cast<volatile const uint8_t*>(address + at);
+        return sum;
+      },
+      py::arg("ranges"), "Reads one byte per page of each (address, length) host range (benchmarks: fault mappings in).");
+  m.def(
       "dlpack_dtype",
       [](const py::capsule& cap) {
         auto* managed = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(cap.ptr(), "dltensor"));

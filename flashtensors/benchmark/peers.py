@@ -13,6 +13,7 @@ class Loader:
     name: str
     load: Callable  # (flash_dir, safetensors_files, device, names) -> (tensors, keepalive)
     available: Callable[[object], str]  # device -> "" if usable, else why not
+    module: str  # imported before the clock starts in a fresh process
 
 
 def _installed(module: str) -> bool:
@@ -117,10 +118,10 @@ def _needs(module: str, cuda_only: bool = False):
 
 
 LOADERS = [
-    Loader("flashtensors", _flash, _any_device),
-    Loader("cached (daemon)", _cached, _cpu_only),
-    Loader("safetensors load_file", _safetensors, _any_device),
-    Loader("instanttensor", _instanttensor, _needs("instanttensor", cuda_only=True)),
-    Loader("fastsafetensors", _fastsafetensors, _needs("fastsafetensors")),
-    Loader("runai-model-streamer", _runai, _needs("runai_model_streamer")),
+    Loader("flashtensors", _flash, _any_device, "flashtensors.flash"),
+    Loader("cached (daemon)", _cached, _cpu_only, "flashtensors.flash"),
+    Loader("safetensors load_file", _safetensors, _any_device, "safetensors.torch"),
+    Loader("instanttensor", _instanttensor, _needs("instanttensor", cuda_only=True), "instanttensor"),
+    Loader("fastsafetensors", _fastsafetensors, _needs("fastsafetensors"), "fastsafetensors"),
+    Loader("runai-model-streamer", _runai, _needs("runai_model_streamer"), "runai_model_streamer"),
 ]

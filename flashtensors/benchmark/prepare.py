@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import FlashError
-from .shapes import QWEN3, digest, make_checkpoint, shape_for_size
+from .shapes import QWEN3, digest, make_checkpoint, moe_shapes, shape_for_size, tensor_shapes
 
 
 def prepare(args, log=print):
@@ -13,11 +13,17 @@ def prepare(args, log=print):
     work = Path(args.dir)
     if args.path:
         return _from_path(Path(args.path), work, log)
-    shape = QWEN3[args.model] if args.model else shape_for_size(args.size)
-    label = args.model or f"{args.size}gb"
-    root = work / f"qwen3-{label}"
-    log(f"preparing a Qwen3-{label}-shaped bf16 checkpoint in {root} (reused if present)")
-    expected = make_checkpoint(shape, root, log=log)
+    if args.tensors:
+        label = f"moe-{args.tensors}x{args.tensor_kb}kib"
+        shapes = moe_shapes(args.tensors, args.tensor_kb)
+        log(f"preparing an MoE-style checkpoint of {args.tensors} bf16 tensors of {args.tensor_kb} KiB "
+            f"in {work / label} (reused if present)")
+    else:
+        label = "qwen3-" + (args.model or f"{args.size}gb")
+        shapes = tensor_shapes(QWEN3[args.model] if args.model else shape_for_size(args.size))
+        log(f"preparing a {label}-shaped bf16 checkpoint in {work / label} (reused if present)")
+    root = work / label
+    expected = make_checkpoint(shapes, root, log=log)
     return root / "flash", sorted((root / "safetensors").glob("*.safetensors")), expected
 
 

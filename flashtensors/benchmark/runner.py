@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import gc
+import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -29,12 +34,13 @@ def settle(tensors: dict, device) -> None:
     host page touched (a lazily mapped file is not loaded until then)."""
     import torch
 
+    from .. import _native
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         return
-    for t in tensors.values():
-        if t.numel():
-            t.reshape(-1).view(torch.uint8)[::4096].sum()
+    storages = {(s.data_ptr(), s.nbytes()) for s in (t.untyped_storage() for t in tensors.values() if t.numel())}
+    _native.module().touch_pages(list(storages))
 
 
 def check(tensors: dict, expected: dict) -> str:
@@ -47,18 +53,65 @@ def check(tensors: dict, expected: dict) -> str:
 
 
 def run(flash_dir, st_files, data_files, device, expected: dict, *, runs: int, cold: bool,
-        only=None, log=print) -> list:
-    """Times each available loader ``runs`` times per mode, alternating loaders."""
+        only=None, fresh: bool = True, log=print) -> list:
+    """Times each available loader ``runs`` times per mode, alternating loaders: each
+    run in a fresh process (``fresh``, as a serving replica loads), or all in this one."""
     from .. import loader
 
     saved, loader.CACHE_AFTER_COLD_LOAD = loader.CACHE_AFTER_COLD_LOAD, False  # cold runs must stay cold
     try:
-        return _run(flash_dir, st_files, data_files, device, expected, runs=runs, cold=cold, only=only, log=log)
+        with tempfile.TemporaryDirectory(prefix="flashtensors-bench-") as scratch:
+            sample = _fresh_sampler(flash_dir, st_files, device, expected, scratch) if fresh else \
+                _in_process_sampler(flash_dir, st_files, device, expected)
+            return _run(sample, device, data_files, runs=runs, cold=cold, only=only, log=log)
     finally:
         loader.CACHE_AFTER_COLD_LOAD = saved
 
 
-def _run(flash_dir, st_files, data_files, device, expected: dict, *, runs: int, cold: bool, only, log) -> list:
+def _in_process_sampler(flash_dir, st_files, device, expected: dict):
+    def sample(ld, checked: bool):
+        """(seconds, error) of one load in this process."""
+        start = time.perf_counter()
+        tensors, _keepalive = ld.load(flash_dir, st_files, device, list(expected))
+        settle(tensors, device)
+        seconds = time.perf_counter() - start
+        error = check(tensors, expected) if checked else ""
+        tensors = _keepalive = None  # free before the next run
+        gc.collect()
+        if device.type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+        return seconds, error
+    return sample
+
+
+def _fresh_sampler(flash_dir, st_files, device, expected: dict, scratch: str):
+    spec = {"device": str(device), "flash_dir": str(flash_dir), "files": [str(f) for f in st_files],
+            "names": list(expected)}
+
+    def sample(ld, checked: bool):
+        """(seconds, error) of one load in a new Python process."""
+        path = os.path.join(scratch, f"spec-{checked}.json")
+        with open(path, "w") as f:
+            json.dump({**spec, "loader": ld.name, "expected": expected if checked else None}, f)
+        env = dict(os.environ)
+        if ld.name == "cached (daemon)":
+            from .peers import _daemon_socket
+
+            env["FLASHTENSORS_SERVER"] = _daemon_socket(flash_dir)  # one daemon for every process
+        proc = subprocess.run([sys.executable, "-m", "flashtensors.benchmark.worker", path], env=env,
+                              capture_output=True, text=True, timeout=3600)
+        lines = proc.stdout.strip().splitlines()
+        if proc.returncode != 0 or not lines:
+            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            return None, f"worker failed ({proc.returncode}): {tail[:160]}"
+        result = json.loads(lines[-1])
+        return result["seconds"], result["error"]
+    return sample
+
+
+def _run(sample, device, data_files, *, runs: int, cold: bool, only, log) -> list:
     loaders = [ld for ld in LOADERS if only is None or ld.name in only]
     results = []
     for ld in loaders:
@@ -79,20 +132,11 @@ def _run(flash_dir, st_files, data_files, device, expected: dict, *, runs: int, 
                 else:
                     system.warm_up(data_files)
                 try:
-                    start = time.perf_counter()
-                    tensors, _keepalive = ld.load(flash_dir, st_files, device, list(expected))
-                    settle(tensors, device)
-                    res.seconds.append(time.perf_counter() - start)
-                    if i == 0:
-                        res.error = check(tensors, expected)
+                    seconds, res.error = sample(ld, checked=i == 0)
+                    if seconds is not None:
+                        res.seconds.append(seconds)
                 except Exception as e:  # a peer's failure is reported, not fatal
                     res.error = f"{type(e).__name__}: {e}".splitlines()[0][:160]
-                tensors = _keepalive = None  # free before the next run
-                gc.collect()
-                if device.type == "cuda":
-                    import torch
-
-                    torch.cuda.empty_cache()
                 log(f"  {mode} run {i + 1}/{runs} {ld.name}: "
                     + (f"{res.seconds[-1]:.3f} s" if res.seconds and not res.error else res.error))
         results.extend(by_name.values())

@@ -51,6 +51,20 @@ def tensor_shapes(s: Shape) -> dict:
     return out
 
 
+def moe_shapes(tensors: int, tensor_kb: int) -> dict:
+    """Name -> shape of ``tensors`` bf16 expert weights of ``tensor_kb`` KiB each, named
+    as MoE checkpoints name them (128 experts x 3 projections per layer): the per-tensor
+    costs of a Qwen3-30B-A3B (about 19k tensors) or a DeepSeek-V3 (about 91k)."""
+    rows = max(1, tensor_kb * 1024 // 2 // 64)
+    out = {}
+    for i in range(tensors):
+        layer, rest = divmod(i, 384)
+        expert, proj = divmod(rest, 3)
+        out[f"model.layers.{layer}.mlp.experts.{expert}.{('gate_proj', 'up_proj', 'down_proj')[proj]}.weight"] = \
+            (rows, 64)
+    return out
+
+
 def shape_for_size(gigabytes: float) -> Shape:
     """A Qwen3-like shape of about ``gigabytes`` GB in bf16 (small vocab, 2048 wide)."""
     base = Shape(2048, 6144, 1, 16, 8, vocab=32768, tied=True)
@@ -67,17 +81,19 @@ def _numel(shape) -> int:
     return n
 
 
-def make_checkpoint(shape: Shape, root: Path, log=print) -> dict:
+def make_checkpoint(shapes: dict, root: Path, log=print) -> dict:
     """Writes ``root/flash`` and ``root/safetensors/*.safetensors`` with the same random
-    bf16 tensors, one shard in memory at a time. Reuses them if already made for the same
-    shape. Returns {name: crc32c} of every tensor, to check loads against."""
+    bf16 tensors of ``shapes`` (name -> shape), one shard in memory at a time. Reuses them
+    if already made for the same shapes. Returns {name: crc32c} of every tensor, to check
+    loads against."""
     import torch
     from safetensors.torch import save_file
 
     from ..writer import CheckpointWriter
 
     marker = root / "bench.json"
-    if marker.is_file() and json.loads(marker.read_text()).get("shape") == asdict(shape):
+    key = json.loads(json.dumps(list(shapes.items())))  # as it reads back from the marker
+    if marker.is_file() and json.loads(marker.read_text()).get("shapes") == key:
         return json.loads(marker.read_text())["crc32c"]
     root.mkdir(parents=True, exist_ok=True)
     st_dir = root / "safetensors"
@@ -94,7 +110,7 @@ def make_checkpoint(shape: Shape, root: Path, log=print) -> dict:
                 writer.write(shard)
                 log(f"  wrote shard {n_shard} ({shard_bytes / 1e9:.2f} GB)")
                 shard, shard_bytes, n_shard = {}, 0, n_shard + 1
-        for name, dims in tensor_shapes(shape).items():
+        for name, dims in shapes.items():
             t = torch.randn(dims, generator=gen, dtype=torch.float32).to(torch.bfloat16)
             crcs[name] = digest(t)
             if shard_bytes + t.nbytes > SHARD_BYTES:
@@ -102,7 +118,7 @@ def make_checkpoint(shape: Shape, root: Path, log=print) -> dict:
             shard[name] = t
             shard_bytes += t.nbytes
         flush()
-    marker.write_text(json.dumps({"shape": asdict(shape), "crc32c": crcs}))
+    marker.write_text(json.dumps({"shapes": key, "crc32c": crcs}))
     return crcs
 
 

@@ -15,6 +15,7 @@ EXAMPLE = """examples:
   flashtensors bench --model 8b --device cuda:0         # a Qwen3-8B-shaped checkpoint on GPU 0
   flashtensors bench --size 1 --device cpu --runs 5     # about 1 GB, loaded to the CPU
   flashtensors bench --path /models/qwen --json out.json
+  flashtensors bench --tensors 20000 --device cpu --no-cold --runs 7   # MoE-sized: per-tensor costs
 """
 
 
@@ -29,9 +30,16 @@ def register(subparsers) -> None:
     what.add_argument("--model", choices=["0.6b", "4b", "8b", "14b", "32b"], help="a Qwen3-like shape")
     what.add_argument("--size", type=positive_float, help="about this many GB of bf16 tensors")
     what.add_argument("--path", help="an existing flash checkpoint or safetensors file/directory")
+    what.add_argument("--tensors", type=positive_int, metavar="N",
+                      help="an MoE-style checkpoint of N small tensors (per-tensor costs; see --tensor-kb)")
+    p.add_argument("--tensor-kb", type=positive_int, default=64, metavar="KIB",
+                   help="size of each tensor with --tensors (default: %(default)s)")
     p.add_argument("--device", default=None, help="cpu or cuda:N (default: cuda:0 if there is a GPU)")
     p.add_argument("--runs", type=positive_int, default=3, help="runs per loader and mode; the median is reported")
     p.add_argument("--no-cold", action="store_true", help="skip the cold (page cache evicted) runs")
+    p.add_argument("--in-process", action="store_true",
+                   help="time repeated loads in this process instead of one load per fresh process "
+                        "(the default, as a serving replica loads: pinning, opening, first faults included)")
     p.add_argument("--loaders", help="comma-separated loader names to run (default: all installed)")
     p.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "flashtensors-bench"),
                    help="where generated checkpoints are kept and reused (default: %(default)s)")
@@ -49,7 +57,7 @@ def run(args) -> int:
     from ..device_map import normalize_device_map
     from ..format import data_file_paths, read_index
 
-    if not (args.model or args.size or args.path):
+    if not (args.model or args.size or args.path or args.tensors):
         args.size = 1.0
     device = normalize_device_map(args.device or ("cuda:0" if torch.cuda.is_available() else "cpu"))[""]
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
@@ -68,10 +76,12 @@ def run(args) -> int:
         ceilings["pinned_h2d_GBps"] = system.pinned_h2d_rate(device)
     only = set(args.loaders.split(",")) if args.loaders else None
     results = run_loaders(flash_dir, st_files, data_files, device, expected, runs=args.runs,
-                          cold=not args.no_cold, only=only, log=log)
+                          cold=not args.no_cold, only=only, fresh=not args.in_process, log=log)
 
     print(f"machine: {machine}")
-    print(f"checkpoint: {len(expected)} tensors, {nbytes / 1e9:.2f} GB, to {device}; median of {args.runs} runs")
+    how = "repeated in one process" if args.in_process else "each in a fresh process"
+    print(f"checkpoint: {len(expected)} tensors, {nbytes / 1e9:.2f} GB, to {device}; "
+          f"median of {args.runs} runs, {how}")
     print("ceilings: " + ", ".join(f"{k.replace('_GBps', '')} {v:.1f} GB/s" for k, v in ceilings.items() if v)
           + ("" if ceilings["odirect_read_GBps"] else " (O_DIRECT refused by this filesystem)"))
     print(table(results, nbytes))
@@ -81,6 +91,7 @@ def run(args) -> int:
     if args.json:
         doc = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine,
                "device": str(device), "tensors": len(expected), "bytes": nbytes, "runs": args.runs,
+               "fresh_process": not args.in_process,
                "ceilings": ceilings,
                "results": [{"loader": r.loader, "mode": r.mode, "seconds": r.seconds, "median": r.median,
                             "GBps": nbytes / 1e9 / r.median if r.median else None, "error": r.error}

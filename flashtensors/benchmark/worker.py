@@ -1,0 +1,46 @@
+"""One timed load in a fresh process, as a serving replica pays it at start-up: the
+staging ring pinned, the files opened, the pages faulted in, all inside the clock.
+
+torch (and, for GPU runs, CUDA) is initialised and the loader's module imported before
+the clock starts, the same for every loader. Run by the benchmark runner as
+``python -m flashtensors.benchmark.worker SPEC_FILE`` (a JSON file: loader, device,
+flash_dir, files, names, expected); prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import time
+
+
+def main(argv) -> int:
+    with open(argv[1]) as f:
+        spec = json.load(f)
+    import torch
+
+    from .. import loader as flash_loader
+    from .peers import LOADERS
+    from .runner import check, settle
+
+    device = torch.device(spec["device"])
+    if device.type == "cuda":
+        torch.empty(1, device=device)
+    flash_loader.CACHE_AFTER_COLD_LOAD = False  # cold runs must stay cold
+    loader = next(ld for ld in LOADERS if ld.name == spec["loader"])
+    importlib.import_module(loader.module)
+    try:
+        start = time.perf_counter()
+        tensors, _keepalive = loader.load(spec["flash_dir"], spec["files"], device, spec["names"])
+        settle(tensors, device)
+        seconds = time.perf_counter() - start
+        error = check(tensors, spec["expected"]) if spec["expected"] else ""
+    except Exception as e:  # a peer's failure is reported, not fatal
+        seconds, error = None, f"{type(e).__name__}: {e}".splitlines()[0][:160]
+    print(json.dumps({"seconds": seconds, "error": error}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
