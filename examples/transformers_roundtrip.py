@@ -6,6 +6,9 @@ and checks the two models give the same logits.
 
     python examples/transformers_roundtrip.py                 # a small random Llama, built offline
     python examples/transformers_roundtrip.py /models/qwen2   # any local causal LM directory
+
+Needs transformers and accelerate, which ``pip install ".[transformers]"`` adds in the
+versions flashtensors supports (plain ``pip install .`` leaves them out).
 """
 
 from __future__ import annotations
@@ -16,7 +19,11 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+try:
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+except ImportError as e:
+    raise SystemExit(f'transformers_roundtrip.py needs transformers: pip install ".[transformers]" ({e})') from None
 
 import flashtensors
 from flashtensors.integrations import transformers as flash_tf
