@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .cache.client import try_load
 from .checksums import verify as _verify
 from .format import INDEX_FILENAME, Index
 from .format import read_index as _read_index
@@ -86,8 +87,6 @@ def load_dict(path, device_map=None, *, verify: bool = False, threads: int | Non
         # Checks the files on disk, so the tensors must come from them, not from the daemon.
         _verify(path, threads=threads)
         return _load(path, device_map, threads=threads)
-    from .cache.client import try_load
-
     cached = try_load(path, device_map, server)
     if cached is not None:
         return cached
