@@ -140,14 +140,15 @@ def ring_reuse(path, data, rng, seed):
     chunk, threads = 1 << 16, 3
     size = len(data) // 2 + 4096 * 3
     for load_number in range(3):
-        before = cuda.acu_host_allocs()
+        allocs, copies = cuda.acu_host_allocs(), cuda.acu_copies()
         plan = Plan(data)
         buffer = plan.buffer(0, size)
         plan.read(0, size // 2, buffer, 0)
         plan.read(size // 2, size - size // 2, buffer, size // 2)
         load(path, plan, threads, chunk, f"seed {seed} load {load_number}")
         if load_number:
-            assert cuda.acu_host_allocs() == before, "a later load pinned memory again"
+            assert cuda.acu_host_allocs() == allocs, "a later load pinned memory again"
+        assert cuda.acu_copies() - copies == -(-(size // 2) // chunk) + -(-(size - size // 2) // chunk)
         assert C.pinned_bytes() == 2 * threads * chunk, C.pinned_bytes()
         plan.free()
 
