@@ -261,8 +261,22 @@ def errors_mid_load(path, data, rng, seed):
     plan.free()
 
 
+def pinning_fails(path, data, rng, seed):
+    """cudaHostAlloc fails on the calling thread (torch's): the load raises, and no
+    error is left behind for torch's next cudaGetLastError to report as its own."""
+    C.release_pinned()
+    cuda.acu_fail_host_alloc(rng.randrange(4))
+    plan = Plan(data)
+    plan.read(0, len(data), plan.buffer(0, len(data)), 0)
+    expect_failure(path, plan, 2, 1 << 16, RuntimeError, ["cudaHostAlloc", "out of memory"],
+                   f"seed {seed}: pinning fails")
+    cuda.acu_fail_host_alloc(-1)
+    load(path, plan, 2, 1 << 16, f"seed {seed}: the load after pinning failed")
+    plan.free()
+
+
 SCENARIOS = {f.__name__: f for f in (ring_reuse, devices_and_host, odd_lengths_and_offsets, random_plans,
-                                      concurrent_loads, errors_mid_load)}
+                                      concurrent_loads, errors_mid_load, pinning_fails)}
 
 
 def connect():
