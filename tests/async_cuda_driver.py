@@ -275,8 +275,15 @@ def pinning_fails(path, data, rng, seed):
     plan.free()
 
 
+def python_load_dict(path, data, rng, seed):
+    """flash.load_dict to two GPUs and the host, with a CPU torch told it has GPUs."""
+    from async_cuda_torch import load_dict_to_pretend_gpus
+
+    load_dict_to_pretend_gpus(cuda, rng, seed, check_quiet)
+
+
 SCENARIOS = {f.__name__: f for f in (ring_reuse, devices_and_host, odd_lengths_and_offsets, random_plans,
-                                      concurrent_loads, errors_mid_load, pinning_fails)}
+                                      concurrent_loads, errors_mid_load, pinning_fails, python_load_dict)}
 
 
 def connect():
@@ -287,6 +294,8 @@ def connect():
     cuda.acu_report.restype = ctypes.c_char_p
     cuda.cudaMalloc.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t]
     cuda.cudaFree.argtypes = [ctypes.c_void_p]
+    cuda.acu_register_device_memory.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    cuda.acu_unregister_device_memory.argtypes = [ctypes.c_void_p]
 
 
 def main(scenario, path, rounds, first_seed):
