@@ -236,10 +236,10 @@ def errors_mid_load(path, data, rng, seed):
         plan.read(0, len(data), plan.buffer(rng.choice([0, 1]), len(data)), 0)
         return plan
 
-    for asynchronous in (0, 1):
+    for asynchronous, reported_by in ((0, "cudaMemcpyAsync"), (1, "Synchronize")):
         cuda.acu_fail_copy(rng.randrange(copies), asynchronous)
         plan = whole_file_plan()
-        expect_failure(path, plan, threads, chunk, RuntimeError, ["illegal memory access"],
+        expect_failure(path, plan, threads, chunk, RuntimeError, ["illegal memory access", reported_by],
                        f"seed {seed}: failing copy (asynchronous={asynchronous})")
         plan.free()
     cuda.acu_fail_copy(-1, 0)
