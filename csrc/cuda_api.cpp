@@ -79,7 +79,8 @@ Loaded load() {
            bind(lib, "cudaMemcpyAsync", a.MemcpyAsync, out.error) &&
            bind(lib, "cudaHostAlloc", a.HostAlloc, out.error) &&
            bind(lib, "cudaFreeHost", a.FreeHost, out.error) &&
-           bind(lib, "cudaGetErrorString", a.GetErrorString, out.error);
+           bind(lib, "cudaGetErrorString", a.GetErrorString, out.error) &&
+           bind(lib, "cudaGetLastError", a.GetLastError, out.error);
   return out;
 }
 

@@ -25,6 +25,7 @@ struct CudaApi {
   int (*HostAlloc)(void**, size_t, unsigned);
   int (*FreeHost)(void*);
   const char* (*GetErrorString)(int);
+  int (*GetLastError)();
 };
 
 constexpr int kMemcpyHostToDevice = 1;

@@ -3,6 +3,17 @@
 #include "cuda_api.h"
 
 namespace flash {
+namespace {
+
+// The pool runs on the caller's thread, which torch shares. A failed runtime call also
+// leaves its error as the thread's "last error", which torch's next cudaGetLastError
+// (after every kernel launch) would report as its own failure: take it back.
+int on_callers_thread(const CudaApi& cuda, int status) {
+  if (status != 0) cuda.GetLastError();
+  return status;
+}
+
+}  // namespace
 
 PinnedPool& PinnedPool::instance() {
   // Never destroyed: freeing pinned memory after the CUDA runtime has shut down
@@ -20,7 +31,7 @@ std::vector<void*> PinnedPool::acquire(size_t count, size_t bytes) {
     if (out.size() < count && size_of_[p] >= bytes) {
       out.push_back(p);
     } else if (size_of_[p] < bytes) {
-      cuda.FreeHost(p);  // too small for loads of this chunk size
+      on_callers_thread(cuda, cuda.FreeHost(p));  // too small for loads of this chunk size
       size_of_.erase(p);
     } else {
       keep.push_back(p);
@@ -29,7 +40,7 @@ std::vector<void*> PinnedPool::acquire(size_t count, size_t bytes) {
   idle_.swap(keep);
   while (out.size() < count) {
     void* p = nullptr;
-    int status = cuda.HostAlloc(&p, bytes, kHostAllocPortable);
+    int status = on_callers_thread(cuda, cuda.HostAlloc(&p, bytes, kHostAllocPortable));
     if (status != 0) {
       for (void* q : out) idle_.push_back(q);
       cuda_check(status, "cudaHostAlloc of the pinned staging ring");
@@ -50,7 +61,7 @@ void PinnedPool::trim() {
   if (idle_.empty()) return;
   const CudaApi& cuda = cuda_api();
   for (void* p : idle_) {
-    cuda.FreeHost(p);
+    on_callers_thread(cuda, cuda.FreeHost(p));
     size_of_.erase(p);
   }
   idle_.clear();

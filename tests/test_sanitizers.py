@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SUITES = ["tests/test_native.py", "tests/test_native_cuda_path.py", "tests/test_roundtrip.py",
+SUITES = ["tests/test_native.py", "tests/test_cuda_path_async.py", "tests/test_roundtrip.py",
           "tests/test_corrupt.py", "tests/test_fuzz.py"]
 
 
