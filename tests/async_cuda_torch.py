@@ -21,6 +21,7 @@ class PretendGpus:
         self.buffers = []  # (tensor, device index)
         self.log = []  # ("alloc" | "sync", device index, copies queued so far)
         self._empty = torch.empty
+        self._from_dlpack = torch.from_dlpack
 
     def empty(self, *size, device=None, **kwargs):
         device = self.torch.device(device) if device is not None else None
@@ -32,6 +33,18 @@ class PretendGpus:
         self.buffers.append((t, device.index))
         self.log.append(("alloc", device.index, self.cuda.acu_copies()))
         return t
+
+    def from_dlpack(self, capsule):
+        """Views of a pretend GPU's memory arrive as CUDA DLPack capsules; this CPU torch
+        takes them as the host memory they really are."""
+        import ctypes
+
+        get = ctypes.pythonapi.PyCapsule_GetPointer
+        get.restype, get.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+        device = (ctypes.c_int32 * 2).from_address(get(capsule, b"dltensor") + 8)  # DLTensor.device
+        if device[0] == 2:  # kDLCUDA -> kDLCPU
+            device[0], device[1] = 1, 0
+        return self._from_dlpack(capsule)
 
     def current_stream(self, device=None):
         index = self.torch.device(device).index
@@ -53,6 +66,7 @@ class PretendGpus:
                                 ("memory_allocated", lambda device=None: 0)]:
                 stack.enter_context(mock.patch.object(tc, name, value))
             stack.enter_context(mock.patch.object(self.torch, "empty", self.empty))
+            stack.enter_context(mock.patch.object(self.torch, "from_dlpack", self.from_dlpack))
             try:
                 yield self
             finally:
