@@ -16,6 +16,7 @@
 #include "load_plan.h"
 #include "loader.h"
 #include "pinned_pool.h"
+#include "safetensors_header.h"
 
 namespace py = pybind11;
 using OpTuple = std::tuple<uint32_t, uint64_t, uint64_t, uint64_t, int32_t>;
@@ -89,6 +90,15 @@ flash::FlashIndexRules flash_rules(const py::dict& d) {
   return r;
 }
 
+flash::SafetensorsRules safetensors_rules(const py::dict& d) {
+  flash::SafetensorsRules r;
+  r.max_header_bytes = d["max_header_bytes"].cast<uint64_t>();
+  r.max_ndim = d["max_ndim"].cast<uint64_t>();
+  r.dtypes = d["dtypes"].cast<std::vector<std::pair<std::string, uint32_t>>>();
+  r.vocabulary.sizes = d["sizes"].cast<std::vector<uint32_t>>();
+  return r;
+}
+
 std::vector<flash::ReadOp> to_ops(const std::vector<OpTuple>& tuples) {
   std::vector<flash::ReadOp> ops;
   ops.reserve(tuples.size());
@@ -128,8 +138,29 @@ PYBIND11_MODULE(_C, m) {
   py::class_<flash::FlashIndexRules>(m, "FlashIndexRules", "The flash format's constants and limits.")
       .def(py::init(&flash_rules), py::arg("rules"));
 
+  py::class_<flash::SafetensorsRules>(m, "SafetensorsRules", "safetensors' dtypes (as spec dtype numbers) and limits.")
+      .def(py::init(&safetensors_rules), py::arg("rules"));
+
   py::class_<TensorTable, std::shared_ptr<TensorTable>>(
       m, "TensorTable", "Every tensor of a checkpoint: name, dtype, shape, strides, file, offset, length, crc32c.")
+      .def(py::init<>(), "An empty table, to fill with add_safetensors() and then index_names().")
+      .def(
+          "add_safetensors",
+          [](TensorTable& t, const std::string& file_name, const py::bytes& header, uint64_t file_size,
+             const flash::SafetensorsRules& rules) {
+            std::string_view bytes = header;
+            py::gil_scoped_release nogil;
+            flash::add_safetensors_file(t, file_name, bytes.data(), bytes.size(), file_size, rules);
+          },
+          py::arg("file_name"), py::arg("header"), py::arg("file_size"), py::arg("rules"),
+          "Appends a safetensors file's tensors as the next data file (raises FormatError).")
+      .def(
+          "index_names",
+          [](TensorTable& t) {
+            std::string duplicate;
+            if (!t.index_names(&duplicate)) throw flash::FormatError("tensor listed twice", duplicate, true);
+          },
+          "Indexes the names once the table is complete (raises FormatError on a repeated name).")
       .def_static(
           "from_flash_index",
           [](const py::bytes& raw, const flash::FlashIndexRules& rules) {

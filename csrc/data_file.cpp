@@ -120,9 +120,13 @@ void DataFile::read_with(int fd, char* dst, uint64_t offset, uint64_t length) co
 
 void DataFile::read(void* dst, uint64_t offset, uint64_t length) const {
   char* out = static_cast<char*>(dst);
-  if (want_direct(dst, offset, length)) {
+  // O_DIRECT takes whole blocks: a partial last block (a safetensors tensor ends
+  // anywhere) is read through the page cache after the aligned head.
+  const uint64_t head = length / kDirectAlign * kDirectAlign;
+  if (head && want_direct(dst, offset, head)) {
     try {
-      read_with(direct_fd_, out, offset, length);
+      read_with(direct_fd_, out, offset, head);
+      if (head < length) read_with(fd_, out + head, offset + head, length - head);
       return;
     } catch (const IoError&) {
       // Some filesystems accept O_DIRECT at open and refuse it at read (EINVAL):

@@ -308,6 +308,7 @@ TensorTable parse_flash_index(const char* data, size_t size, const FlashIndexRul
   CHECK(v, checksum.is_string && checksum.text == rules.checksum, "checksum must be '" + rules.checksum + "'");
   CHECK(v, metadata_ok, "metadata must map strings to strings");
   table.version = version.value;
+  table.storage_granularity = static_cast<uint64_t>(rules.alignment);
   parse_files(files, have_files && files_is_list, rules, v, table);
   CHECK(v, have_tensors && tensors_is_list, "tensors must be a list");
   CHECK(v, tensors.size() <= rules.max_tensors, "more than " + std::to_string(rules.max_tensors) + " tensors");

@@ -95,6 +95,7 @@ std::vector<uint32_t> LoadPlan::files_used(bool host_only) const {
 
 std::vector<std::pair<int32_t, uint64_t>> LoadPlan::layout(const std::vector<uint32_t>& mapped_files,
                                                            uint64_t alignment) {
+  alignment_ = alignment;
   std::vector<bool> mapped(table_->files.size(), false);
   for (uint32_t f : mapped_files)
     if (f < mapped.size()) mapped[f] = true;
@@ -120,10 +121,11 @@ std::vector<std::pair<int32_t, uint64_t>> LoadPlan::layout(const std::vector<uin
       return x.file != y.file ? x.file < y.file : x.offset < y.offset;
     });
     const size_t first = regions_.size();
+    const uint64_t g = table_->storage_granularity;
     for (uint32_t p : positions) {
       const TensorInfo& t = tensor(p);
-      const uint64_t start = t.offset / alignment * alignment;
-      const uint64_t end = (t.offset + t.length + alignment - 1) / alignment * alignment;
+      const uint64_t start = t.offset / g * g;
+      const uint64_t end = (t.offset + t.length + g - 1) / g * g;
       if (regions_.size() > first && regions_.back().file == t.file && start < regions_.back().end) {
         regions_.back().end = std::max(regions_.back().end, end);
       } else {
@@ -133,11 +135,21 @@ std::vector<std::pair<int32_t, uint64_t>> LoadPlan::layout(const std::vector<uin
       }
       regions_.back().members.push_back(p);
     }
+    // Regions adjacent in the file are placed adjacent in the buffer, and each such run
+    // keeps its offset within an aligned block, so that it is read in one piece from an
+    // aligned file offset into an aligned address (O_DIRECT), whatever the format's offsets.
     uint64_t offset = 0;
+    const Region* previous = nullptr;
     for (size_t r = first; r < regions_.size(); ++r) {
-      if (regions_[r].mapped) continue;
-      regions_[r].buffer_offset = offset;
-      offset += regions_[r].end - regions_[r].start;
+      Region& region = regions_[r];
+      if (region.mapped) continue;
+      if (previous && previous->file == region.file && previous->end == region.start) {
+        region.buffer_offset = previous->buffer_offset + (previous->end - previous->start);
+      } else {
+        region.buffer_offset = (offset + alignment - 1) / alignment * alignment + region.start % alignment;
+      }
+      offset = region.buffer_offset + (region.end - region.start);
+      previous = &region;
     }
     sizes.emplace_back(device_order_[d], offset);
   }
@@ -151,13 +163,14 @@ std::vector<ReadOp> LoadPlan::read_ops(const std::vector<uint64_t>& bases) const
   for (const Region& r : regions_) {
     while (device_order_[d] != r.device) ++d;
     if (r.mapped) continue;
-    const uint64_t length = r.end - r.start;
     const uint64_t dest = bases[d] + r.buffer_offset;
     if (!ops.empty() && ops.back().device == r.device && ops.back().file == r.file &&
         ops.back().offset + ops.back().length == r.start && ops.back().dest + ops.back().length == dest) {
-      ops.back().length += length;
+      ops.back().length += r.end - r.start;
     } else {
-      ops.push_back({r.file, r.start, length, dest, r.device});
+      // From the aligned block that holds the region's start (layout() left room for it).
+      const uint64_t lead = r.start % alignment_;
+      ops.push_back({r.file, r.start - lead, r.end - r.start + lead, dest - lead, r.device});
     }
   }
   return ops;

@@ -59,8 +59,9 @@ class LoadPlan {
 
   // Files holding bytes of selected tensors (only those bound for the host, if asked).
   std::vector<uint32_t> files_used(bool host_only) const;
-  // Builds the regions; host regions of `mapped_files` take no buffer room. Returns
-  // (device, buffer bytes) in order of first use.
+  // Builds the regions; host regions of `mapped_files` take no buffer room. Reads will
+  // start at `alignment`-aligned file offsets and addresses (given aligned buffers).
+  // Returns (device, buffer bytes) in order of first use.
   std::vector<std::pair<int32_t, uint64_t>> layout(const std::vector<uint32_t>& mapped_files, uint64_t alignment);
   // Reads for the unmapped regions, adjacent ones coalesced, into buffers at `bases`
   // (indexed like layout()'s result).
@@ -77,6 +78,7 @@ class LoadPlan {
   std::vector<int32_t> devices_;
   std::vector<int32_t> device_order_;
   std::vector<Region> regions_;
+  uint64_t alignment_ = 1;
 };
 
 // Device of each named tensor under a device map of name prefixes (the longest matching

@@ -128,12 +128,13 @@ class CudaStager {
     return slot.buffer;
   }
 
-  // Queues the copy of the current slot's buffer to `dest` and moves to the other slot.
-  void copy(uint64_t dest, uint64_t length, int device) {
+  // Queues the copy of `length` bytes from `skip` bytes into the current slot's buffer
+  // to `dest` and moves to the other slot.
+  void copy(uint64_t dest, uint64_t skip, uint64_t length, int device) {
     StagingSlot& slot = slots_[turn_];
     use_device(device);
     cudaStream stream = stream_for(device);
-    cuda_check(cuda_.MemcpyAsync(reinterpret_cast<void*>(dest), slot.buffer, length,
+    cuda_check(cuda_.MemcpyAsync(reinterpret_cast<void*>(dest), static_cast<char*>(slot.buffer) + skip, length,
                                  kMemcpyHostToDevice, stream),
                "cudaMemcpyAsync");
     cudaEvent& event = slot.events[device];
@@ -206,7 +207,8 @@ void execute_plan(const std::vector<std::string>& paths, const std::vector<ReadO
   const bool any_cuda = std::any_of(chunks.begin(), chunks.end(), [](const ReadOp& c) { return c.device >= 0; });
 
   PinnedLease pinned;
-  if (any_cuda) pinned.buffers = PinnedPool::instance().acquire(2 * n_threads, chunk);
+  // A block more than a chunk: room to read a piece from the block that holds its start.
+  if (any_cuda) pinned.buffers = PinnedPool::instance().acquire(2 * n_threads, chunk + kDirectAlign);
 
   std::atomic<size_t> next{0};
   FirstError error;
@@ -219,12 +221,12 @@ void execute_plan(const std::vector<std::string>& paths, const std::vector<ReadO
       if (c.device < 0) {
         file.read(reinterpret_cast<void*>(c.dest), c.offset, c.length);
       } else {
-        // Staging buffers are aligned and a whole chunk long: reading up to the next
-        // block boundary keeps the read eligible for O_DIRECT; only `length` is copied.
-        const uint64_t rounded = (c.length + kDirectAlign - 1) / kDirectAlign * kDirectAlign;
-        const uint64_t in_file = c.offset < file.size() ? file.size() - c.offset : 0;
-        file.read(stager->next_buffer(), c.offset, std::max(c.length, std::min(rounded, in_file)));
-        stager->copy(c.dest, c.length, c.device);
+        // Staging buffers are aligned: reading from the block that holds the piece's
+        // start keeps the read eligible for O_DIRECT at any file offset (safetensors
+        // offsets are not aligned); only the piece itself is copied.
+        const uint64_t lead = c.offset % kDirectAlign;
+        file.read(stager->next_buffer(), c.offset - lead, lead + c.length);
+        stager->copy(c.dest, lead, c.length, c.device);
       }
     }
     if (stager) stager->finish();

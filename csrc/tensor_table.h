@@ -43,6 +43,10 @@ struct DataFileInfo {
 
 struct TensorTable {
   int64_t version = 0;
+  // Tensors whose byte ranges, rounded out to this, overlap share one storage when
+  // loaded: the flash format stores each storage in its own aligned region (4096), so
+  // views of one saved storage come back sharing it; safetensors tensors never share (1).
+  uint64_t storage_granularity = 1;
   std::vector<DataFileInfo> files;
   std::vector<std::pair<std::string, std::string>> metadata;
   std::vector<TensorInfo> tensors;

@@ -4,8 +4,9 @@ parameters): one read per tensor into its memory, no buffer of our own."""
 from __future__ import annotations
 
 from . import _native
+from .checkpoint import open_checkpoint
 from .errors import FlashDeviceError, FlashFormatError
-from .format import data_file_paths, read_index, torch_dtype
+from .format import torch_dtype
 from .loader import (
     CHUNK_BYTES,
     execute,
@@ -21,8 +22,7 @@ def load_into(path, targets: dict, *, threads: int | None = None) -> None:
     n_threads = resolve_threads(threads)
 
     def once():
-        index = read_index(path)
-        paths = data_file_paths(path, index)
+        index, paths = open_checkpoint(path)
         ops, strided = _plan(path, index, targets)
         gpus = {t.device for t in targets.values() if t.device.type == "cuda"}
         for device in gpus:

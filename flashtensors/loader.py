@@ -10,14 +10,15 @@ import time
 from functools import lru_cache
 
 from . import _native
+from .checkpoint import open_checkpoint
 from .device_map import device_codes, device_of_code, normalize_device_map, uncovered_error
 from .errors import FlashDeviceError, FlashError, FlashFormatError
-from .format import ALIGNMENT, DTYPE_NAMES, INDEX_FILENAME, data_file_paths, read_index, torch_dtype
+from .format import ALIGNMENT, DTYPE_NAMES, INDEX_FILENAME, torch_dtype
 
 log = logging.getLogger("flashtensors")
 
 CHUNK_BYTES = 16 << 20
-# Pinned staging memory for GPU loads: two CHUNK_BYTES buffers per thread, pinned once per
+# Pinned staging memory for GPU loads: two CHUNK_BYTES buffers (and a block) per thread, pinned once per
 # process, so GPU loads use at most PINNED_RING_BYTES // (2 * CHUNK_BYTES) threads.
 PINNED_RING_BYTES = 512 << 20
 MAX_THREADS = 256
@@ -53,8 +54,8 @@ def load(path, device_map=None, *, threads: int | None = None, io: str = "auto")
     n_threads = resolve_threads(threads)
 
     def once():
-        index = read_index(path)
-        return load_index(path, index, data_file_paths(path, index), device_map, n_threads, io)
+        index, paths = open_checkpoint(path)
+        return load_index(path, index, paths, device_map, n_threads, io)
 
     return with_retry(path, once)
 

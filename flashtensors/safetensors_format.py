@@ -1,0 +1,138 @@
+"""Plain safetensors checkpoints, read where they lie, with no conversion.
+
+What a path may hold: one ``.safetensors`` file, or a directory of them in the Hugging
+Face layout: shards named by ``model.safetensors.index.json``, else ``model.safetensors``,
+else every ``*.safetensors`` file. Snapshot directories of the Hugging Face cache, whose
+files are symlinks into its blobs directory, are read through the links.
+
+Each file's header is untrusted input, parsed and validated natively
+(csrc/safetensors_header.cpp) into the same tensor table a flash index becomes, so the
+loader, the plan and the views do not know which format they read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from functools import lru_cache
+
+from . import _native
+from .errors import FlashFormatError
+from .format import DTYPE_NAMES, DTYPE_SIZES, MAX_NDIM, Index, format_error
+
+SUFFIX = ".safetensors"
+HF_INDEX_FILENAME = "model.safetensors.index.json"
+SINGLE_FILENAME = "model.safetensors"
+MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
+# safetensors dtype names -> the flash spec's names for the same dtypes.
+DTYPES = {
+    "BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "int16", "U16": "uint16", "I32": "int32", "U32": "uint32",
+    "I64": "int64", "U64": "uint64", "F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64",
+    "C64": "complex64", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "F8_E8M0": "float8_e8m0fnu",
+}
+
+
+def weight_files(path) -> list | None:
+    """The safetensors files ``path`` holds, in load order, or None if it holds none.
+
+    Raises FlashFormatError for a Hugging Face weight index that is invalid or names
+    files that are missing.
+
+    Example:
+        >>> weight_files("/models/Qwen3-8B")                   # doctest: +SKIP
+        ['/models/Qwen3-8B/model-00001-of-00005.safetensors', ...]
+    """
+    path = os.fspath(path)
+    if os.path.isfile(path):
+        return [path] if path.endswith(SUFFIX) else None
+    if not os.path.isdir(path):
+        return None
+    index = os.path.join(path, HF_INDEX_FILENAME)
+    if os.path.isfile(index):
+        return hf_index_shards(index)
+    single = os.path.join(path, SINGLE_FILENAME)
+    if os.path.isfile(single):
+        return [single]
+    found = sorted(e.path for e in os.scandir(path) if e.name.endswith(SUFFIX) and e.is_file())
+    return found or None
+
+
+def hf_index_shards(index_path) -> list:
+    """The files named by a Hugging Face weight index (``*.index.json``), in first-use
+    order, as paths beside it. FlashFormatError if it is invalid, names a file elsewhere,
+    or names a missing file."""
+    index_path = os.fspath(index_path)
+    try:
+        with open(index_path, "rb") as f:
+            weight_map = json.loads(f.read())["weight_map"]
+        names = list(dict.fromkeys(weight_map.values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise FlashFormatError(f"{index_path}: not a valid weight index ({type(e).__name__}: {e})") from None
+    except OSError as e:
+        raise FlashFormatError(f"{index_path}: cannot read the weight index: {e.strerror}") from None
+    bad = [n for n in names if not isinstance(n, str) or os.path.basename(n) != n or n in ("", ".", "..")]
+    if bad:  # shards are plain file names beside the index; never read a file elsewhere
+        raise FlashFormatError(f"{index_path}: not a valid weight index (bad file name {bad[0]!r})")
+    shards = [os.path.join(os.path.dirname(index_path), name) for name in names]
+    missing = [os.path.basename(p) for p in shards if not os.path.isfile(p)]
+    if missing:
+        raise FlashFormatError(f"{index_path}: names missing weight file(s): {', '.join(missing)}")
+    return shards
+
+
+def read_safetensors_index(files: list, where: str) -> tuple:
+    """``(index, paths)`` of safetensors ``files`` read as one checkpoint: every header
+    validated, tensors in file order. ``where`` names the whole in error messages."""
+    native = _native.module()
+    table = native.TensorTable()
+    paths = [os.path.abspath(f) for f in files]
+    for path in paths:
+        header, size = _read_header(path)
+        try:
+            table.add_safetensors(os.path.basename(path), header, size, _native_rules())
+        except native.FormatError as e:
+            raise format_error(path, *e.args) from None
+    try:
+        table.index_names()
+    except native.FormatError as e:
+        raise format_error(where, *e.args) from None
+    return Index.from_table(table), paths
+
+
+def _read_header(path: str) -> tuple:
+    """The JSON header of a safetensors file and the file's size."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise FlashFormatError(f"{path}: cannot open: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise FlashFormatError(f"{path}: not a regular file")
+        prefix = os.pread(fd, 8, 0)
+        if len(prefix) < 8:
+            raise FlashFormatError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
+        n = int.from_bytes(prefix, "little")
+        if n > MAX_HEADER_BYTES:
+            raise FlashFormatError(f"{path}: header of {n} bytes is larger than safetensors allows "
+                                   f"({MAX_HEADER_BYTES})")
+        if 8 + n > st.st_size:
+            raise FlashFormatError(f"{path}: header of {n} bytes does not fit in the file "
+                                   f"({st.st_size} bytes; truncated?)")
+        header = os.pread(fd, n, 8)
+        if len(header) != n:
+            raise FlashFormatError(f"{path}: the file ended inside its header (truncated?)")
+        return header, st.st_size
+    except OSError as e:
+        raise FlashFormatError(f"{path}: cannot read the header: {e.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+@lru_cache(maxsize=None)
+def _native_rules():
+    return _native.module().SafetensorsRules({
+        "max_header_bytes": MAX_HEADER_BYTES, "max_ndim": MAX_NDIM,
+        "dtypes": [(st_name, DTYPE_NAMES.index(name)) for st_name, name in DTYPES.items()],
+        "sizes": list(DTYPE_SIZES.values())})
