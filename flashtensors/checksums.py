@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from . import _native
-from .errors import FlashChecksumError, FlashFormatError
+from .checkpoint import is_flash_checkpoint
+from .errors import FlashChecksumError, FlashError, FlashFormatError
 from .format import data_file_paths, read_index
+from .safetensors_format import weight_files
 
 
 def verify(path, *, threads: int | None = None) -> int:
@@ -12,6 +14,9 @@ def verify(path, *, threads: int | None = None) -> int:
     from .loader import resolve_threads
 
     n_threads = resolve_threads(threads)
+    if not is_flash_checkpoint(path) and weight_files(path):
+        raise FlashError(f"{path}: safetensors files carry no checksums; only flash checkpoints can be verified "
+                         "(`flashtensors convert` makes one)")
     index = read_index(path)
     paths = data_file_paths(path, index)
     entries = list(index.tensors.values())

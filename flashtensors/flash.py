@@ -12,9 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from .cache.client import try_load
+from .checkpoint import open_checkpoint
 from .checksums import verify as _verify
 from .format import INDEX_FILENAME, Index
-from .format import read_index as _read_index
 from .inplace import load_into as _load_into
 from .loader import load as _load
 from .writer import CheckpointWriter
@@ -61,13 +61,18 @@ def load_dict(path, device_map=None, *, verify: bool = False, threads: int | Non
     chosen per piece, by whether the data is already cached.
 
     Args:
-        path: the checkpoint directory.
+        path: a flash checkpoint directory, a ``.safetensors`` file, or a directory of
+            safetensors weights in the Hugging Face layout (``model.safetensors``, or the
+            shards of ``model.safetensors.index.json``; Hub cache snapshots included),
+            read in place with no conversion. A directory holding both a flash checkpoint
+            and safetensors loads the flash checkpoint.
         device_map: where tensors go, as in accelerate/transformers: a dict from name
             prefixes to devices (a tensor matches key ``k`` when its name is ``k`` or
             starts with ``k + "."``; ``""`` matches all; the longest key wins), or one
             device for everything. Devices are a GPU index, ``"cuda:N"``, ``"cpu"`` or a
             ``torch.device``. Default: everything on ``"cpu"``.
-        verify: check every tensor's CRC-32C before loading (reads the data twice).
+        verify: check every tensor's CRC-32C before loading (reads the data twice;
+            flash checkpoints only: safetensors files carry no checksums).
         threads: I/O threads (default: between 4 and 16, by CPU count).
         server: the cache daemon (``flashtensors serve``) to map CPU tensors from: its
             socket path, or ``False`` for none. Default: ``$FLASHTENSORS_SERVER``, else
@@ -82,6 +87,7 @@ def load_dict(path, device_map=None, *, verify: bool = False, threads: int | Non
     Example:
         >>> sd = flash.load_dict("/models/m", {"": 0})
         >>> sd = flash.load_dict("/models/m", {"model.layers": 0, "lm_head": "cpu"})
+        >>> sd = flash.load_dict("/models/Qwen3-8B", 0)      # a Hugging Face directory, as it is
     """
     if verify:
         # Checks the files on disk, so the tensors must come from them, not from the daemon.
@@ -98,7 +104,7 @@ def load_into(path, tensors: dict, *, threads: int | None = None) -> None:
     parameters, with no intermediate copy and no new allocation.
 
     Args:
-        path: the checkpoint directory.
+        path: a checkpoint, as for :func:`load_dict`.
         tensors: ``{name: tensor}`` to fill, on the CPU or a CUDA device; each must have
             the checkpoint's dtype and shape. Checkpoint tensors not named are skipped.
         threads: I/O threads (default: between 4 and 16, by CPU count).
@@ -131,15 +137,16 @@ def verify(path, *, threads: int | None = None) -> int:
 
 
 def read_index(path) -> Index:
-    """The validated index of the checkpoint in ``path``: ``.tensors`` maps names to
-    entries (``dtype``, ``shape``, data ``file``, ``offset``, ``length``, ``crc32c``),
+    """The validated index of the checkpoint in ``path`` (a flash checkpoint, or plain
+    safetensors: ``.kind`` says which): ``.tensors`` maps names to entries (``dtype``,
+    ``shape``, data ``file``, ``offset``, ``length``, ``crc32c``, None for safetensors),
     ``.files`` lists the data files, ``.metadata`` the saved metadata.
 
     Example:
         >>> flash.read_index("/models/m").tensors["weight"].shape
         (3, 3)
     """
-    return _read_index(path)
+    return open_checkpoint(path)[0]
 
 
 def is_checkpoint(path) -> bool:

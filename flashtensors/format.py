@@ -81,7 +81,7 @@ class TensorEntry:
     file: int
     offset: int
     length: int
-    crc32c: int
+    crc32c: int | None  # None where the format has no checksums (safetensors)
     strides: tuple | None = None  # in elements; None means C-contiguous
 
     @property
@@ -106,14 +106,17 @@ DTYPE_NAMES = list(DTYPE_SIZES)  # a dtype's position here is its number in nati
 
 
 class Index:
-    """A parsed, validated ``flash_index.json`` (or an index being written).
+    """A parsed, validated ``flash_index.json`` (or an index being written), or the
+    headers of safetensors files read in place (``kind == "safetensors"``: no checksums,
+    ``crc32c`` is None).
 
     ``tensors`` maps names to :class:`TensorEntry` in saved order; for a read index it
     is built on first use from ``table``, the native tensor table loads work from.
     """
 
     def __init__(self, files: list, tensors: dict | None = None, metadata: dict | None = None,
-                 version: int = FORMAT_VERSION, table=None):
+                 version: int = FORMAT_VERSION, table=None, kind: str = "flash"):
+        self.kind = kind  # "flash", or "safetensors" for plain safetensors files read in place
         self.files = files
         self.metadata = metadata if metadata is not None else {}
         self.version = version
@@ -121,9 +124,9 @@ class Index:
         self._tensors = tensors
 
     @classmethod
-    def from_table(cls, table) -> Index:
+    def from_table(cls, table, kind: str = "flash") -> Index:
         files = [DataFileEntry(name, size) for name, size in table.files()]
-        return cls(files=files, metadata=table.metadata(), version=table.version, table=table)
+        return cls(files=files, metadata=table.metadata(), version=table.version, table=table, kind=kind)
 
     @property
     def tensors(self) -> dict:

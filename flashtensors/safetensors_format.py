@@ -97,7 +97,7 @@ def read_safetensors_index(files: list, where: str) -> tuple:
         table.index_names()
     except native.FormatError as e:
         raise format_error(where, *e.args) from None
-    return Index.from_table(table), paths
+    return Index.from_table(table, kind="safetensors"), paths
 
 
 def _read_header(path: str) -> tuple:

@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import pickle
 import warnings
 import zipfile
@@ -33,7 +32,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from flashtensors import INDEX_FILENAME, FlashError
+from flashtensors import INDEX_FILENAME, FlashError, FlashFormatError
+from flashtensors.safetensors_format import hf_index_shards
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 TORCH_SUFFIXES = (".bin", ".pt", ".pth")
@@ -153,18 +153,9 @@ def _shards_from_index(index_path: Path) -> list[Path]:
     if not index_path.is_file():
         return []
     try:
-        weight_map = json.loads(index_path.read_text())["weight_map"]
-        names = list(dict.fromkeys(weight_map.values()))
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise SourceError(f"{index_path}: not a valid weight index ({type(e).__name__}: {e})") from None
-    bad = [n for n in names if not isinstance(n, str) or Path(n).name != n or n in ("", ".", "..")]
-    if bad:  # shards are plain file names beside the index; never read a file elsewhere
-        raise SourceError(f"{index_path}: not a valid weight index (bad file name {bad[0]!r})")
-    shards = [index_path.parent / name for name in names]
-    missing = [p.name for p in shards if not p.is_file()]
-    if missing:
-        raise SourceError(f"{index_path}: names missing weight file(s): {', '.join(missing)}")
-    return shards
+        return [Path(p) for p in hf_index_shards(index_path)]
+    except FlashFormatError as e:
+        raise SourceError(str(e)) from None
 
 
 def _read_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:

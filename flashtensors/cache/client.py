@@ -20,6 +20,7 @@ import socket
 import stat
 import struct
 
+from ..checkpoint import is_flash_checkpoint
 from ..errors import FlashError
 from ..format import ALIGNMENT, INDEX_FILENAME, parse_index_bytes
 from . import paths, protocol
@@ -181,7 +182,7 @@ def try_load(path, device_map=None, server=None):
     None (``$FLASHTENSORS_SERVER``, else the default socket path).
     """
     socket_path = paths.resolve_server(server)
-    if socket_path is None:
+    if socket_path is None or not is_flash_checkpoint(path):  # the daemon serves flash checkpoints
         return None
     try:
         if not stat.S_ISSOCK(os.stat(socket_path).st_mode):

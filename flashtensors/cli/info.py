@@ -18,11 +18,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "info",
         help="list a flash checkpoint's tensors, size, data files and format version",
         description="List the tensors (name, dtype, shape), total size, data files, metadata and\n"
-        "format version of the flash checkpoint in DIR. Only the index is read.",
+        "format version of the checkpoint in DIR: a flash checkpoint, a .safetensors file or a\n"
+        "directory of safetensors weights. Only the index (or the headers) is read.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("dir", metavar="DIR", help="checkpoint directory (holds flash_index.json)")
+    p.add_argument("dir", metavar="DIR", help="checkpoint directory, or a .safetensors file")
     p.add_argument("--json", action="store_true", help="print the same as one JSON document")
     p.set_defaults(func=run)
 
@@ -37,11 +38,12 @@ def run(args: argparse.Namespace) -> int:
 def describe(path) -> dict:
     """A JSON-ready summary of the checkpoint in ``path``.
 
-    Keys: ``path``, ``format_version``, ``total_bytes`` (of the data files), ``files``
-    (``name``, ``size``), ``metadata``, ``tensors`` (``name``, ``dtype``, ``shape``, ``file``).
+    Keys: ``path``, ``format`` (``flash`` or ``safetensors``), ``format_version`` (None for
+    safetensors), ``total_bytes`` (of the data files), ``files`` (``name``, ``size``),
+    ``metadata``, ``tensors`` (``name``, ``dtype``, ``shape``, ``file``).
 
     Raises:
-        FlashFormatError: ``path`` holds no valid flash checkpoint.
+        FlashFormatError: ``path`` holds no valid checkpoint.
 
     Example:
         >>> describe("ckpt")["tensors"][0]                            # doctest: +SKIP
@@ -52,7 +54,8 @@ def describe(path) -> dict:
     index = flash.read_index(path)
     return {
         "path": str(path),
-        "format_version": index.version,
+        "format": index.kind,
+        "format_version": index.version if index.kind == "flash" else None,
         "total_bytes": index.total_bytes,
         "files": [{"name": f.name, "size": f.size} for f in index.files],
         "metadata": dict(index.metadata),
@@ -72,7 +75,8 @@ def format_text(summary: dict) -> str:
 
     tensors, files = summary["tensors"], summary["files"]
     lines = [
-        f"flash checkpoint {summary['path']} (format version {summary['format_version']})",
+        f"{summary['format']} checkpoint {summary['path']}"
+        + (f" (format version {summary['format_version']})" if summary["format_version"] is not None else ""),
         f"{len(tensors)} tensor{'' if len(tensors) == 1 else 's'}, "
         f"{size(summary['total_bytes'])} ({summary['total_bytes']} bytes) "
         f"in {len(files)} data file{'' if len(files) == 1 else 's'}",
