@@ -81,6 +81,37 @@ def test_invalid_index_fields(saved, edit, message):
         flash.load_dict(saved)
 
 
+def _edit_raw_index(path, fn):
+    raw = (path / INDEX_FILENAME).read_bytes()
+    (path / INDEX_FILENAME).write_bytes(fn(raw))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda raw: raw.replace(b'"format":', b'"format":"x","format":', 1), "duplicate key"),
+    (lambda raw: raw + b" []", "trailing data"),
+    (lambda raw: raw.replace(b'"metadata":{}', b'"metadata":{"k":' + b"[" * 1000 + b"]" * 1000 + b"}"),
+     "metadata|nested too deeply"),
+    (lambda raw: raw.replace(b'"metadata":{}', b'"extra":' + b"[" * 1000 + b"]" * 1000), "nested too deeply"),
+    (lambda raw: raw.replace(b'"version":1', b'"version":1.0'), "version must be an integer"),
+    (lambda raw: raw.replace(b'"version":1', b'"version":01'), "leading zero"),
+    (lambda raw: raw.replace(b'"alignment":4096', b'"alignment":4096e0'), "alignment"),
+    (lambda raw: raw.replace(b'"name":"first"', b'"name":"fir\xc0\xafst"'), "invalid UTF-8"),
+    (lambda raw: raw.replace(b'"name":"first"', b'"name":"a\x01b"'), "control character"),
+])
+def test_invalid_index_json(saved, edit, message):
+    """The native parser is strict JSON (RFC 8259), as the spec requires."""
+    _edit_raw_index(saved, edit)
+    with pytest.raises(FlashFormatError, match=message):
+        flash.load_dict(saved)
+
+
+def test_escaped_names_and_lone_surrogates_read_as_python_json_reads_them(saved):
+    # An escaped lone surrogate is not valid UTF-8, but Python's json accepts it: so do we.
+    _edit_raw_index(saved, lambda raw: raw.replace(b'"name":"first"', rb'"name":"f\u00efr\ud800st\ud83d\ude00"'))
+    names = list(flash.load_dict(saved))
+    assert names == ["f\u00efr\ud800st\U0001f600", "second"]
+
+
 def test_tensor_named_in_field_errors(saved):
     _edit_index(saved, lambda d: d["tensors"][1].update(dtype="float128"))
     with pytest.raises(FlashFormatError, match="'second'"):

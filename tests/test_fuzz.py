@@ -164,3 +164,66 @@ def test_damaged_data_file(original, tmp_path, flips, truncate):
         assert damaged or truncate is not None
         return
     _check_correct(loaded, json.loads((root / INDEX_FILENAME).read_text()), root)
+
+
+# -- safetensors headers: every case ends in a FlashError, or loads exactly what
+# safetensors itself loads from the same file (we are never less strict than it is).
+
+@pytest.fixture(scope="module")
+def st_original(tmp_path_factory):
+    from safetensors.torch import save_file
+
+    path = tmp_path_factory.mktemp("fuzz-st") / "model.safetensors"
+    save_file({"w": torch.arange(24, dtype=torch.float32).reshape(4, 6), "s": torch.tensor(True),
+               "b": torch.tensor([1, 2, 3], dtype=torch.int16), "e": torch.empty(0, 3, dtype=torch.bfloat16)},
+              str(path))
+    return path
+
+
+def _split_safetensors(raw: bytes):
+    n = int.from_bytes(raw[:8], "little")
+    return json.loads(raw[8:8 + n]), raw[8 + n:]
+
+
+def _check_like_safetensors(path):
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        loaded = flash.load_dict(path)
+    except FlashError:
+        return
+    try:
+        want = load_file(str(path))
+    except (SafetensorError, ValueError, RuntimeError, TypeError) as e:
+        pytest.fail(f"flashtensors loaded a file safetensors refuses ({e})")
+    assert list(sorted(loaded)) == list(sorted(want))
+    for name, t in want.items():
+        assert loaded[name].dtype == t.dtype and loaded[name].shape == t.shape
+        got = loaded[name].reshape(-1).view(torch.uint8)
+        assert bytes(got.numpy()) == bytes(t.reshape(-1).view(torch.uint8).numpy())
+
+
+@FUZZ
+@given(data=st.data())
+def test_mutated_safetensors_header(st_original, tmp_path, data):
+    header, body = _split_safetensors(st_original.read_bytes())
+    for path, value in data.draw(mutations(header)):
+        try:
+            _set(header, path, value)
+        except (KeyError, IndexError, TypeError):
+            pass
+    raw = json.dumps(header).encode()
+    target = tmp_path / "case.safetensors"
+    target.write_bytes(len(raw).to_bytes(8, "little") + raw + body[:data.draw(st.integers(0, len(body) + 8))])
+    _check_like_safetensors(target)
+
+
+@FUZZ
+@given(raw=st.binary(max_size=600), cut=st.integers(0, 400))
+def test_garbage_and_truncated_safetensors(st_original, tmp_path, raw, cut):
+    original = st_original.read_bytes()
+    target = tmp_path / "case.safetensors"
+    for content in (raw, original[:cut], original[:cut] + raw, len(raw).to_bytes(8, "little") + raw):
+        target.write_bytes(content)
+        _check_like_safetensors(target)

@@ -26,6 +26,16 @@ def _flash(flash_dir, files, device, names):
     return flash.load_dict(flash_dir, {"": device}, server=False), None
 
 
+def _flash_safetensors(flash_dir, files, device, names):
+    """flashtensors reading the safetensors files as they are (no conversion)."""
+    from pathlib import Path
+
+    from .. import flash
+
+    path = files[0] if len(files) == 1 else Path(files[0]).parent  # the benchmark's shards are alone there
+    return flash.load_dict(path, {"": device}, server=False), None
+
+
 def _cached(flash_dir, files, device, names):
     from .. import flash
 
@@ -119,6 +129,7 @@ def _needs(module: str, cuda_only: bool = False):
 
 LOADERS = [
     Loader("flashtensors", _flash, _any_device, "flashtensors.flash"),
+    Loader("flashtensors (safetensors)", _flash_safetensors, _any_device, "flashtensors.flash"),
     Loader("cached (daemon)", _cached, _cpu_only, "flashtensors.flash"),
     Loader("safetensors load_file", _safetensors, _any_device, "safetensors.torch"),
     Loader("instanttensor", _instanttensor, _needs("instanttensor", cuda_only=True), "instanttensor"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import FlashError
+from ..safetensors_format import weight_files
 from .shapes import QWEN3, digest, make_checkpoint, moe_shapes, shape_for_size, tensor_shapes
 
 
@@ -44,7 +45,7 @@ def _from_path(path: Path, work: Path, log):
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(target))
         expected = {n: e.crc32c for n, e in index.tensors.items() if e.strides is None}
         return path, [target], expected
-    files = [path] if path.is_file() else sorted(path.glob("*.safetensors"))
+    files = [Path(f) for f in weight_files(path) or []]
     if not files:
         raise FlashError(f"{path}: neither a flash checkpoint nor safetensors files")
     flash_dir = work / (path.stem + "-flash")
