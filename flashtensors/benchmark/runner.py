@@ -127,10 +127,10 @@ def _run(sample, device, data_files, *, runs: int, cold: bool, only, log) -> lis
                 res = by_name[ld.name]
                 if res.error:
                     continue
-                if mode == "cold" and not system.drop_from_cache(data_files):
-                    log(f"  warning: the files stayed in the page cache; this {mode} run is not cold")
-                else:
+                if mode == "warm":
                     system.warm_up(data_files)
+                elif not system.drop_from_cache(data_files):
+                    log("  warning: the files stayed in the page cache; this cold run is not cold")
                 try:
                     seconds, res.error = sample(ld, checked=i == 0)
                     if seconds is not None:
