@@ -188,6 +188,8 @@ PYBIND11_MODULE(_C, m) {
           },
           "(name, dtype index, shape, strides or None, file, offset, length, crc32c or None) per tensor.")
       .def("entry", [](const TensorTable& t, size_t i) { return entry_tuple(t.tensors.at(i)); })
+      .def("fingerprint", &TensorTable::fingerprint,
+           "A 64-bit hash of the files and every tensor's name, dtype, shape and place: equal tables, equal hashes.")
       .def(
           "files",
           [](const TensorTable& t) {
@@ -236,6 +238,14 @@ PYBIND11_MODULE(_C, m) {
       .def("files_used", &LoadPlan::files_used, py::arg("host_only"))
       .def("layout", &LoadPlan::layout, py::arg("mapped_files"), py::arg("alignment"),
            "Builds the regions; returns (device, buffer bytes) per device in order of first use.")
+      .def(
+          "read_ops",
+          [](const LoadPlan& p, const std::vector<uint64_t>& bases) {
+            std::vector<OpTuple> out;
+            for (const auto& op : p.read_ops(bases)) out.emplace_back(op.file, op.offset, op.length, op.dest, op.device);
+            return out;
+          },
+          py::arg("bases"), "The reads execute() would do: (file, offset, length, dest address, device).")
       .def(
           "execute",
           [](const LoadPlan& p, const std::vector<std::string>& paths, const std::vector<uint64_t>& bases,

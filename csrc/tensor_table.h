@@ -54,6 +54,9 @@ struct TensorTable {
   // Indexes the names (call once the tensors are final); false if a name repeats,
   // with `duplicate` set to it.
   bool index_names(std::string* duplicate);
+  // A hash of everything above (FNV-1a): processes that must read the same checkpoint
+  // compare it.
+  uint64_t fingerprint() const;
   // Position of a tensor, or -1.
   int64_t find(std::string_view name) const {
     auto it = by_name_.find(name);

@@ -52,7 +52,7 @@ def save_dict(state_dict, path, *, overwrite: bool = False, metadata: dict | Non
 
 
 def load_dict(path, device_map=None, *, verify: bool = False, threads: int | None = None,
-              server=None) -> dict:
+              server=None, group=None) -> dict:
     """Loads a flash checkpoint and returns ``{name: tensor}`` in saved order.
 
     Each device gets one allocation holding all its tensors; the tensors are views into
@@ -78,6 +78,11 @@ def load_dict(path, device_map=None, *, verify: bool = False, threads: int | Non
             socket path, or ``False`` for none. Default: ``$FLASHTENSORS_SERVER``, else
             the default socket, if a daemon listens there; without one (or if it fails)
             the checkpoint is loaded directly. See docs/cache.md.
+        group: a ``torch.distributed`` process group: a collective call (every rank of
+            the group must make it, with the same checkpoint). Each rank gets what its
+            own call asks for (its device_map), while the group reads each byte from
+            storage once, split among the ranks, and shares it over the group's backend
+            (gloo, or NCCL between GPUs). See docs/distributed.md.
 
     Raises:
         FlashFormatError: the checkpoint is missing, invalid, truncated or corrupt.
@@ -88,18 +93,21 @@ def load_dict(path, device_map=None, *, verify: bool = False, threads: int | Non
         >>> sd = flash.load_dict("/models/m", {"": 0})
         >>> sd = flash.load_dict("/models/m", {"model.layers": 0, "lm_head": "cpu"})
         >>> sd = flash.load_dict("/models/Qwen3-8B", 0)      # a Hugging Face directory, as it is
+        >>> sd = flash.load_dict("/models/m", {"": rank}, group=torch.distributed.group.WORLD)
     """
     if verify:
         # Checks the files on disk, so the tensors must come from them, not from the daemon.
         _verify(path, threads=threads)
-        return _load(path, device_map, threads=threads)
+        return _load(path, device_map, threads=threads, group=group)
+    if group is not None:
+        return _load(path, device_map, threads=threads, group=group)
     cached = try_load(path, device_map, server)
     if cached is not None:
         return cached
     return _load(path, device_map, threads=threads)
 
 
-def load_into(path, tensors: dict, *, threads: int | None = None) -> None:
+def load_into(path, tensors: dict, *, threads: int | None = None, group=None) -> None:
     """Reads checkpoint tensors straight into existing tensors, such as a model's
     parameters, with no intermediate copy and no new allocation.
 
@@ -108,6 +116,8 @@ def load_into(path, tensors: dict, *, threads: int | None = None) -> None:
         tensors: ``{name: tensor}`` to fill, on the CPU or a CUDA device; each must have
             the checkpoint's dtype and shape. Checkpoint tensors not named are skipped.
         threads: I/O threads (default: between 4 and 16, by CPU count).
+        group: a ``torch.distributed`` process group, as for :func:`load_dict`: ranks may
+            fill different tensors; each byte is read from storage once by the group.
 
     Raises:
         FlashFormatError: a name is not in the checkpoint, a dtype or shape differs, or
@@ -117,7 +127,7 @@ def load_into(path, tensors: dict, *, threads: int | None = None) -> None:
         >>> params = dict(model.named_parameters())
         >>> flash.load_into("/models/m", {n: p.data for n, p in params.items()})
     """
-    _load_into(path, tensors, threads=threads)
+    _load_into(path, tensors, threads=threads, group=group)
 
 
 def verify(path, *, threads: int | None = None) -> int:

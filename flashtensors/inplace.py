@@ -17,13 +17,19 @@ from .loader import (
 )
 
 
-def load_into(path, targets: dict, *, threads: int | None = None) -> None:
+def load_into(path, targets: dict, *, threads: int | None = None, group=None) -> None:
     """See :func:`flashtensors.flash.load_into`."""
     n_threads = resolve_threads(threads)
+    if group is not None:
+        from . import group as collective
+
+        return collective.run(group, path, lambda c: _load_into_collectively(c, path, targets, n_threads))
 
     def once():
         index, paths = open_checkpoint(path)
-        ops, strided = _plan(path, index, targets)
+        direct, strided = _plan(path, index, targets)
+        ops = [(e.file, e.offset, e.length, targets[name].data_ptr(), _device_code(targets[name]))
+               for name, e in direct]
         gpus = {t.device for t in targets.values() if t.device.type == "cuda"}
         for device in gpus:
             synchronize_before_copies(device)
@@ -32,20 +38,50 @@ def load_into(path, targets: dict, *, threads: int | None = None) -> None:
         if strided:
             # Not one run of bytes on both sides: load just those (same index, same
             # files) and copy them over.
-            loaded = load_index(path, index, paths, "cpu", n_threads, only=set(strided))
-            for name in strided:
+            loaded = load_index(path, index, paths, "cpu", n_threads, only={name for name, _ in strided})
+            for name, _ in strided:
                 targets[name].copy_(loaded[name])
 
     with_retry(path, once)
 
 
+def _load_into_collectively(c, path, targets: dict, n_threads: int) -> None:
+    import torch
+
+    from .group import Need
+
+    index, paths = open_checkpoint(path)
+    direct, strided = _plan(path, index, targets)
+    needs = [Need(e.file, e.offset, e.length, targets[name].view(-1).view(torch.uint8)) for name, e in direct]
+    staged = [(name, e, torch.empty(e.length, dtype=torch.uint8)) for name, e in strided]
+    needs += [Need(e.file, e.offset, e.length, raw) for _, e, raw in staged if e.length]
+    agreed = c.agree(index.table.fingerprint(), needs, None)
+    for device in {t.device for t in targets.values() if t.device.type == "cuda"}:
+        synchronize_before_copies(device)
+    c.exchange(paths, agreed["ranges"], needs, n_threads, "auto")
+    for name, e, raw in staged:  # bytes as saved, then viewed with the saved strides
+        dtype = torch_dtype(e.dtype)
+        if not e.length:
+            saved = torch.empty(e.shape, dtype=dtype)
+        elif e.strides is None:
+            saved = raw.view(dtype).view(e.shape)
+        else:
+            saved = raw.view(dtype).as_strided(e.shape, e.strides)
+        targets[name].copy_(saved)
+
+
+def _device_code(tensor) -> int:
+    return -1 if tensor.device.type == "cpu" else tensor.device.index
+
+
 def _plan(path, index, targets: dict):
-    """Read ops straight into the targets, and the names that need a copy instead."""
+    """(name, entry) of the targets read straight into their memory, and of those that
+    need a copy (their bytes are not one run on both sides)."""
     missing = [n for n in targets if n not in index.tensors]
     if missing:
         raise FlashFormatError(f"{path}: no tensor {missing[0]!r} in the checkpoint"
                                + (f" (and {len(missing) - 1} more missing)" if len(missing) > 1 else ""))
-    ops, strided = [], []
+    direct, strided = [], []
     for name, target in targets.items():
         entry = index.tensors[name]
         if target.dtype != torch_dtype(entry.dtype) or tuple(target.shape) != entry.shape:
@@ -55,8 +91,7 @@ def _plan(path, index, targets: dict):
         if target.device.type not in ("cpu", "cuda"):
             raise FlashDeviceError(f"tensor {name!r}: cannot load into a tensor on {target.device}")
         if entry.strides is not None or not target.is_contiguous():
-            strided.append(name)
+            strided.append((name, entry))
         elif entry.length:
-            code = -1 if target.device.type == "cpu" else target.device.index
-            ops.append((entry.file, entry.offset, entry.length, target.data_ptr(), code))
-    return ops, strided
+            direct.append((name, entry))
+    return direct, strided

@@ -47,17 +47,47 @@ def resolve_threads(threads) -> int:
     return threads
 
 
-def load(path, device_map=None, *, threads: int | None = None, io: str = "auto") -> dict:
+def load(path, device_map=None, *, threads: int | None = None, io: str = "auto", group=None) -> dict:
     """See :func:`flashtensors.flash.load_dict`."""
     if io not in IO_MODES:
         raise ValueError(f"io must be one of {IO_MODES}, not {io!r}")
     n_threads = resolve_threads(threads)
+    if group is not None:
+        from . import group as collective
+
+        def body(c):
+            index, paths = open_checkpoint(path)
+            return load_index(path, index, paths, device_map, n_threads, io, read=_collective_read(c, index))
+
+        return collective.run(group, path, body)
 
     def once():
         index, paths = open_checkpoint(path)
         return load_index(path, index, paths, device_map, n_threads, io)
 
     return with_retry(path, once)
+
+
+def _collective_read(c, index):
+    """A ``read`` for :func:`load_index` that shares the reading with the group of ``c``."""
+    from .group import needs_of_ops
+
+    def read(path, plan, paths, sizes, buffers, n_threads, io):
+        bases = {code: buffer for (code, _), buffer in zip(sizes, buffers)}
+        needs = needs_of_ops(plan.read_ops([address for address, _ in buffers]), bases)
+        agreed = c.agree(index.table.fingerprint(), needs, None)
+        c.exchange(paths, agreed["ranges"], needs, n_threads, "auto" if io == "mmap" else io)
+        return c.is_host_leader(agreed["hosts"])
+
+    return read
+
+
+def _local_read(path, plan, paths, sizes, buffers, n_threads, io) -> bool:
+    """Reads a laid-out plan into its buffers here; True: this process may fill the page cache."""
+    execute(path, lambda threads: plan.execute(paths, [address for address, _ in buffers], threads,
+                                                         CHUNK_BYTES, "auto" if io == "mmap" else io),
+            n_threads, to_gpu=any(code >= 0 for code, _ in sizes))
+    return True
 
 
 def with_retry(path, once):
@@ -84,8 +114,9 @@ def _index_identity(path):
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
-def load_index(path, index, paths, device_map, n_threads: int, io: str = "auto", only=None) -> dict:
-    """Loads the tensors of a read index (those named in ``only``, or all) from ``paths``."""
+def load_index(path, index, paths, device_map, n_threads: int, io: str = "auto", only=None, read=None) -> dict:
+    """Loads the tensors of a read index (those named in ``only``, or all) from ``paths``;
+    ``read`` (default: here, with the native engine) fills the laid-out buffers."""
     started = time.perf_counter()
     plan = new_plan(index, device_map, only)
     residency = _residency(plan, paths, io)
@@ -93,12 +124,10 @@ def load_index(path, index, paths, device_map, n_threads: int, io: str = "auto",
     sizes = plan.layout(list(mapped), ALIGNMENT)
     _check_capacity(sizes, path)
     buffers = [_allocate(nbytes, device_of_code(code)) for code, nbytes in sizes]
-    execute(path, lambda threads: plan.execute(paths, [address for address, _ in buffers], threads, CHUNK_BYTES,
-                                               "auto" if io == "mmap" else io),
-            n_threads, to_gpu=any(code >= 0 for code, _ in sizes))
+    may_fill_cache = (read or _local_read)(path, plan, paths, sizes, buffers, n_threads, io)
 
     cold = [paths[f] for f in plan.files_used(False) if f not in mapped and residency.get(f, 1.0) < 0.5]
-    if cold and CACHE_AFTER_COLD_LOAD:
+    if cold and CACHE_AFTER_COLD_LOAD and may_fill_cache:
         threading.Thread(target=_read_into_page_cache, args=(cold,), daemon=True,
                          name="flashtensors-cache").start()
     out = assemble(plan, buffers, {f: (m.data_ptr(), m) for f, m in mapped.items()})

@@ -1,0 +1,259 @@
+"""Collective loads: the ranks of a torch.distributed process group read each byte of a
+checkpoint from storage once, split evenly among them, and share it over the group's
+backend (gloo between CPU processes, NCCL between GPUs).
+
+Every rank plans its own load as usual (its tensors, its device map, its buffers); the
+group then agrees on the checkpoint (the same tables on every rank, or every rank
+raises before a byte moves), cuts the union of the byte ranges the ranks need into
+pieces of PIECE_BYTES, and gives each piece an owner. Owners read their pieces with the
+native engine, a few ahead, while the group broadcasts the pieces already read; each
+rank copies out of every piece the bytes it asked for.
+
+Failures are collective too: a rank that cannot plan or read tells the others, and
+all raise FlashError naming it; a rank that dies or stops answering makes the others
+raise within TIMEOUT_S.
+"""
+
+from __future__ import annotations
+
+import datetime
+import pickle
+import queue
+import socket
+import threading
+from dataclasses import dataclass
+
+from . import _native
+from .errors import FlashError
+
+PIECE_BYTES = 16 << 20  # one broadcast; a multiple of the O_DIRECT block
+READ_AHEAD = 4  # pieces an owner reads before they are broadcast
+TIMEOUT_S = 60.0  # a peer that stops answering fails the load within this
+_BLOCK = 4096
+
+
+@dataclass(frozen=True)
+class Need:
+    """Bytes ``[offset, offset + length)`` of data file ``file``, to be copied into
+    ``dest`` (a 1-D uint8 tensor of ``length`` bytes, on any device)."""
+
+    file: int
+    offset: int
+    length: int
+    dest: object
+
+
+class GroupError(FlashError):
+    """A collective load failed on some rank, or the ranks disagree."""
+
+
+class Collective:
+    """One collective load over ``group``: small agreements, then the piece exchange."""
+
+    def __init__(self, group, path):
+        import torch
+        import torch.distributed as dist
+
+        self.dist, self.group, self.path = dist, group, path
+        self.rank = dist.get_rank(group)
+        self.size = dist.get_world_size(group)
+        backend = str(dist.get_backend(group)).lower()
+        self.device = torch.device("cuda", torch.cuda.current_device()) \
+            if "nccl" in backend and torch.cuda.is_available() else torch.device("cpu")
+        self.timeout = datetime.timedelta(seconds=TIMEOUT_S)
+        self.agreed = False
+
+    # -- agreement ---------------------------------------------------------------------
+
+    def gather(self, obj) -> list:
+        """Every rank's ``obj`` (picklable), within the timeout."""
+        import torch
+
+        raw = pickle.dumps(obj)
+        size = torch.tensor([len(raw)], dtype=torch.int64, device=self.device)
+        sizes = [torch.zeros_like(size) for _ in range(self.size)]
+        self._wait(self.dist.all_gather(sizes, size, group=self.group, async_op=True), "exchanging plans")
+        longest = int(max(s.item() for s in sizes))
+        mine = torch.zeros(longest, dtype=torch.uint8)
+        mine[:len(raw)] = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+        mine = mine.to(self.device)
+        parts = [torch.empty_like(mine) for _ in range(self.size)]
+        self._wait(self.dist.all_gather(parts, mine, group=self.group, async_op=True), "exchanging plans")
+        return [pickle.loads(bytes(p[:int(s.item())].cpu().numpy())) for p, s in zip(parts, sizes)]
+
+    def agree(self, fingerprint, needs, error: str | None) -> dict:
+        """Checks that every rank got ready and reads the same checkpoint; returns
+        ``{"ranges": union of needed (file, start, end), "hosts": rank -> host name}``."""
+        ranges = _merge((n.file, n.offset, n.offset + n.length) for n in needs) if error is None else []
+        status = self.gather({"error": error, "fingerprint": fingerprint, "ranges": ranges,
+                              "host": socket.gethostname()})
+        self.agreed = True
+        failed = [(r, s["error"]) for r, s in enumerate(status) if s["error"] is not None]
+        if failed:
+            rank, message = failed[0]
+            raise GroupError(f"{self.path}: collective load failed on rank {rank} of {self.size}: {message}")
+        prints = {s["fingerprint"] for s in status}
+        if len(prints) > 1:
+            raise GroupError(f"{self.path}: the ranks of the group are loading different checkpoints "
+                             f"(fingerprints {[hex(s['fingerprint']) for s in status]}); every rank must "
+                             "load the same checkpoint")
+        union = _merge(r for s in status for r in s["ranges"])
+        return {"ranges": union, "hosts": [s["host"] for s in status]}
+
+    # -- the exchange -----------------------------------------------------------------
+
+    def exchange(self, paths, ranges, needs, threads: int, io: str) -> None:
+        """Reads the owned pieces of ``ranges`` and broadcasts every piece; copies each
+        piece's bytes into the ``needs`` that overlap it."""
+        import torch
+
+        pieces = _pieces(ranges)
+        mine = [i for i in range(len(pieces)) if i % self.size == self.rank]
+        reader = _Reader(paths, [pieces[i] for i in mine], threads, io)
+        needs = sorted(needs, key=lambda n: (n.file, n.offset))
+        cursor = 0
+        staging = torch.empty(PIECE_BYTES + 1, dtype=torch.uint8, device=self.device)
+        try:
+            for i, (file, start, end) in enumerate(pieces):
+                owner = i % self.size
+                buffer = staging[:end - start + 1]
+                if owner == self.rank:
+                    data, error = reader.next()
+                    buffer[-1] = 0 if error is None else 1  # the status byte travels with the piece
+                    if error is None:
+                        buffer[:-1].copy_(data)
+                self._wait(self.dist.broadcast(buffer, self.dist.get_global_rank(self.group, owner),
+                                               group=self.group, async_op=True), "sharing the checkpoint")
+                if int(buffer[-1].item()):
+                    errors = self.gather(error if owner == self.rank else None)
+                    raise GroupError(f"{self.path}: rank {owner} of {self.size} could not read its share: "
+                                     f"{errors[owner]}")
+                cursor = _deliver(buffer[:-1], file, start, end, needs, cursor)
+        finally:
+            reader.close()
+
+    def _wait(self, work, doing: str) -> None:
+        try:
+            work.wait(self.timeout)
+        except RuntimeError as e:
+            raise GroupError(f"{self.path}: {doing} with the group failed (a rank died or stopped answering "
+                             f"for {TIMEOUT_S:.0f} s?): {e}".splitlines()[0]) from None
+
+    def is_host_leader(self, hosts: list) -> bool:
+        """Whether this rank is the lowest rank on its machine (it alone fills the page cache)."""
+        return hosts.index(hosts[self.rank]) == self.rank
+
+
+class _Reader:
+    """Reads this rank's pieces, in order and a few ahead, on a thread of its own (the
+    native reads release the GIL, so they overlap the broadcasts)."""
+
+    def __init__(self, paths, pieces, threads: int, io: str):
+        import torch
+
+        self._free: queue.Queue = queue.Queue()
+        for _ in range(min(READ_AHEAD, len(pieces)) or 1):
+            buf = torch.empty(PIECE_BYTES + _BLOCK, dtype=torch.uint8)
+            self._free.put(buf)
+        self._ready: queue.Queue = queue.Queue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(paths, pieces, threads, io), daemon=True,
+                                        name="flashtensors-group-reader")
+        self._thread.start()
+        self._held = None
+
+    def _run(self, paths, pieces, threads, io):
+        execute = _native.module().execute_plan
+        from .loader import CHUNK_BYTES
+
+        for file, start, end in pieces:
+            buf = None
+            while buf is None and not self._stop.is_set():
+                try:
+                    buf = self._free.get(timeout=0.1)
+                except queue.Empty:
+                    pass
+            if buf is None:
+                return
+            aligned = -(-buf.data_ptr() // _BLOCK) * _BLOCK  # O_DIRECT wants aligned memory
+            shift = aligned - buf.data_ptr()
+            try:
+                execute(paths, [(file, start, end - start, aligned, -1)], threads, CHUNK_BYTES, io)
+                self._ready.put((buf, buf[shift:shift + end - start], None))
+            except Exception as e:  # reported to the group with the piece, never a hang
+                self._ready.put((buf, None, f"{type(e).__name__}: {e}"))
+
+    def next(self):
+        """(uint8 tensor of the next piece, None) or (None, what went wrong)."""
+        if self._held is not None:
+            self._free.put(self._held)
+        self._held, data, error = self._ready.get()
+        return data, error
+
+    def close(self):
+        self._stop.set()
+        self._thread.join()
+
+
+def _merge(ranges) -> list:
+    """Sorted, overlapping or touching (file, start, end) ranges merged."""
+    out: list = []
+    for file, start, end in sorted(ranges):
+        if out and out[-1][0] == file and start <= out[-1][2]:
+            out[-1] = (file, out[-1][1], max(out[-1][2], end))
+        else:
+            out.append((file, start, end))
+    return out
+
+
+def _pieces(ranges) -> list:
+    """The ranges cut into pieces of at most PIECE_BYTES, starting on block boundaries
+    (each range is widened to the block holding its start, so reads stay O_DIRECT)."""
+    out = []
+    for file, start, end in ranges:
+        at = start // _BLOCK * _BLOCK
+        while at < end:
+            out.append((file, at, min(end, at + PIECE_BYTES)))
+            at += PIECE_BYTES
+    return out
+
+
+def _deliver(piece, file: int, start: int, end: int, needs: list, cursor: int) -> int:
+    """Copies ``piece`` (bytes ``[start, end)`` of ``file``) into every need it overlaps;
+    ``needs`` are sorted and those before ``cursor`` are done. Returns the new cursor."""
+    i = cursor
+    while i < len(needs) and (needs[i].file, needs[i].offset + needs[i].length) <= (file, start):
+        i += 1
+    cursor = i
+    while i < len(needs) and (needs[i].file, needs[i].offset) < (file, end):
+        n = needs[i]
+        lo, hi = max(start, n.offset), min(end, n.offset + n.length)
+        if lo < hi:
+            n.dest[lo - n.offset:hi - n.offset].copy_(piece[lo - start:hi - start])
+        i += 1
+    return cursor
+
+
+
+def run(group, path, body):
+    """Runs ``body(collective)``, a collective load; a rank that fails before the group
+    agreed on the plan still takes part in the agreement, so every rank raises."""
+    c = Collective(group, path)
+    try:
+        return body(c)
+    except Exception as e:
+        if c.agreed or isinstance(e, GroupError):
+            raise
+        c.agree(None, [], f"{type(e).__name__}: {e}" if not isinstance(e, FlashError) else str(e))
+        raise  # not reached: agree() raised for everyone
+
+
+def needs_of_ops(ops, buffers: dict) -> list:
+    """Needs for native read ops ``(file, offset, length, dest address, device)`` into
+    ``buffers`` (device code -> (base address, 1-D uint8 tensor owning the memory))."""
+    out = []
+    for file, offset, length, dest, device in ops:
+        _, owner = buffers[device]
+        at = dest - owner.data_ptr()
+        out.append(Need(file, offset, length, owner[at:at + length]))
+    return out

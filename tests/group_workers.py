@@ -1,0 +1,76 @@
+"""Process bodies for tests/test_group_load.py: ranks of a real gloo process group.
+Each reports (rank, "ok" or its error, facts) on the queue."""
+
+import os
+
+import torch
+import torch.distributed as dist
+
+from flashtensors import flash, group, loader
+
+
+def _read_bytes() -> int:
+    with open("/proc/self/io") as f:
+        return int(next(line for line in f if line.startswith("read_bytes:")).split()[1])
+
+
+def _rank_main(rank, world, rdv, queue, body):
+    loader.CACHE_AFTER_COLD_LOAD = False  # byte counts must be the load's own
+    group.TIMEOUT_S = 20.0
+    try:
+        dist.init_process_group("gloo", init_method=f"file://{rdv}", rank=rank, world_size=world)
+        facts = body(rank, world)
+        queue.put((rank, "ok", facts))
+    except BaseException as e:  # report, never leave the parent waiting
+        queue.put((rank, f"{type(e).__name__}: {e}", None))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def full_load(rank, world, rdv, queue, path):
+    """Every rank loads the whole checkpoint; compares with a plain load."""
+    def body(rank, world):
+        before = _read_bytes()
+        out = flash.load_dict(path, group=dist.group.WORLD)
+        read = _read_bytes() - before
+        plain = flash.load_dict(path, server=False)
+        assert list(out) == list(plain)
+        for name, t in plain.items():
+            assert out[name].dtype == t.dtype and out[name].shape == t.shape, name
+            assert torch.equal(out[name].view(-1).view(torch.uint8), t.view(-1).view(torch.uint8)), name
+        storages = [t.untyped_storage().data_ptr() for t in out.values() if t.numel()]
+        return {"read_bytes": read, "tensors": len(out), "storages": len(set(storages))}
+    _rank_main(rank, world, rdv, queue, body)
+
+
+def own_tensors(rank, world, rdv, queue, path):
+    """Each rank fills its own share of the tensors (load_into), some strided."""
+    def body(rank, world):
+        plain = flash.load_dict(path, server=False)
+        names = [n for i, n in enumerate(plain) if i % world == rank]
+        targets = {n: torch.zeros_like(plain[n]) for n in names}
+        if rank == 0:
+            first = names[0]
+            targets[first] = torch.zeros(tuple(reversed(plain[first].shape)), dtype=plain[first].dtype).t()
+        flash.load_into(path, targets, group=dist.group.WORLD)
+        for n in names:
+            assert torch.equal(targets[n], plain[n]), n
+        return {"names": len(names)}
+    _rank_main(rank, world, rdv, queue, body)
+
+
+def rank_paths(rank, world, rdv, queue, paths):
+    """Rank r loads paths[r] (mismatched or missing checkpoints)."""
+    def body(rank, world):
+        flash.load_dict(paths[rank], group=dist.group.WORLD)
+    _rank_main(rank, world, rdv, queue, body)
+
+
+def dies_before_loading(rank, world, rdv, queue, path):
+    """The last rank exits without a word after joining the group."""
+    def body(rank, world):
+        if rank == world - 1:
+            os._exit(3)
+        flash.load_dict(path, group=dist.group.WORLD)
+    _rank_main(rank, world, rdv, queue, body)

@@ -1,0 +1,112 @@
+"""Collective loads over real gloo process groups of spawned processes: the same tensors
+as a plain load, each byte read from storage once by the group, failures raised on
+every rank."""
+
+import multiprocessing as mp
+import os
+import queue as queue_module
+import time
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from flashtensors import flash
+from flashtensors.benchmark.system import drop_from_cache
+
+import group_workers
+
+
+def _run_group(body, world, tmp_path, *args, timeout=240) -> dict:
+    """Runs ``body`` on ``world`` spawned ranks; returns {rank: (status, facts)}."""
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    rdv = tmp_path / f"rdv-{time.monotonic_ns()}"
+    procs = [ctx.Process(target=body, args=(rank, world, str(rdv), results, *args)) for rank in range(world)]
+    for p in procs:
+        p.start()
+    reports, deadline = {}, time.monotonic() + timeout
+    while len(reports) < world and time.monotonic() < deadline:
+        try:
+            rank, status, facts = results.get(timeout=1)
+            reports[rank] = (status, facts)
+        except queue_module.Empty:
+            if all(p.exitcode is not None for p in procs):
+                break
+    for p in procs:
+        p.join(timeout=30)
+        if p.is_alive():
+            p.kill()
+    return reports
+
+
+def _state_dict() -> dict:
+    gen = torch.Generator().manual_seed(0)
+    sd = {f"layers.{i}.w": torch.randn(1000 + 77 * i, 257, generator=gen) for i in range(12)}
+    sd.update(bias=torch.arange(10, dtype=torch.int16), scalar=torch.tensor(2.5), empty=torch.empty(0, 4))
+    return sd  # about 14 MB: several pieces of the exchange
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("group")
+    sd = _state_dict()
+    sd["tied"] = sd["layers.0.w"]  # shared storage survives the exchange
+    flash.save_dict(sd, root / "flash")
+    st = dict(sd)
+    del st["tied"]
+    save_file(st, str(root / "model.safetensors"))
+    return {"flash": root / "flash", "safetensors": root / "model.safetensors"}
+
+
+def _data_files(path) -> list:
+    from flashtensors.checkpoint import open_checkpoint
+
+    return open_checkpoint(path)[1]
+
+
+@pytest.mark.parametrize("world", [2, 4])
+@pytest.mark.parametrize("kind", ["flash", "safetensors"])
+def test_every_rank_gets_the_checkpoint_and_reads_its_share(checkpoints, tmp_path, world, kind):
+    path = checkpoints[kind]
+    files = _data_files(path)
+    total = sum(os.path.getsize(f) for f in files)
+    assert drop_from_cache(files), "could not evict the data files from the page cache"
+    reports = _run_group(group_workers.full_load, world, tmp_path, str(path))
+    assert {r: s for r, (s, _) in reports.items()} == {r: "ok" for r in range(world)}
+    read = [reports[r][1]["read_bytes"] for r in range(world)]
+    # Each rank reads about 1/world of the data (whole 16 MiB pieces, so not exactly),
+    # and the group about the checkpoint once (plus headers and block rounding).
+    assert sum(read) <= 1.1 * total + world * 64 * 1024, (read, total)
+    assert max(read) <= total / world + (16 << 20), (read, total)
+    if kind == "flash":
+        facts = reports[0][1]
+        assert facts["storages"] == facts["tensors"] - 2  # tied shares; the empty tensor has none
+
+
+def test_ranks_fill_different_tensors(checkpoints, tmp_path):
+    reports = _run_group(group_workers.own_tensors, 3, tmp_path, str(checkpoints["flash"]))
+    assert {r: s for r, (s, _) in reports.items()} == {0: "ok", 1: "ok", 2: "ok"}
+
+
+def test_different_checkpoints_are_refused_on_every_rank(checkpoints, tmp_path):
+    reports = _run_group(group_workers.rank_paths, 2, tmp_path,
+                         [str(checkpoints["flash"]), str(checkpoints["safetensors"])])
+    assert len(reports) == 2
+    assert all("different checkpoints" in status for status, _ in reports.values()), reports
+
+
+def test_a_rank_that_cannot_open_its_checkpoint_fails_every_rank(checkpoints, tmp_path):
+    reports = _run_group(group_workers.rank_paths, 3, tmp_path,
+                         [str(checkpoints["flash"]), str(tmp_path / "missing"), str(checkpoints["flash"])])
+    assert len(reports) == 3
+    for status, _ in reports.values():
+        assert "GroupError" in status and "failed on rank 1 of 3" in status and "missing" in status, status
+
+
+def test_a_rank_that_dies_fails_the_others_in_bounded_time(checkpoints, tmp_path):
+    started = time.monotonic()
+    reports = _run_group(group_workers.dies_before_loading, 2, tmp_path, str(checkpoints["flash"]), timeout=120)
+    assert set(reports) == {0}
+    assert "GroupError" in reports[0][0], reports
+    assert time.monotonic() - started < 120
