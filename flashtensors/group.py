@@ -16,6 +16,7 @@ raise within TIMEOUT_S.
 
 from __future__ import annotations
 
+import bisect
 import datetime
 import pickle
 import queue
@@ -104,33 +105,39 @@ class Collective:
 
     def exchange(self, paths, ranges, needs, threads: int, io: str) -> None:
         """Reads the owned pieces of ``ranges`` and broadcasts every piece; copies each
-        piece's bytes into the ``needs`` that overlap it."""
+        piece's bytes into the ``needs`` that overlap it. A piece that lies inside one
+        need is read and received in place, with no copy."""
         import torch
 
         pieces = _pieces(ranges)
-        mine = [i for i in range(len(pieces)) if i % self.size == self.rank]
-        reader = _Reader(paths, [pieces[i] for i in mine], threads, io)
         needs = sorted(needs, key=lambda n: (n.file, n.offset))
-        cursor = 0
-        staging = torch.empty(PIECE_BYTES + 1, dtype=torch.uint8, device=self.device)
+        targets = [_inside(needs, piece, self.device) for piece in pieces]
+        mine = [i for i in range(len(pieces)) if i % self.size == self.rank]
+        reader = _Reader(paths, [(pieces[i], targets[i]) for i in mine], threads, io)
+        staging = torch.empty(PIECE_BYTES, dtype=torch.uint8, device=self.device)
+        cursor, error = 0, None
         try:
             for i, (file, start, end) in enumerate(pieces):
                 owner = i % self.size
-                buffer = staging[:end - start + 1]
+                buffer = targets[i] if targets[i] is not None else staging[:end - start]
                 if owner == self.rank:
-                    data, error = reader.next()
-                    buffer[-1] = 0 if error is None else 1  # the status byte travels with the piece
-                    if error is None:
-                        buffer[:-1].copy_(data)
+                    data, failed = reader.next()
+                    error = error or failed
+                    if data is not None and data.data_ptr() != buffer.data_ptr():
+                        buffer.copy_(data)
+                # A failed read still sends its piece (garbage): the ranks stay in step,
+                # and every rank learns of the failure below.
                 self._wait(self.dist.broadcast(buffer, self.dist.get_global_rank(self.group, owner),
                                                group=self.group, async_op=True), "sharing the checkpoint")
-                if int(buffer[-1].item()):
-                    errors = self.gather(error if owner == self.rank else None)
-                    raise GroupError(f"{self.path}: rank {owner} of {self.size} could not read its share: "
-                                     f"{errors[owner]}")
-                cursor = _deliver(buffer[:-1], file, start, end, needs, cursor)
+                if targets[i] is None:
+                    cursor = _deliver(buffer, file, start, end, needs, cursor)
         finally:
             reader.close()
+        errors = self.gather(error)
+        failed = [(r, e) for r, e in enumerate(errors) if e is not None]
+        if failed:
+            rank, message = failed[0]
+            raise GroupError(f"{self.path}: rank {rank} of {self.size} could not read its share: {message}")
 
     def _wait(self, work, doing: str) -> None:
         try:
@@ -146,16 +153,17 @@ class Collective:
 
 class _Reader:
     """Reads this rank's pieces, in order and a few ahead, on a thread of its own (the
-    native reads release the GIL, so they overlap the broadcasts)."""
+    native reads release the GIL, so they overlap the broadcasts): straight into the
+    piece's target where it has one in host memory, else into a staging buffer."""
 
     def __init__(self, paths, pieces, threads: int, io: str):
         import torch
 
         self._free: queue.Queue = queue.Queue()
-        for _ in range(min(READ_AHEAD, len(pieces)) or 1):
-            buf = torch.empty(PIECE_BYTES + _BLOCK, dtype=torch.uint8)
-            self._free.put(buf)
+        for _ in range(READ_AHEAD):
+            self._free.put(torch.empty(PIECE_BYTES + _BLOCK, dtype=torch.uint8))
         self._ready: queue.Queue = queue.Queue()
+        self._ahead = threading.Semaphore(READ_AHEAD)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(paths, pieces, threads, io), daemon=True,
                                         name="flashtensors-group-reader")
@@ -163,24 +171,24 @@ class _Reader:
         self._held = None
 
     def _run(self, paths, pieces, threads, io):
-        execute = _native.module().execute_plan
         from .loader import CHUNK_BYTES
 
-        for file, start, end in pieces:
+        execute = _native.module().execute_plan
+        for (file, start, end), target in pieces:
+            while not self._ahead.acquire(timeout=0.1):
+                if self._stop.is_set():
+                    return
             buf = None
-            while buf is None and not self._stop.is_set():
-                try:
-                    buf = self._free.get(timeout=0.1)
-                except queue.Empty:
-                    pass
-            if buf is None:
-                return
-            aligned = -(-buf.data_ptr() // _BLOCK) * _BLOCK  # O_DIRECT wants aligned memory
-            shift = aligned - buf.data_ptr()
+            if target is not None and target.device.type == "cpu" and target.data_ptr() % _BLOCK == 0:
+                data = target
+            else:
+                buf = self._free.get()
+                shift = -buf.data_ptr() % _BLOCK  # O_DIRECT wants aligned memory
+                data = buf[shift:shift + end - start]
             try:
-                execute(paths, [(file, start, end - start, aligned, -1)], threads, CHUNK_BYTES, io)
-                self._ready.put((buf, buf[shift:shift + end - start], None))
-            except Exception as e:  # reported to the group with the piece, never a hang
+                execute(paths, [(file, start, end - start, data.data_ptr(), -1)], threads, CHUNK_BYTES, io)
+                self._ready.put((buf, data, None))
+            except Exception as e:  # reported to the group after the exchange, never a hang
                 self._ready.put((buf, None, f"{type(e).__name__}: {e}"))
 
     def next(self):
@@ -188,6 +196,7 @@ class _Reader:
         if self._held is not None:
             self._free.put(self._held)
         self._held, data, error = self._ready.get()
+        self._ahead.release()
         return data, error
 
     def close(self):
@@ -216,6 +225,18 @@ def _pieces(ranges) -> list:
             out.append((file, at, min(end, at + PIECE_BYTES)))
             at += PIECE_BYTES
     return out
+
+
+def _inside(needs: list, piece, device):
+    """The slice of the one need that holds all of ``piece`` on ``device``, or None."""
+    file, start, end = piece
+    i = bisect.bisect_right(needs, (file, start), key=lambda n: (n.file, n.offset)) - 1
+    if i < 0:
+        return None
+    n = needs[i]
+    if n.file != file or n.offset + n.length < end or n.dest.device != device:
+        return None
+    return n.dest[start - n.offset:end - n.offset]
 
 
 def _deliver(piece, file: int, start: int, end: int, needs: list, cursor: int) -> int:
