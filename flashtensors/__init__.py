@@ -28,7 +28,8 @@ def patch_transformers(*, verify: bool = False, safetensors: bool = True) -> Non
     """Makes ``from_pretrained`` of every transformers model read its weights through
     flashtensors: flash checkpoints, and (``safetensors=True``, the default) the safetensors
     files of any other model, which transformers then does not read itself.
-    ``verify=True``: check every flash tensor's checksum on
+    accelerate's ``load_checkpoint_in_model`` / ``load_checkpoint_and_dispatch`` read flash
+    checkpoint directories too. ``verify=True``: check every flash tensor's checksum on
     load. Undo with ``flashtensors.integrations.transformers.unpatch()``.
 
     Example:

@@ -1,5 +1,5 @@
 """Load flash checkpoints and plain safetensors through flashtensors with transformers'
-``from_pretrained``, and save flash ones.
+``from_pretrained`` (and accelerate's ``load_checkpoint_in_model``), and save flash ones.
 
 Example::
 
@@ -14,7 +14,8 @@ With the patch on, every model class's ``from_pretrained`` reads the weights of 
 directory holding a flash checkpoint from it, and reads the safetensors files of any
 other model with flashtensors' engine instead of transformers' reader (unless
 ``patch(safetensors=False)``); ``.bin``, GGUF and the rest load exactly as before.
-``unpatch()`` removes the patch. Supported transformers:
+accelerate's ``load_checkpoint_in_model`` and ``load_checkpoint_and_dispatch`` accept flash
+checkpoint directories. ``unpatch()`` removes the patch. Supported transformers:
 ``compat.SUPPORTED``.
 """
 

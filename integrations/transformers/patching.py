@@ -1,4 +1,4 @@
-"""Install and remove the ``from_pretrained`` hooks.
+"""Install and remove the ``from_pretrained`` hooks (and accelerate's, when installed).
 
 Example::
 
@@ -6,7 +6,7 @@ Example::
 
     flash_tf.patch()                 # idempotent
     model = AutoModelForCausalLM.from_pretrained("DIR")   # DIR: flash or safetensors weights
-    flash_tf.unpatch()               # transformers is exactly as before
+    flash_tf.unpatch()               # transformers and accelerate are exactly as before
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import threading
 
-from . import loading
+from . import accelerate_loading, loading
 from .compat import check_supported
 
 _lock = threading.Lock()
@@ -27,6 +27,7 @@ def _hooks(modeling_utils):
         (modeling_utils, "_get_resolved_checkpoint_files", loading.resolve_checkpoint_files),
         (modeling_utils, "_get_dtype", loading.get_dtype),
         (modeling_utils.PreTrainedModel, "_load_pretrained_model", loading.load_pretrained_model),
+        *accelerate_loading.hooks(),
     ]
 
 
@@ -51,6 +52,8 @@ def patch(*, verify: bool = False, safetensors: bool = True) -> None:
     transformers resolves for any other model (a plain Hugging Face directory, sharded or
     not, or a downloaded Hub model) are read by flashtensors too, not by transformers;
     ``safetensors=False`` leaves them, like every other format, to transformers.
+    accelerate's ``load_checkpoint_in_model`` and ``load_checkpoint_and_dispatch`` read
+    flash checkpoint directories too.
 
     Calling ``patch()`` again only updates the options. With ``verify=True`` every flash
     load recomputes the checksums and raises ``FlashChecksumError`` on a mismatch; loading
@@ -76,7 +79,8 @@ def patch(*, verify: bool = False, safetensors: bool = True) -> None:
 
 
 def unpatch() -> None:
-    """Undo ``patch()``: put back transformers' own functions. Does nothing if not patched.
+    """Undo ``patch()``: put back transformers' (and accelerate's) own functions. Does
+    nothing if not patched.
 
     Example: ``flash_tf.unpatch(); flash_tf.is_patched()  # False``.
     """
