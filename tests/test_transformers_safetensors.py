@@ -225,6 +225,22 @@ def test_verify_refuses_safetensors(tmp_path):
     assert_same_model(load("llama", tmp_path / "m"), make_model("llama"))
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a device flashtensors cannot read to")
+def test_devices_flashtensors_cannot_target_are_left_to_transformers(tmp_path):
+    """Safetensors bound for a device flashtensors does not read to ("mps", or here a CUDA
+    device on a machine without one) are left to transformers: the same outcome as unpatched."""
+    make_model("llama").save_pretrained(tmp_path / "m")
+    errors = []
+    for patch_on in (True, False):
+        if not patch_on:
+            flash_tf.unpatch()
+        with SafetensorsReads() as reads, pytest.raises(Exception) as e:
+            load("llama", tmp_path / "m", device_map={"": "cuda:0"})
+        errors.append((type(e.value), str(e.value)))
+        assert reads.by_flashtensors == []
+    assert errors[0] == errors[1]
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("device_map", ["cuda:0", "auto", {"model": 0, "lm_head": "cpu"}])
 def test_device_map_on_gpu(device_map, tmp_path):

@@ -29,7 +29,8 @@ from transformers import modeling_utils
 
 from flashtensors import INDEX_FILENAME, flash
 from flashtensors.checkpoint import is_flash_checkpoint, open_checkpoint
-from flashtensors.errors import FlashFormatError
+from flashtensors.device_map import normalize_device_map
+from flashtensors.errors import FlashDeviceError, FlashFormatError
 from flashtensors.format import torch_dtype
 from flashtensors.safetensors_format import SUFFIX, weight_files
 
@@ -74,6 +75,16 @@ def safetensors_sources(files: list) -> list:
             if sorted(map(os.path.abspath, found)) == sorted(map(os.path.abspath, files)):
                 return [directory]
     return list(files)
+
+
+def _engine_places(placement) -> bool:
+    """Whether flashtensors can read onto every device of ``placement`` (the CPU and
+    available CUDA devices)."""
+    try:
+        normalize_device_map(placement)
+    except FlashDeviceError:
+        return False
+    return True
 
 
 def _refuse_verify(files: list) -> None:
@@ -194,6 +205,8 @@ def load_pretrained_model(original, *args, **kwargs):
         sources = safetensors_sources(safetensors)
         names = [name for source in sources for name in open_checkpoint(source)[0].tensors]
         placement = device_placement(arguments["model"], arguments["load_config"], names)
+        if not _engine_places(placement):  # e.g. "mps": transformers can read there, flashtensors cannot
+            return original(*args, **kwargs)
         state_dict = {}
         for source in sources:
             state_dict.update(flash.load_dict(source, device_map=placement))
