@@ -199,7 +199,8 @@ def load_pretrained_model(original, *args, **kwargs):
         arguments["checkpoint_files"] = None
     else:
         safetensors = safetensors_files(files)
-        if safetensors is None:
+        if safetensors is None or arguments["load_config"].device_mesh is not None:
+            # Tensor parallelism (tp_plan): transformers reads each rank's slices itself.
             return original(*args, **kwargs)
         _refuse_verify(safetensors)
         sources = safetensors_sources(safetensors)
