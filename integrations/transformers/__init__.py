@@ -1,4 +1,5 @@
-"""Load flash checkpoints with transformers' ``from_pretrained``, and save them.
+"""Load flash checkpoints and plain safetensors through flashtensors with transformers'
+``from_pretrained`` (and accelerate's ``load_checkpoint_in_model``), and save flash ones.
 
 Example::
 
@@ -10,8 +11,12 @@ Example::
     model = AutoModelForCausalLM.from_pretrained("out/model", device_map="auto", dtype="auto")
 
 With the patch on, every model class's ``from_pretrained`` reads the weights of a local
-directory holding a flash checkpoint from it; other directories and Hub ids load exactly
-as before. ``unpatch()`` removes the patch. Supported transformers: ``compat.SUPPORTED``.
+directory holding a flash checkpoint from it, and reads the safetensors files of any
+other model with flashtensors' engine instead of transformers' reader (unless
+``patch(safetensors=False)``); ``.bin``, GGUF and the rest load exactly as before.
+accelerate's ``load_checkpoint_in_model`` and ``load_checkpoint_and_dispatch`` accept flash
+checkpoint directories. ``unpatch()`` removes the patch. Supported transformers:
+``compat.SUPPORTED``.
 """
 
 from .compat import SUPPORTED, UnsupportedTransformersError

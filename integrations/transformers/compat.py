@@ -3,6 +3,8 @@
 The integration hooks three internals of ``transformers.modeling_utils`` (see
 ``patching.py``); their names and parameters change between minor releases, so it
 runs only on versions it was built and tested against, and checks the hooks exist.
+When accelerate is installed, two of its functions are hooked too, and checked the same
+way (``check_accelerate``).
 
 Example::
 
@@ -31,6 +33,13 @@ _HOOKED = {
     "_get_dtype": ("dtype", "checkpoint_files", "config", "state_dict"),
     "PreTrainedModel._load_pretrained_model": ("model", "state_dict", "checkpoint_files", "load_config"),
     "safe_save_file": (),
+}
+
+
+# accelerate.utils.modeling function -> the parameters the hooks read from it
+_HOOKED_ACCELERATE = {
+    "load_checkpoint_in_model": ("checkpoint", "device_map"),
+    "load_state_dict": ("checkpoint_file", "device_map"),
 }
 
 
@@ -79,3 +88,19 @@ def check_supported():
                 f"install transformers{SUPPORTED}"
             )
     return modeling_utils
+
+
+def check_accelerate(modeling) -> None:
+    """Checks that ``accelerate.utils.modeling`` has the functions and parameters the
+    accelerate hooks read; raises ``UnsupportedTransformersError`` naming what is missing."""
+    import accelerate
+
+    for name, params in _HOOKED_ACCELERATE.items():
+        func = getattr(modeling, name, None)
+        missing = [name] if func is None else [
+            f"{name}({p})" for p in params if p not in inspect.signature(func).parameters]
+        if missing:
+            raise UnsupportedTransformersError(
+                f"accelerate {accelerate.__version__} lacks accelerate.utils.modeling.{', '.join(missing)}, "
+                f"which flashtensors' accelerate hooks need; install an accelerate that has them (1.x)"
+            )

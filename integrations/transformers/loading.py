@@ -1,17 +1,19 @@
-"""The hooks that make ``from_pretrained`` read flash checkpoints.
+"""The hooks that make ``from_pretrained`` read weights through flashtensors.
 
 Each hook wraps one transformers internal and changes only what concerns the
 weight files; everything else (meta-device init, ``device_map`` computed by
-accelerate, dtype casting, key renaming, tied weights, missing and unexpected keys)
-stays transformers' own work:
+accelerate, dtype casting, key renaming, tied weights, missing and unexpected keys,
+disk offload) stays transformers' own work:
 
 * ``resolve_checkpoint_files`` answers "which files?" with the flash index of a
-  local directory that holds a flash checkpoint.
-* ``get_dtype`` lets ``dtype="auto"`` read the dtype from the flash index when the
-  config names none.
+  local directory that holds a flash checkpoint. Other directories resolve as
+  transformers resolves them (safetensors shards through their index, a variant, ...).
+* ``get_dtype`` lets ``dtype="auto"`` read the dtype from the flash index, or from the
+  safetensors header as flashtensors parses it, when the config names none.
 * ``load_pretrained_model`` reads the tensors with ``flash.load_dict``, each straight
   onto the device transformers placed its parameter on, and hands them to
-  transformers as a state dict.
+  transformers as a state dict: the flash checkpoint, or (``settings["safetensors"]``)
+  the safetensors files transformers resolved.
 
 ``patching.patch()`` installs them; nothing here is called directly.
 """
@@ -26,10 +28,15 @@ import torch
 from transformers import modeling_utils
 
 from flashtensors import INDEX_FILENAME, flash
+from flashtensors.checkpoint import is_flash_checkpoint, open_checkpoint
+from flashtensors.device_map import normalize_device_map
+from flashtensors.errors import FlashDeviceError, FlashFormatError
 from flashtensors.format import torch_dtype
+from flashtensors.safetensors_format import SUFFIX, weight_files
 
-# Set by patching.patch(): passed to flash.load_dict.
-settings = {"verify": False}
+# Set by patching.patch(): ``verify`` is passed to flash.load_dict; ``safetensors`` says
+# whether safetensors files are read by flashtensors too (else left to transformers).
+settings = {"verify": False, "safetensors": True}
 _warmup_lock = threading.Lock()  # loads that switch off transformers' GPU warm-up take turns
 
 
@@ -40,6 +47,53 @@ def flash_dir(checkpoint_files) -> str | None:
         if name == INDEX_FILENAME:
             return directory
     return None
+
+
+def safetensors_files(checkpoint_files) -> list | None:
+    """``checkpoint_files`` if they are local safetensors files flashtensors should read
+    (``settings["safetensors"]`` on), else None. Example: ``["/m/model.safetensors"]``."""
+    if not settings["safetensors"] or not checkpoint_files:
+        return None
+    files = [os.fspath(f) for f in checkpoint_files]
+    if all(f.endswith(SUFFIX) and os.path.isfile(f) for f in files):
+        return files
+    return None
+
+
+def safetensors_sources(files: list) -> list:
+    """What to pass to ``flash.load_dict`` to read exactly ``files``: their directory when
+    it holds these files and nothing else flashtensors would read instead (so that all
+    shards are read as one checkpoint), else each file on its own.
+
+    Example: ``safetensors_sources(["/m/a.safetensors", "/m/b.safetensors"])  # ["/m"]``.
+    """
+    directories = {os.path.dirname(os.path.abspath(f)) for f in files}
+    if len(files) > 1 and len(directories) == 1:
+        directory = directories.pop()
+        if not is_flash_checkpoint(directory):
+            found = weight_files(directory) or []
+            if sorted(map(os.path.abspath, found)) == sorted(map(os.path.abspath, files)):
+                return [directory]
+    return list(files)
+
+
+def _engine_places(placement) -> bool:
+    """Whether flashtensors can read onto every device of ``placement`` (the CPU and
+    available CUDA devices)."""
+    try:
+        normalize_device_map(placement)
+    except FlashDeviceError:
+        return False
+    return True
+
+
+def _refuse_verify(files: list) -> None:
+    if settings["verify"]:
+        raise FlashFormatError(
+            f"{files[0]}: patch(verify=True) checks the CRC-32C checksums of flash checkpoints, and "
+            f"safetensors files have none; convert the model (`flashtensors convert`), or patch with "
+            f"verify=False, or with safetensors=False to leave safetensors to transformers"
+        )
 
 
 def _bind(original, args, kwargs) -> inspect.BoundArguments:
@@ -70,20 +124,23 @@ def resolve_checkpoint_files(original, *args, **kwargs):
 
 def get_dtype(original, *args, **kwargs):
     """Wraps ``_get_dtype``: for ``dtype="auto"`` without a dtype in the config, transformers
-    inspects the checkpoint's tensors; give it meta tensors shaped like the flash index's."""
+    inspects the checkpoint's tensors; give it meta tensors shaped like the flash index's, or
+    like the first safetensors file's header (the file transformers would open)."""
     bound = _bind(original, args, kwargs)
     arguments = bound.arguments
-    directory = flash_dir(arguments["checkpoint_files"])
+    files = arguments["checkpoint_files"]
+    directory = flash_dir(files)
+    safetensors = safetensors_files(files) if directory is None else None
     if (
-        directory is not None
+        (directory is not None or safetensors is not None)
         and arguments["state_dict"] is None
         and arguments["dtype"] == "auto"
         and getattr(arguments["config"], "dtype", None) is None
     ):
-        tensors = flash.read_index(directory).tensors
+        index = flash.read_index(directory) if directory is not None else open_checkpoint(safetensors[0])[0]
         arguments["state_dict"] = {
             name: torch.empty(entry.shape, dtype=torch_dtype(entry.dtype), device="meta")
-            for name, entry in tensors.items()
+            for name, entry in index.tensors.items()
         }
         return original(*bound.args, **bound.kwargs)
     return original(*args, **kwargs)
@@ -125,18 +182,37 @@ def device_placement(model, load_config, names) -> dict | str:
 
 
 def load_pretrained_model(original, *args, **kwargs):
-    """Wraps ``PreTrainedModel._load_pretrained_model``: reads a flash checkpoint onto the
-    planned devices and passes it on as ``state_dict``, so transformers loads it as usual."""
+    """Wraps ``PreTrainedModel._load_pretrained_model``: reads a flash checkpoint, or the
+    resolved safetensors files, onto the planned devices and passes them on as
+    ``state_dict``, so transformers loads them as usual."""
     bound = _bind(original, args, kwargs)
     arguments = bound.arguments
-    directory = flash_dir(arguments["checkpoint_files"])
-    if directory is None or arguments["state_dict"] is not None:
+    files = arguments["checkpoint_files"]
+    if arguments["state_dict"] is not None:
         return original(*args, **kwargs)
-    names = list(flash.read_index(directory).tensors)
-    placement = device_placement(arguments["model"], arguments["load_config"], names)
-    state_dict = flash.load_dict(directory, device_map=placement, verify=settings["verify"])
+    directory = flash_dir(files)
+    if directory is not None:
+        names = list(flash.read_index(directory).tensors)
+        placement = device_placement(arguments["model"], arguments["load_config"], names)
+        state_dict = flash.load_dict(directory, device_map=placement, verify=settings["verify"])
+        # Nothing left for transformers to read; disk-offloaded weights are re-saved by it.
+        arguments["checkpoint_files"] = None
+    else:
+        safetensors = safetensors_files(files)
+        if safetensors is None or arguments["load_config"].device_mesh is not None:
+            # Tensor parallelism (tp_plan): transformers reads each rank's slices itself.
+            return original(*args, **kwargs)
+        _refuse_verify(safetensors)
+        sources = safetensors_sources(safetensors)
+        names = [name for source in sources for name in open_checkpoint(source)[0].tensors]
+        placement = device_placement(arguments["model"], arguments["load_config"], names)
+        if not _engine_places(placement):  # e.g. "mps": transformers can read there, flashtensors cannot
+            return original(*args, **kwargs)
+        state_dict = {}
+        for source in sources:
+            state_dict.update(flash.load_dict(source, device_map=placement))
+        # checkpoint_files stay: transformers points disk-offloaded weights at them, as unpatched.
     arguments["state_dict"] = state_dict
-    arguments["checkpoint_files"] = None
     if not any(t.is_cuda for t in state_dict.values()):
         return original(*bound.args, **bound.kwargs)
     # The weights already sit on their GPUs: transformers' allocator warm-up would reserve

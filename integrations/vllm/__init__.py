@@ -3,10 +3,12 @@
 Installing flashtensors registers :func:`register` under vLLM's ``vllm.general_plugins``
 entry point, which vLLM calls in every process it starts (API server, engine core,
 workers); nothing needs importing or patching. The model directory holds config.json,
-tokenizer files and flash weights (see :mod:`.loader` for the two layouts).
+tokenizer files and the weights: flash checkpoints, or the directory's own safetensors
+files read as they are (see :mod:`.loader` for the layouts).
 
 Example::
 
+    vllm serve /models/qwen --load-format flash               # safetensors, no conversion
     flashtensors convert /models/qwen /models/qwen-flash      # or flash.save_dict(...)
     vllm serve /models/qwen-flash --load-format flash \\
         --model-loader-extra-config '{"threads": 16}'

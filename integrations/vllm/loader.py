@@ -1,23 +1,27 @@
 """The vLLM model loader behind ``--load-format flash``.
 
-The model directory (``--model DIR``) is an ordinary Hugging Face model directory whose
-weights are flash checkpoints, in one or both of two layouts:
+The model directory (``--model DIR``) is an ordinary Hugging Face model directory. Its
+weights are read by flashtensors' engine from one of three layouts:
 
 * **full**: ``DIR/flash_index.json`` + ``*.flash``, a Hugging Face state dict (as written
   by ``flash.save_dict(model.state_dict(), DIR)``, the transformers adapter or
-  ``flashtensors convert``). It is loaded onto the worker and fed through the model's
-  ``load_weights``, so vLLM's own weight loaders fuse and shard it: any
-  tensor-parallel size works.
+  ``flashtensors convert``);
+* **safetensors**: the directory's own safetensors weights, never converted (the shards
+  ``model.safetensors.index.json`` names, else ``model.safetensors``, else every
+  ``*.safetensors``). Like a full checkpoint, they are loaded onto the worker and fed
+  through the model's ``load_weights``, so vLLM's own weight loaders fuse and shard
+  them: any tensor-parallel size works;
 * **per-rank**: ``DIR/flash-rank-{rank}-of-{size}/``, written by
   :func:`~flashtensors.integrations.vllm.save_vllm_checkpoint`; each rank copies its
   tensors straight into its parameters (see :mod:`.per_rank`).
 
-When both are present, the per-rank layout is used if it was saved for the engine's
-tensor-parallel size, the full one otherwise.
+Per-rank checkpoints saved for the engine's tensor-parallel size win; otherwise the full
+flash checkpoint, otherwise the safetensors are read.
 
 Example::
 
-    vllm serve /models/qwen-flash --load-format flash
+    vllm serve /models/qwen --load-format flash            # plain safetensors directory
+    vllm serve /models/qwen-flash --load-format flash      # flashtensors convert output
     LLM(model="/models/qwen-flash", load_format="flash",
         model_loader_extra_config={"threads": 8})
 """
@@ -36,16 +40,18 @@ from vllm.model_executor.model_loader.base_loader import BaseModelLoader
 
 from flashtensors import flash
 from flashtensors.errors import FlashDeviceError, FlashFormatError
+from flashtensors.safetensors_format import weight_files
 
 from . import per_rank
-from .config import FlashLoaderConfig
+from .config import FlashConfigError, FlashLoaderConfig
 
 # Under vLLM's logger, so that the messages appear in vLLM's log with its format.
 log = logging.getLogger("vllm.flashtensors")
 
 
 class FlashModelLoader(BaseModelLoader):
-    """Loads a model's weights from flash checkpoints (``load_format="flash"``).
+    """Loads a model's weights through flashtensors (``load_format="flash"``): from flash
+    checkpoints or, in a directory without one, from its safetensors files.
 
     Options come from ``model_loader_extra_config``, checked strictly by
     :class:`~.config.FlashLoaderConfig`.
@@ -60,8 +66,10 @@ class FlashModelLoader(BaseModelLoader):
         self.options = FlashLoaderConfig.from_extra_config(load_config.model_loader_extra_config)
 
     def download_model(self, model_config: ModelConfig) -> None:
-        """Nothing to download: flash weights are read from a local directory, checked here."""
-        _weights_dir(model_config)
+        """Nothing to download: weights are read from a local directory, checked here."""
+        root = _weights_dir(model_config)
+        if self.options.verify and not flash.is_checkpoint(root) and not per_rank.saved_tp_sizes(root):
+            raise _verify_needs_flash(root)
 
     def load_weights(self, model: nn.Module, model_config: ModelConfig) -> None:
         """Loads the weights in ``model_config``'s directory into ``model`` (see the module docstring)."""
@@ -69,15 +77,17 @@ class FlashModelLoader(BaseModelLoader):
         device = _model_device(model)
         started = time.perf_counter()
         _, tp_size = per_rank.tp_rank_and_size()
-        if tp_size in per_rank.saved_tp_sizes(root) or not flash.is_checkpoint(root):
+        layout = _layout(root, tp_size)
+        if layout == "per-rank":
             per_rank.load_rank(model, root, verify=self.options.verify, threads=self.options.threads)
-            layout = "per-rank"
         else:
+            if layout == "safetensors" and self.options.verify:
+                raise _verify_needs_flash(root)
             self._load_full(model, model_config, root, device)
-            layout = "full"
         log.info("flashtensors: loaded %s (%s layout) in %.2f s", root, layout, time.perf_counter() - started)
 
     def _load_full(self, model: nn.Module, model_config: ModelConfig, root: Path, device) -> None:
+        """Reads the full flash checkpoint (or else the safetensors) and feeds it to ``load_weights``."""
         _, tp_size = per_rank.tp_rank_and_size()
         if tp_size > 1:
             log.warning("flashtensors: with tensor parallelism every rank reads the whole checkpoint %s; "
@@ -92,10 +102,11 @@ class FlashModelLoader(BaseModelLoader):
             try:
                 DefaultModelLoader.track_weights_loading(self, model, set(loaded))
             except ValueError as e:
-                raise FlashFormatError(f"{root}: the flash checkpoint lacks weights the model needs: {e}") from None
+                raise FlashFormatError(f"{root}: the checkpoint lacks weights the model needs: {e}") from None
 
     def _stage(self, root: Path, device: torch.device) -> dict:
-        """The full checkpoint's tensors on ``device``, or in host memory if they do not fit there."""
+        """The full checkpoint's (or the safetensors') tensors on ``device``, or in host memory if
+        they do not fit there. ``flash.load_dict`` itself prefers a flash checkpoint."""
         cpu = torch.device("cpu")
         where = cpu if self.options.staging == "cpu" else device
         try:
@@ -115,13 +126,34 @@ def _weights_dir(model_config: ModelConfig) -> Path:
             f"--load-format flash reads a local model directory, and {str(root)!r} is not one "
             f"(download it first, e.g. with `hf download`)"
         )
-    if not flash.is_checkpoint(root) and not per_rank.saved_tp_sizes(root):
+    if not flash.is_checkpoint(root) and not per_rank.saved_tp_sizes(root) and weight_files(root) is None:
         raise FlashFormatError(
-            f"{root}: holds no flash checkpoint (neither flash_index.json nor "
-            f"{per_rank.RANK_DIR.format(rank='R', size='N')}/); convert it with "
-            f"`flashtensors convert` or save one with flash.save_dict"
+            f"{root}: holds no weights flashtensors reads (no flash_index.json, no "
+            f"{per_rank.RANK_DIR.format(rank='R', size='N')}/, no *.safetensors); convert "
+            f".bin or .pt weights with `flashtensors convert`, or save them with flash.save_dict"
         )
     return root
+
+
+def _verify_needs_flash(root: Path) -> FlashConfigError:
+    return FlashConfigError(
+        f"{root}: model_loader_extra_config 'verify' checks the CRC-32C checksums of a flash "
+        f"checkpoint, and this directory holds safetensors weights, which have none; drop "
+        f"'verify', or convert it with `flashtensors convert`"
+    )
+
+
+def _layout(root: Path, tp_size: int) -> str:
+    """Which weights of ``root`` this engine reads: ``"per-rank"`` (saved for ``tp_size``),
+    ``"full"`` (a flash checkpoint) or ``"safetensors"``. With per-rank checkpoints for
+    other sizes only, ``"per-rank"`` too, so that loading names the sizes present."""
+    if tp_size in per_rank.saved_tp_sizes(root):
+        return "per-rank"
+    if flash.is_checkpoint(root):
+        return "full"
+    if weight_files(root) is not None:
+        return "safetensors"
+    return "per-rank"
 
 
 def _model_device(model: nn.Module) -> torch.device:
