@@ -25,7 +25,7 @@ import threading
 from dataclasses import dataclass
 
 from . import _native
-from .errors import FlashError
+from .errors import FlashDeviceError, FlashError
 
 PIECE_BYTES = 16 << 20  # one broadcast; a multiple of the O_DIRECT block
 READ_AHEAD = 4  # pieces an owner reads before they are broadcast
@@ -46,6 +46,11 @@ class Need:
 
 class GroupError(FlashError):
     """A collective load failed on some rank, or the ranks disagree."""
+
+
+class GroupDeviceError(GroupError, FlashDeviceError):
+    """A collective load failed on some rank for want of device room (every rank can then
+    fall back the same way, e.g. to host memory)."""
 
 
 class Collective:
@@ -82,17 +87,18 @@ class Collective:
         self._wait(self.dist.all_gather(parts, mine, group=self.group, async_op=True), "exchanging plans")
         return [pickle.loads(bytes(p[:int(s.item())].cpu().numpy())) for p, s in zip(parts, sizes)]
 
-    def agree(self, fingerprint, needs, error: str | None) -> dict:
+    def agree(self, fingerprint, needs, error: str | None, device_error: bool = False) -> dict:
         """Checks that every rank got ready and reads the same checkpoint; returns
         ``{"ranges": union of needed (file, start, end), "hosts": rank -> host name}``."""
         ranges = _merge((n.file, n.offset, n.offset + n.length) for n in needs) if error is None else []
-        status = self.gather({"error": error, "fingerprint": fingerprint, "ranges": ranges,
-                              "host": socket.gethostname()})
+        status = self.gather({"error": error, "device_error": device_error, "fingerprint": fingerprint,
+                              "ranges": ranges, "host": socket.gethostname()})
         self.agreed = True
-        failed = [(r, s["error"]) for r, s in enumerate(status) if s["error"] is not None]
+        failed = [(r, s) for r, s in enumerate(status) if s["error"] is not None]
         if failed:
-            rank, message = failed[0]
-            raise GroupError(f"{self.path}: collective load failed on rank {rank} of {self.size}: {message}")
+            rank, s = failed[0]
+            kind = GroupDeviceError if s["device_error"] else GroupError
+            raise kind(f"{self.path}: collective load failed on rank {rank} of {self.size}: {s['error']}")
         prints = {s["fingerprint"] for s in status}
         if len(prints) > 1:
             raise GroupError(f"{self.path}: the ranks of the group are loading different checkpoints "
@@ -265,7 +271,8 @@ def run(group, path, body):
     except Exception as e:
         if c.agreed or isinstance(e, GroupError):
             raise
-        c.agree(None, [], f"{type(e).__name__}: {e}" if not isinstance(e, FlashError) else str(e))
+        c.agree(None, [], f"{type(e).__name__}: {e}" if not isinstance(e, FlashError) else str(e),
+                device_error=isinstance(e, FlashDeviceError))
         raise  # not reached: agree() raised for everyone
 
 

@@ -73,7 +73,14 @@ def test_unconverted_safetensors_directory_loads_at_tensor_parallel_2(run):
     st, unconverted = run["results"]["qwen2/safetensors"], run["results"]["qwen2/unconverted"]
     assert "error" not in unconverted, unconverted
     assert (unconverted["token_ids"], unconverted["texts"]) == (st["token_ids"], st["texts"])
-    assert f"flashtensors: loaded {run['dirs']['qwen2'][0]} (safetensors layout)" in run["log"]
+    assert (f"flashtensors: loaded {run['dirs']['qwen2'][0]} (safetensors layout, read once by the 2 "
+            "tensor-parallel ranks)") in run["log"]
+
+
+def test_full_checkpoints_at_tensor_parallel_2_are_read_once_by_the_group(run):
+    # Each rank read its share and the TP group shared the rest (flash.load_dict(group=...)).
+    assert (f"flashtensors: loaded {run['dirs']['qwen2'][1]} (full layout, read once by the 2 "
+            "tensor-parallel ranks)") in run["log"]
 
 
 def test_loader_options_reach_the_loader(run):

@@ -54,13 +54,15 @@ def test_register_is_idempotent():
 
 def test_extra_config_defaults_and_values():
     assert FlashLoaderConfig.from_extra_config(None) == FlashLoaderConfig()
-    assert FlashLoaderConfig.from_extra_config({}) == FlashLoaderConfig(threads=None, verify=False, staging="device")
-    got = FlashLoaderConfig.from_extra_config({"threads": 16, "verify": True, "staging": "cpu"})
-    assert got == FlashLoaderConfig(threads=16, verify=True, staging="cpu")
+    assert FlashLoaderConfig.from_extra_config({}) == FlashLoaderConfig(threads=None, verify=False, staging="device",
+                                                                        distributed=True)
+    got = FlashLoaderConfig.from_extra_config({"threads": 16, "verify": True, "staging": "cpu", "distributed": False})
+    assert got == FlashLoaderConfig(threads=16, verify=True, staging="cpu", distributed=False)
 
 
 def test_loader_rejects_unknown_extra_config_keys():
-    with pytest.raises(FlashConfigError, match=r"\['thread'\].*the options are \['threads', 'verify', 'staging'\]"):
+    options = r"\['threads', 'verify', 'staging', 'distributed'\]"
+    with pytest.raises(FlashConfigError, match=r"\['thread'\].*the options are " + options):
         FlashModelLoader(LoadConfig(load_format="flash", model_loader_extra_config={"thread": 4}))
 
 
@@ -73,6 +75,7 @@ def test_loader_rejects_unknown_extra_config_keys():
         ({"verify": "yes"}, "verify"),
         ({"verify": 1}, "verify"),
         ({"staging": "gpu"}, "staging"),
+        ({"distributed": "no"}, "distributed"),
     ],
 )
 def test_bad_extra_config_values_are_errors(extra, key):

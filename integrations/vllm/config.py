@@ -35,15 +35,20 @@ class FlashLoaderConfig:
             shards it: ``"device"`` (the worker's GPU, fastest; host memory when the whole
             checkpoint does not fit there beside the model) or ``"cpu"`` (host memory
             always). Per-rank checkpoints always load onto the worker's device.
+        distributed: with tensor parallelism, full checkpoints (flash or safetensors) are
+            read once by the tensor-parallel group, each rank reading its share and the
+            group sharing it (``flash.load_dict(..., group=...)``); ``False``: every rank
+            reads the whole checkpoint itself.
 
     Example:
         >>> FlashLoaderConfig.from_extra_config({"threads": 8})
-        FlashLoaderConfig(threads=8, verify=False, staging='device')
+        FlashLoaderConfig(threads=8, verify=False, staging='device', distributed=True)
     """
 
     threads: int | None = None
     verify: bool = False
     staging: str = "device"
+    distributed: bool = True
 
     @classmethod
     def from_extra_config(cls, extra: Mapping[str, Any] | None) -> FlashLoaderConfig:
@@ -71,4 +76,8 @@ class FlashLoaderConfig:
             raise FlashConfigError(
                 f"model_loader_extra_config 'staging' must be one of {list(STAGING_CHOICES)}, got {staging!r}"
             )
-        return cls(threads=threads, verify=verify, staging=staging)
+        distributed = extra.get("distributed", True)
+        if type(distributed) is not bool:
+            raise FlashConfigError(
+                f"model_loader_extra_config 'distributed' must be true or false, got {distributed!r}")
+        return cls(threads=threads, verify=verify, staging=staging, distributed=distributed)

@@ -84,14 +84,12 @@ class FlashModelLoader(BaseModelLoader):
             if layout == "safetensors" and self.options.verify:
                 raise _verify_needs_flash(root)
             self._load_full(model, model_config, root, device)
-        log.info("flashtensors: loaded %s (%s layout) in %.2f s", root, layout, time.perf_counter() - started)
+        shared = layout != "per-rank" and tp_size > 1 and self.options.distributed
+        log.info("flashtensors: loaded %s (%s layout%s) in %.2f s", root, layout,
+                 f", read once by the {tp_size} tensor-parallel ranks" if shared else "", time.perf_counter() - started)
 
     def _load_full(self, model: nn.Module, model_config: ModelConfig, root: Path, device) -> None:
         """Reads the full flash checkpoint (or else the safetensors) and feeds it to ``load_weights``."""
-        _, tp_size = per_rank.tp_rank_and_size()
-        if tp_size > 1:
-            log.warning("flashtensors: with tensor parallelism every rank reads the whole checkpoint %s; "
-                        "save per-rank checkpoints (save_vllm_checkpoint) to read each rank's share only", root)
         tensors = self._stage(root, device)
         loaded = model.load_weights(tensors.items())
         del tensors
@@ -110,12 +108,24 @@ class FlashModelLoader(BaseModelLoader):
         cpu = torch.device("cpu")
         where = cpu if self.options.staging == "cpu" else device
         try:
-            return flash.load_dict(root, where, verify=self.options.verify, threads=self.options.threads)
-        except FlashDeviceError as e:  # the whole checkpoint does not fit beside the model
+            return flash.load_dict(root, where, verify=self.options.verify, threads=self.options.threads,
+                                   group=self._group(where))
+        except FlashDeviceError as e:  # the whole checkpoint does not fit beside the model (on some rank)
             if where == cpu:
                 raise
             log.warning("flashtensors: %s; staging the checkpoint in host memory instead", e)
-            return flash.load_dict(root, cpu, threads=self.options.threads)  # verified already
+            return flash.load_dict(root, cpu, threads=self.options.threads, group=self._group(cpu))  # verified
+
+    def _group(self, where: torch.device):
+        """The tensor-parallel group that reads the checkpoint once and shares it, or None:
+        its NCCL group for GPU staging, its gloo group for host staging."""
+        _, tp_size = per_rank.tp_rank_and_size()
+        if tp_size == 1 or not self.options.distributed:
+            return None
+        from vllm.distributed import get_tp_group
+
+        tp = get_tp_group()
+        return tp.device_group if where.type == "cuda" else tp.cpu_group
 
 
 def _weights_dir(model_config: ModelConfig) -> Path:
