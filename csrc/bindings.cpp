@@ -16,6 +16,7 @@
 #include "load_plan.h"
 #include "loader.h"
 #include "pinned_pool.h"
+#include "region_writer.h"
 #include "safetensors_header.h"
 
 namespace py = pybind11;
@@ -328,6 +329,22 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("path"), "Fraction of the file's pages in the page cache (1.0 where it cannot be told).");
 
+  m.def(
+      "write_regions",
+      [](int fd, const std::vector<std::pair<uint64_t, uint64_t>>& regions,
+         const std::vector<std::tuple<uint32_t, uint64_t, uint64_t>>& ranges, uint64_t alignment) {
+        std::vector<flash::MemoryRegion> rs;
+        rs.reserve(regions.size());
+        for (const auto& [address, length] : regions) rs.push_back({address, length});
+        std::vector<flash::ChecksumRange> cs;
+        cs.reserve(ranges.size());
+        for (const auto& [region, offset, length] : ranges) cs.push_back({region, offset, length});
+        py::gil_scoped_release nogil;
+        return flash::write_regions(fd, rs, cs, alignment);
+      },
+      py::arg("fd"), py::arg("regions"), py::arg("ranges"), py::arg("alignment"),
+      "Appends (address, length) host regions to fd, each padded with zeros to `alignment`; "
+      "returns the CRC-32C of each (region, offset, length) range.");
   m.def(
       "touch_pages",
       [](const std::vector<std::pair<uint64_t, uint64_t>>& ranges) {

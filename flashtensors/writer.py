@@ -8,7 +8,6 @@ leftovers are removed by the next save into the same directory.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import logging
@@ -32,9 +31,12 @@ from .format import (
 )
 
 DEFAULT_MAX_FILE_SIZE = 4 << 30
+# Regions are written in batches, one native call each: small tensors (MoE experts) cost
+# no system call and no Python I/O each.
+_BATCH_BYTES = 64 << 20
+_BATCH_REGIONS = 4096
 _OUR_DATA_FILE = re.compile(r"^weights-[0-9a-f]{8}-\d{5}\.flash$")
 _OUR_TEMP_INDEX = re.compile(r"^" + re.escape(INDEX_FILENAME) + r"\.tmp-[0-9a-f]{8}$")
-_ZEROS = bytes(ALIGNMENT)
 log = logging.getLogger("flashtensors")
 
 
@@ -68,7 +70,10 @@ class CheckpointWriter:
         self._files: list = []  # DataFileEntry of files already closed
         self._tensors: dict = {}
         self._out = None  # the data file being written
-        self._out_size = 0
+        self._out_size = 0  # including the regions still pending
+        self._pending: list = []  # host regions not yet written (kept alive until then)
+        self._pending_crcs: list = []  # (pending region, offset, length, then the tensor's entry fields)
+        self._pending_bytes = 0
         self._done = False
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -157,23 +162,35 @@ class CheckpointWriter:
             self._out_size = 0
         base = self._out_size
         host = region.cpu() if region.device.type != "cpu" else region
-        _write_all(self._out, host)
-        pad = -nbytes % ALIGNMENT
-        if pad:
-            _write_all_bytes(self._out, _ZEROS[:pad])
-        self._out_size += nbytes + pad
-        crc = _native.module().crc32c
+        self._pending.append(host)
+        self._out_size += nbytes + -nbytes % ALIGNMENT
         for name, tensor, rel, strides in members:
-            dtype = dtype_name(tensor.dtype)
-            length = span_bytes(tuple(tensor.shape), strides, tensor.element_size())
-            self._tensors[name] = TensorEntry(
-                name=name, dtype=dtype, shape=tuple(tensor.shape), file=len(self._files),
-                offset=base + rel, length=length, crc32c=crc(host.data_ptr() + rel, length),
-                strides=strides)
+            shape = tuple(tensor.shape)
+            length = span_bytes(shape, strides, tensor.element_size())
+            self._tensors[name] = None  # holds the name's place; the entry comes with its checksum (_flush)
+            self._pending_crcs.append((len(self._pending) - 1, rel, length, name, dtype_name(tensor.dtype), shape,
+                                       len(self._files), base + rel, strides))
+        self._pending_bytes += nbytes
+        if self._pending_bytes >= _BATCH_BYTES or len(self._pending) >= _BATCH_REGIONS:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Writes the pending regions (padded) in one native call, and fills in the
+        checksums of their tensors."""
+        if not self._pending:
+            return
+        crcs = _native.module().write_regions(
+            self._out.fileno(), [(t.data_ptr(), t.numel()) for t in self._pending],
+            [(i, rel, length) for i, rel, length, *_ in self._pending_crcs], ALIGNMENT)
+        for (_, _, length, name, dtype, shape, file, offset, strides), crc in zip(self._pending_crcs, crcs):
+            self._tensors[name] = TensorEntry(name=name, dtype=dtype, shape=shape, file=file, offset=offset,
+                                              length=length, crc32c=crc, strides=strides)
+        self._pending, self._pending_crcs, self._pending_bytes = [], [], 0
 
     def _close_data_file(self):
         if self._out is None:
             return
+        self._flush()
         os.fsync(self._out.fileno())
         self._out.close()
         self._out = None
@@ -236,19 +253,6 @@ def _region_of(members):
         strides = None if t.is_contiguous() else tuple(t.stride())
         out.append((name, t, start - lo, strides))
     return region, out
-
-
-def _write_all(f, tensor) -> None:
-    n = tensor.numel()
-    if n:
-        _write_all_bytes(f, (ctypes.c_char * n).from_address(tensor.data_ptr()))
-
-
-def _write_all_bytes(f, data) -> None:
-    view = memoryview(data).cast("B")
-    while view:
-        written = f.write(view)
-        view = view[written:]
 
 
 def _check_metadata(metadata):
