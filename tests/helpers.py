@@ -1,9 +1,11 @@
 """Helpers shared by the tests."""
 
+import json
 import subprocess
 import sys
 
 import torch
+from safetensors.torch import save_file
 
 
 def assert_same(loaded: dict, expected: dict):
@@ -22,6 +24,21 @@ def _bits(t):
     if t.dtype == torch.bool or t.numel() == 0:
         return t
     return t.reshape(-1).view(torch.uint8)
+
+
+def save_shards(sd: dict[str, torch.Tensor], path, n_shards: int, *, index: bool):
+    """Save ``sd`` as Hugging Face-style safetensors shards in ``path``, with or without the index."""
+    path.mkdir(parents=True, exist_ok=True)
+    names = list(sd)
+    weight_map = {}
+    for i in range(n_shards):
+        shard = f"model-{i + 1:05d}-of-{n_shards:05d}.safetensors"
+        part = {n: sd[n] for n in names[i::n_shards]}
+        save_file(part, str(path / shard), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(part, shard))
+    if index:
+        index_json = json.dumps({"metadata": {}, "weight_map": weight_map})
+        (path / "model.safetensors.index.json").write_text(index_json)
 
 
 def flashtensors(*args) -> subprocess.CompletedProcess:

@@ -12,6 +12,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import safetensors
@@ -19,6 +20,18 @@ import safetensors.torch
 import torch
 
 INPUT_IDS = torch.tensor([[2, 40, 77, 90, 15, 200, 3, 9]])
+
+
+@contextlib.contextmanager
+def patched_transformers():
+    """transformers patched (with the defaults) inside the block, unpatched after it."""
+    from flashtensors.integrations import transformers as flash_tf
+
+    flash_tf.patch()
+    try:
+        yield
+    finally:
+        flash_tf.unpatch()
 
 
 def output(model):

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from flashtensors import flash
 
-from helpers import flashtensors
+from helpers import flashtensors, save_shards
 
 
 def weights(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -30,21 +30,6 @@ def weights(seed: int = 0) -> dict[str, torch.Tensor]:
         "mask": torch.rand(8, generator=g) > 0.5,
         "scale": torch.tensor(3.5),
     }
-
-
-def save_shards(sd: dict[str, torch.Tensor], path, n_shards: int, *, index: bool):
-    """Save ``sd`` as Hugging Face-style safetensors shards in ``path``, with or without the index."""
-    path.mkdir(parents=True, exist_ok=True)
-    names = list(sd)
-    weight_map = {}
-    for i in range(n_shards):
-        shard = f"model-{i + 1:05d}-of-{n_shards:05d}.safetensors"
-        part = {n: sd[n] for n in names[i::n_shards]}
-        save_file(part, path / shard, metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(part, shard))
-    if index:
-        index_json = json.dumps({"metadata": {}, "weight_map": weight_map})
-        (path / "model.safetensors.index.json").write_text(index_json)
 
 
 def other_files(path) -> list[str]:

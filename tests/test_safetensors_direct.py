@@ -13,6 +13,8 @@ from safetensors.torch import load_file, save_file
 from flashtensors import FlashError, FlashFormatError, flash
 from flashtensors.loader import load
 
+from helpers import save_shards
+
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2,
           torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.uint16, torch.uint32, torch.uint64,
           torch.bool, torch.complex64]
@@ -70,15 +72,7 @@ def test_the_result_can_be_saved_again(one_file, tmp_path):
 
 
 def _sharded_dir(root, tensors: dict, shards: int):
-    root.mkdir(parents=True, exist_ok=True)
-    names = list(tensors)
-    weight_map = {}
-    for s in range(shards):
-        file = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
-        part = {n: tensors[n] for n in names[s::shards]}
-        save_file(part, str(root / file))
-        weight_map.update({n: file for n in part})
-    (root / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    save_shards(tensors, root, shards, index=True)
     (root / "config.json").write_text("{}")
     return root
 

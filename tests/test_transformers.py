@@ -25,7 +25,7 @@ import flashtensors  # noqa: E402
 from flashtensors import FlashChecksumError, FlashError, FlashFormatError, flash  # noqa: E402
 from flashtensors.integrations import transformers as flash_tf  # noqa: E402
 
-from model_checks import assert_same_model, output, tied_pairs  # noqa: E402
+from model_checks import assert_same_model, output, patched_transformers, tied_pairs  # noqa: E402
 from tiny_models import ARCHS, VOCAB_SIZE, make_model, make_tokenizer  # noqa: E402
 
 AUTO_CLASS = {"bert": AutoModel}
@@ -33,10 +33,9 @@ AUTO_CLASS = {"bert": AutoModel}
 
 @pytest.fixture(autouse=True)
 def patched():
-    """Each test starts patched and leaves transformers unpatched."""
-    flash_tf.patch()
-    yield
-    flash_tf.unpatch()
+    """Each test starts patched (defaults) and leaves transformers unpatched."""
+    with patched_transformers():
+        yield
 
 
 def save_both(model, tmp_path, **flash_kwargs):

@@ -24,7 +24,7 @@ from flashtensors import FlashFormatError, flash  # noqa: E402
 from flashtensors.integrations import transformers as flash_tf  # noqa: E402
 from flashtensors.integrations.transformers import loading  # noqa: E402
 
-from model_checks import SafetensorsReads, assert_same_model, output, tied_pairs  # noqa: E402
+from model_checks import SafetensorsReads, assert_same_model, output, patched_transformers, tied_pairs  # noqa: E402
 from tiny_models import ARCHS, make_model  # noqa: E402
 
 AUTO_CLASS = {"bert": AutoModel}
@@ -33,9 +33,8 @@ AUTO_CLASS = {"bert": AutoModel}
 @pytest.fixture(autouse=True)
 def patched():
     """Each test starts patched (defaults) and leaves transformers unpatched."""
-    flash_tf.patch()
-    yield
-    flash_tf.unpatch()
+    with patched_transformers():
+        yield
 
 
 def load(arch, path, **kwargs):
