@@ -145,6 +145,18 @@ class Collective:
             rank, message = failed[0]
             raise GroupError(f"{self.path}: rank {rank} of {self.size} could not read its share: {message}")
 
+    def reader(self, index):
+        """A ``read`` for :func:`flashtensors.loader.load_index` that shares the reading
+        of its laid-out plan with the group."""
+        def read(path, plan, paths, sizes, buffers, n_threads, io):
+            owners = {code: buffer for (code, _), buffer in zip(sizes, buffers)}
+            needs = needs_of_ops(plan.read_ops([address for address, _ in buffers]), owners)
+            agreed = self.agree(index.table.fingerprint(), needs, None)
+            self.exchange(paths, agreed["ranges"], needs, n_threads, io)
+            return self.is_host_leader(agreed["hosts"])
+
+        return read
+
     def _wait(self, work, doing: str) -> None:
         try:
             work.wait(self.timeout)

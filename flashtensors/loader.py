@@ -57,7 +57,7 @@ def load(path, device_map=None, *, threads: int | None = None, io: str = "auto",
 
         def body(c):
             index, paths = open_checkpoint(path)
-            return load_index(path, index, paths, device_map, n_threads, io, read=_collective_read(c, index))
+            return load_index(path, index, paths, device_map, n_threads, io, read=c.reader(index))
 
         return collective.run(group, path, body)
 
@@ -68,25 +68,12 @@ def load(path, device_map=None, *, threads: int | None = None, io: str = "auto",
     return with_retry(path, once)
 
 
-def _collective_read(c, index):
-    """A ``read`` for :func:`load_index` that shares the reading with the group of ``c``."""
-    from .group import needs_of_ops
-
-    def read(path, plan, paths, sizes, buffers, n_threads, io):
-        bases = {code: buffer for (code, _), buffer in zip(sizes, buffers)}
-        needs = needs_of_ops(plan.read_ops([address for address, _ in buffers]), bases)
-        agreed = c.agree(index.table.fingerprint(), needs, None)
-        c.exchange(paths, agreed["ranges"], needs, n_threads, "auto" if io == "mmap" else io)
-        return c.is_host_leader(agreed["hosts"])
-
-    return read
-
-
 def _local_read(path, plan, paths, sizes, buffers, n_threads, io) -> bool:
-    """Reads a laid-out plan into its buffers here; True: this process may fill the page cache."""
-    execute(path, lambda threads: plan.execute(paths, [address for address, _ in buffers], threads,
-                                                         CHUNK_BYTES, "auto" if io == "mmap" else io),
-            n_threads, to_gpu=any(code >= 0 for code, _ in sizes))
+    """Reads a laid-out plan into its buffers (``(address, owner)`` per device of
+    ``sizes``) here; True: this process may fill the page cache. ``io`` is a native mode."""
+    bases = [address for address, _ in buffers]
+    execute(path, lambda threads: plan.execute(paths, bases, threads, CHUNK_BYTES, io), n_threads,
+            to_gpu=any(code >= 0 for code, _ in sizes))
     return True
 
 
@@ -124,7 +111,8 @@ def load_index(path, index, paths, device_map, n_threads: int, io: str = "auto",
     sizes = plan.layout(list(mapped), ALIGNMENT)
     _check_capacity(sizes, path)
     buffers = [_allocate(nbytes, device_of_code(code)) for code, nbytes in sizes]
-    may_fill_cache = (read or _local_read)(path, plan, paths, sizes, buffers, n_threads, io)
+    native_io = "auto" if io == "mmap" else io  # mapping was decided above; the rest is read
+    may_fill_cache = (read or _local_read)(path, plan, paths, sizes, buffers, n_threads, native_io)
 
     cold = [paths[f] for f in plan.files_used(False) if f not in mapped and residency.get(f, 1.0) < 0.5]
     if cold and CACHE_AFTER_COLD_LOAD and may_fill_cache:
