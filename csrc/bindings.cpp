@@ -121,7 +121,7 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "flashtensors native core: plan execution, checksums, CUDA runtime lookup.";
   // Read failures surface as OSError subclasses, CUDA failures as RuntimeError ones.
   static py::exception<flash::IoError> io_error(m, "IoError", PyExc_OSError);
-  // RemoteError(message, HTTP status or 0, url, offset): a remote source failed (an IoError).
+  // RemoteError(message) with .status (HTTP, or 0), .url and .offset: a remote source failed.
   static py::exception<flash::RemoteError> remote_error(m, "RemoteError", io_error.ptr());
   py::register_exception<flash::CudaError>(m, "CudaError", PyExc_RuntimeError);
   // FormatError(message, tensor or None): an invalid index or header.
@@ -134,7 +134,11 @@ PYBIND11_MODULE(_C, m) {
       py::object tensor = e.has_tensor() ? py::object(to_str(e.tensor())) : py::object(py::none());
       PyErr_SetObject(format_error.ptr(), py::make_tuple(e.what(), tensor).ptr());
     } catch (const flash::RemoteError& e) {
-      PyErr_SetObject(remote_error.ptr(), py::make_tuple(e.what(), e.status(), e.url(), e.offset()).ptr());
+      py::object error = py::reinterpret_borrow<py::object>(remote_error.ptr())(to_str(e.what()));
+      error.attr("status") = e.status();
+      error.attr("url") = to_str(e.url());
+      error.attr("offset") = e.offset();
+      PyErr_SetObject(remote_error.ptr(), error.ptr());
     } catch (const flash::IoError& e) {
       PyErr_SetString(io_error.ptr(), e.what());
     } catch (const flash::UncoveredTensor& e) {

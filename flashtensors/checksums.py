@@ -32,7 +32,7 @@ def verify(path, *, threads: int | None = None, timeout=None) -> int:
     try:
         crcs = native.checksum_ranges(paths, [(e.file, e.offset, e.length) for e in entries], n_threads, timeout)
     except native.RemoteError as e:
-        raise FlashRemoteError(e.args[0], e.args[1], e.args[2]) from None
+        raise FlashRemoteError(str(e), e.status, e.url) from None
     except OSError as e:
         raise FlashFormatError(f"{path}: reading the checkpoint failed: {e}") from None
     bad = [(e.name, paths[e.file]) for e, crc in zip(entries, crcs) if crc != e.crc32c]

@@ -218,8 +218,7 @@ def execute(path, read, threads: int, *, to_gpu: bool, index=None, paths=None) -
     try:
         read(threads)
     except native.RemoteError as e:
-        message, status, url, offset = e.args
-        raise FlashRemoteError(message + _tensor_named(index, paths, url, offset), status, url) from None
+        raise FlashRemoteError(str(e) + _tensor_named(index, paths, e.url, e.offset), e.status, e.url) from None
     except OSError as e:
         raise FlashFormatError(f"{path}: reading the checkpoint failed: {e}") from None
     except RuntimeError as e:
