@@ -22,7 +22,7 @@ PRESIGN_SECONDS = 6 * 3600  # a load finishes well within this; credentials may 
 
 
 @lru_cache(maxsize=None)
-def _client(timeout: float):
+def _client(timeout: float, _environment: tuple):
     try:
         import botocore.config
         import botocore.session
@@ -35,9 +35,18 @@ def _client(timeout: float):
     return session.create_client("s3", region_name=region, config=config)
 
 
+ENVIRONMENT = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION",
+               "AWS_ACCESS_KEY_ID", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")
+
+
 def client(timeout: float = 30.0):
-    """The botocore S3 client flashtensors uses (one per timeout, made on first use)."""
-    return _client(float(timeout))
+    """The botocore S3 client flashtensors uses: made on first use, again when the AWS
+    environment variables that choose the endpoint, profile or keys change.
+
+    Example:
+        >>> client().list_buckets()["Buckets"]                # doctest: +SKIP
+    """
+    return _client(float(timeout), tuple(os.environ.get(name) for name in ENVIRONMENT))
 
 
 class S3Store:
