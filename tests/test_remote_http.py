@@ -229,3 +229,20 @@ def test_presigned_style_url_hides_its_query(site):
 def test_bad_timeout_is_refused():
     with pytest.raises(FlashError, match="timeout must be more than 0"):
         flash.load_dict("http://127.0.0.1:1/m", timeout=-1)
+
+
+def test_bench_with_a_loopback_nginx(tmp_path):
+    from remote_servers import need_nginx
+
+    need_nginx()
+    if shutil.which("curl") is None:
+        pytest.skip("the remote benchmark compares with curl, which is not installed")
+    from helpers import flashtensors
+
+    out = tmp_path / "bench.json"
+    r = flashtensors("bench", "--size", "0.01", "--nginx", "--device", "cpu", "--runs", "1",
+                     "--dir", tmp_path / "work", "--json", out)
+    assert r.returncode == 0, r.stderr
+    assert "streaming reaches" in r.stdout
+    result = json.loads(out.read_text())
+    assert result["bytes"] > 0 and result["stream_s"] > 0 and result["curl_s"] > 0
