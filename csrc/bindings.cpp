@@ -11,6 +11,7 @@
 
 #include "crc32c.h"
 #include "cuda_api.h"
+#include "data_file.h"
 #include "errors.h"
 #include "flash_index.h"
 #include "load_plan.h"
@@ -120,7 +121,9 @@ flash::IoMode parse_io(const std::string& io) {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "flashtensors native core: plan execution, checksums, CUDA runtime lookup.";
   // Read failures surface as OSError subclasses, CUDA failures as RuntimeError ones.
-  py::register_exception<flash::IoError>(m, "IoError", PyExc_OSError);
+  static py::exception<flash::IoError> io_error(m, "IoError", PyExc_OSError);
+  // RemoteError(message) with .status (HTTP, or 0), .url and .offset: a remote source failed.
+  static py::exception<flash::RemoteError> remote_error(m, "RemoteError", io_error.ptr());
   py::register_exception<flash::CudaError>(m, "CudaError", PyExc_RuntimeError);
   // FormatError(message, tensor or None): an invalid index or header.
   static py::exception<flash::FormatError> format_error(m, "FormatError", PyExc_ValueError);
@@ -131,6 +134,14 @@ PYBIND11_MODULE(_C, m) {
     } catch (const flash::FormatError& e) {
       py::object tensor = e.has_tensor() ? py::object(to_str(e.tensor())) : py::object(py::none());
       PyErr_SetObject(format_error.ptr(), py::make_tuple(e.what(), tensor).ptr());
+    } catch (const flash::RemoteError& e) {
+      py::object error = py::reinterpret_borrow<py::object>(remote_error.ptr())(to_str(e.what()));
+      error.attr("status") = e.status();
+      error.attr("url") = to_str(e.url());
+      error.attr("offset") = e.offset();
+      PyErr_SetObject(remote_error.ptr(), error.ptr());
+    } catch (const flash::IoError& e) {
+      PyErr_SetString(io_error.ptr(), e.what());
     } catch (const flash::UncoveredTensor& e) {
       PyErr_SetObject(uncovered.ptr(), to_str(e.what()).ptr());
     }
@@ -250,17 +261,20 @@ PYBIND11_MODULE(_C, m) {
       .def(
           "execute",
           [](const LoadPlan& p, const std::vector<std::string>& paths, const std::vector<uint64_t>& bases,
-             int threads, uint64_t chunk_bytes, const std::string& io) {
+             int threads, uint64_t chunk_bytes, const std::string& io, double timeout) {
             flash::LoadOptions options;
             options.threads = threads;
             options.chunk_bytes = chunk_bytes;
-            options.io = parse_io(io);
+            options.source.io = parse_io(io);
+            options.source.timeout_s = timeout;
             auto ops = p.read_ops(bases);
             py::gil_scoped_release nogil;
             flash::execute_plan(paths, ops, options);
           },
           py::arg("paths"), py::arg("bases"), py::arg("threads"), py::arg("chunk_bytes"), py::arg("io") = "auto",
-          "Reads every unmapped region into the device buffers at `bases`.")
+          py::arg("timeout") = 30.0,
+          "Reads every unmapped region into the device buffers at `bases`. Paths may be http(s) URLs; "
+          "`timeout`: seconds a remote piece may go without a byte, retries included.")
       .def(
           "views",
           [](const LoadPlan& p, const std::vector<std::tuple<uint64_t, py::object>>& buffers,
@@ -288,29 +302,32 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "execute_plan",
       [](const std::vector<std::string>& paths, const std::vector<OpTuple>& ops, int threads,
-         uint64_t chunk_bytes, const std::string& io) {
+         uint64_t chunk_bytes, const std::string& io, double timeout) {
         flash::LoadOptions options;
         options.threads = threads;
         options.chunk_bytes = chunk_bytes;
-        options.io = parse_io(io);
+        options.source.io = parse_io(io);
+        options.source.timeout_s = timeout;
         auto plan = to_ops(ops);
         py::gil_scoped_release nogil;
         flash::execute_plan(paths, plan, options);
       },
       py::arg("paths"), py::arg("ops"), py::arg("threads"), py::arg("chunk_bytes"), py::arg("io") = "auto",
-      "Read each (file, offset, length, dest_address, device) op; device -1 is host memory.");
+      py::arg("timeout") = 30.0,
+      "Read each (file, offset, length, dest_address, device) op; device -1 is host memory. Paths may be "
+      "http(s) URLs.");
 
   m.def(
       "checksum_ranges",
       [](const std::vector<std::string>& paths, const std::vector<std::tuple<uint32_t, uint64_t, uint64_t>>& ranges,
-         int threads) {
+         int threads, double timeout) {
         std::vector<flash::ReadOp> ops;
         ops.reserve(ranges.size());
         for (const auto& r : ranges) ops.push_back({std::get<0>(r), std::get<1>(r), std::get<2>(r), 0, -1});
         py::gil_scoped_release nogil;
-        return flash::checksum_ranges(paths, ops, threads);
+        return flash::checksum_ranges(paths, ops, threads, timeout);
       },
-      py::arg("paths"), py::arg("ranges"), py::arg("threads"),
+      py::arg("paths"), py::arg("ranges"), py::arg("threads"), py::arg("timeout") = 30.0,
       "CRC-32C of each (file, offset, length) range.");
 
   m.def(

@@ -6,17 +6,14 @@
 #include <cstdint>
 #include <string>
 
+#include "source.h"
+
 namespace flash {
 
-enum class IoMode { Auto, Buffered, Direct };
-
-// O_DIRECT needs offsets, lengths and buffers aligned to the device's logical block.
-constexpr uint64_t kDirectAlign = 4096;
-
-class DataFile {
+class DataFile : public Source {
  public:
   DataFile(std::string path, IoMode mode);
-  ~DataFile();
+  ~DataFile() override;
   DataFile(const DataFile&) = delete;
   DataFile& operator=(const DataFile&) = delete;
 
@@ -25,7 +22,7 @@ class DataFile {
 
   // Reads exactly `length` bytes at `offset` into `dst`; throws IoError on a short read.
   // O_DIRECT is used when allowed, the range is aligned and mostly not cached.
-  void read(void* dst, uint64_t offset, uint64_t length) const;
+  void read(void* dst, uint64_t offset, uint64_t length) const override;
 
   // Fraction of the pages in [offset, offset+length) that are in the page cache.
   double resident_fraction(uint64_t offset, uint64_t length) const;

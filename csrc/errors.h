@@ -1,6 +1,7 @@
 // Errors raised by the core. Every message names the file (and offset) it concerns,
 // so the Python layer can attach the tensor name and re-raise as a FlashError.
 #pragma once
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 
@@ -10,6 +11,24 @@ namespace flash {
 class IoError : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
+};
+
+// A remote source failed: an HTTP status that retrying cannot fix (403, 404, ...), or
+// a server that stopped answering or kept failing until retries ran out. `status` is the
+// HTTP status, 0 where there was none (connection refused, reset, timed out); `url` the
+// URL as shown (no query string) and `offset` where the failed piece starts.
+class RemoteError : public IoError {
+ public:
+  RemoteError(const std::string& message, int status, std::string url, uint64_t offset)
+      : IoError(message), status_(status), url_(std::move(url)), offset_(offset) {}
+  int status() const { return status_; }
+  const std::string& url() const { return url_; }
+  uint64_t offset() const { return offset_; }
+
+ private:
+  int status_;
+  std::string url_;
+  uint64_t offset_;
 };
 
 // The CUDA runtime is missing or a CUDA call failed.

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <exception>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -17,28 +18,23 @@
 namespace flash {
 namespace {
 
-// Remembers the first error any worker hit and tells the others to stop.
+// Remembers the first error any worker hit (as thrown: a RemoteError stays one) and
+// tells the others to stop.
 class FirstError {
  public:
-  void set(const std::string& message, bool is_cuda) {
+  void set(std::exception_ptr error) {
     std::lock_guard<std::mutex> lock(mu_);
-    if (!failed_.exchange(true)) {
-      message_ = message;
-      is_cuda_ = is_cuda;
-    }
+    if (!failed_.exchange(true)) error_ = std::move(error);
   }
   bool failed() const { return failed_.load(std::memory_order_relaxed); }
   void rethrow() const {
-    if (!failed_) return;
-    if (is_cuda_) throw CudaError(message_);
-    throw IoError(message_);
+    if (failed_) std::rethrow_exception(error_);
   }
 
  private:
   std::mutex mu_;
   std::atomic<bool> failed_{false};
-  std::string message_;
-  bool is_cuda_ = false;
+  std::exception_ptr error_;
 };
 
 // Runs fn(worker_index) on n new threads and joins them all, even when one throws.
@@ -49,10 +45,12 @@ void run_workers(int n, FirstError& error, Fn fn) {
   auto guarded = [&](int w) {
     try {
       fn(w);
-    } catch (const CudaError& e) {
-      error.set(e.what(), true);
+    } catch (const CudaError&) {
+      error.set(std::current_exception());
+    } catch (const IoError&) {
+      error.set(std::current_exception());
     } catch (const std::exception& e) {
-      error.set(e.what(), false);
+      error.set(std::make_exception_ptr(IoError(e.what())));
     }
   };
   std::vector<std::thread> threads;
@@ -63,9 +61,8 @@ void run_workers(int n, FirstError& error, Fn fn) {
     } catch (const std::system_error& e) {
       // Out of threads (a pids limit, address space): stop and report it; the threads
       // already started still stop and get joined.
-      error.set(std::string("cannot start I/O thread ") + std::to_string(w + 1) + " of " + std::to_string(n) +
-                    ": " + e.what(),
-                false);
+      error.set(std::make_exception_ptr(IoError(std::string("cannot start I/O thread ") + std::to_string(w + 1) +
+                                                " of " + std::to_string(n) + ": " + e.what())));
     }
   }
   for (auto& t : threads) t.join();
@@ -181,10 +178,10 @@ struct PinnedLease {
 constexpr int kMaxThreads = 1024;
 size_t clamp_threads(int threads) { return static_cast<size_t>(std::clamp(threads, 1, kMaxThreads)); }
 
-std::vector<std::unique_ptr<DataFile>> open_all(const std::vector<std::string>& paths, IoMode io) {
-  std::vector<std::unique_ptr<DataFile>> files;
+std::vector<std::unique_ptr<Source>> open_all(const std::vector<std::string>& paths, const SourceOptions& options) {
+  std::vector<std::unique_ptr<Source>> files;
   files.reserve(paths.size());
-  for (const auto& p : paths) files.push_back(std::make_unique<DataFile>(p, io));
+  for (const auto& p : paths) files.push_back(open_source(p, options));
   return files;
 }
 
@@ -202,7 +199,7 @@ void execute_plan(const std::vector<std::string>& paths, const std::vector<ReadO
   const uint64_t chunk = std::max<uint64_t>(kDirectAlign, options.chunk_bytes / kDirectAlign * kDirectAlign);
   const std::vector<ReadOp> chunks = split(ops, chunk);
   if (chunks.empty()) return;
-  const auto files = open_all(paths, options.io);
+  const auto files = open_all(paths, options.source);
   const int n_threads = static_cast<int>(std::min<size_t>(clamp_threads(options.threads), chunks.size()));
   const bool any_cuda = std::any_of(chunks.begin(), chunks.end(), [](const ReadOp& c) { return c.device >= 0; });
 
@@ -217,7 +214,7 @@ void execute_plan(const std::vector<std::string>& paths, const std::vector<ReadO
     if (any_cuda) stager = std::make_unique<CudaStager>(pinned.buffers[2 * w], pinned.buffers[2 * w + 1]);
     for (size_t i = next++; i < chunks.size() && !error.failed(); i = next++) {
       const ReadOp& c = chunks[i];
-      const DataFile& file = *files[c.file];
+      const Source& file = *files[c.file];
       if (c.device < 0) {
         file.read(reinterpret_cast<void*>(c.dest), c.offset, c.length);
       } else {
@@ -235,11 +232,14 @@ void execute_plan(const std::vector<std::string>& paths, const std::vector<ReadO
 }
 
 std::vector<uint32_t> checksum_ranges(const std::vector<std::string>& paths,
-                                      const std::vector<ReadOp>& ranges, int threads) {
+                                      const std::vector<ReadOp>& ranges, int threads, double timeout_s) {
   check_file_indices(ranges, paths.size());
   std::vector<uint32_t> out(ranges.size(), 0);
   if (ranges.empty()) return out;
-  const auto files = open_all(paths, IoMode::Buffered);
+  SourceOptions source;
+  source.io = IoMode::Buffered;
+  source.timeout_s = timeout_s;
+  const auto files = open_all(paths, source);
   const uint64_t piece = 8ull << 20;
   std::atomic<size_t> next{0};
   FirstError error;

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "data_file.h"
+#include "source.h"
 
 namespace flash {
 
@@ -21,10 +21,10 @@ struct ReadOp {
 struct LoadOptions {
   int threads = 4;
   uint64_t chunk_bytes = 16ull << 20;  // reads are split into pieces of at most this
-  IoMode io = IoMode::Auto;
+  SourceOptions source;  // how each path becomes a source (I/O mode, remote timeout)
 };
 
-// Reads every op; host targets are read straight into place, CUDA targets go through
+// Reads every op, each path through its source (a local file or a URL); host targets are read straight into place, CUDA targets go through
 // two pinned staging buffers per thread and cudaMemcpyAsync on per-thread streams, so
 // disk reads and PCIe copies overlap. Throws IoError/CudaError after all threads stop
 // and all copies in flight have finished.
@@ -33,6 +33,6 @@ void execute_plan(const std::vector<std::string>& paths, const std::vector<ReadO
 
 // CRC-32C of each (file, offset, length) range, read with `threads` threads.
 std::vector<uint32_t> checksum_ranges(const std::vector<std::string>& paths,
-                                      const std::vector<ReadOp>& ranges, int threads);
+                                      const std::vector<ReadOp>& ranges, int threads, double timeout_s = 30.0);
 
 }  // namespace flash

@@ -6,11 +6,11 @@ Example:
     >>> state_dict = flash.load_dict("/models/m", {"": 0})
 """
 
-from .errors import FlashChecksumError, FlashDeviceError, FlashError, FlashFormatError
+from .errors import FlashChecksumError, FlashDeviceError, FlashError, FlashFormatError, FlashRemoteError
 from .format import INDEX_FILENAME
 
 __version__ = "0.1.0"
-__all__ = ["flash", "FlashError", "FlashFormatError", "FlashChecksumError", "FlashDeviceError",
+__all__ = ["flash", "FlashError", "FlashFormatError", "FlashChecksumError", "FlashDeviceError", "FlashRemoteError",
            "INDEX_FILENAME", "patch_transformers"]
 
 

@@ -8,19 +8,29 @@ import os
 
 from .errors import FlashFormatError
 from .format import INDEX_FILENAME, data_file_paths, read_index
+from .remote import is_url, resolve_timeout
 from .safetensors_format import read_safetensors_index, weight_files
 
 
-def open_checkpoint(path) -> tuple:
+def open_checkpoint(path, timeout=None) -> tuple:
     """``(index, data file paths)`` of the checkpoint at ``path``: a flash checkpoint
     directory (preferred where a directory holds both), a ``.safetensors`` file, or a
-    directory of safetensors weights (Hugging Face layout).
+    directory of safetensors weights (Hugging Face layout). ``path`` may be an
+    ``http(s)://`` or ``s3://`` URL of any of them: the data "paths" are then URLs the
+    native reader fetches (``timeout``: see :func:`flashtensors.remote.resolve_timeout`).
 
-    Raises FlashFormatError when ``path`` holds none of them or what it holds is invalid.
+    Raises FlashFormatError when ``path`` holds none of them or what it holds is invalid,
+    FlashRemoteError when a URL cannot be read.
 
     Example:
         >>> index, paths = open_checkpoint("/models/Qwen3-8B")  # doctest: +SKIP
+        >>> index, urls = open_checkpoint("s3://bucket/Qwen3-8B")  # doctest: +SKIP
     """
+    if is_url(path):
+        from .remote.checkpoint import open_remote
+
+        ckpt = open_remote(path, resolve_timeout(timeout))
+        return ckpt.index, ckpt.data_urls
     if is_flash_checkpoint(path):
         index = read_index(path)
         return index, data_file_paths(path, index)
@@ -34,4 +44,6 @@ def open_checkpoint(path) -> tuple:
 
 def is_flash_checkpoint(path) -> bool:
     """Whether ``path`` is a directory with a flash index (whatever its state)."""
+    if is_url(path):
+        return False
     return os.path.lexists(os.path.join(os.fspath(path), INDEX_FILENAME))

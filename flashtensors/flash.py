@@ -17,6 +17,7 @@ from .checksums import verify as _verify
 from .format import INDEX_FILENAME, Index
 from .inplace import load_into as _load_into
 from .loader import load as _load
+from .remote import is_url
 from .writer import CheckpointWriter
 
 __all__ = ["save_dict", "load_dict", "load_into", "verify", "read_index", "is_checkpoint"]
@@ -52,7 +53,7 @@ def save_dict(state_dict, path, *, overwrite: bool = False, metadata: dict | Non
 
 
 def load_dict(path, device_map=None, *, verify: bool = False, threads: int | None = None,
-              server=None, group=None) -> dict:
+              server=None, group=None, timeout: float | None = None) -> dict:
     """Loads a flash checkpoint and returns ``{name: tensor}`` in saved order.
 
     Each device gets one allocation holding all its tensors; the tensors are views into
@@ -65,7 +66,10 @@ def load_dict(path, device_map=None, *, verify: bool = False, threads: int | Non
             safetensors weights in the Hugging Face layout (``model.safetensors``, or the
             shards of ``model.safetensors.index.json``; Hub cache snapshots included),
             read in place with no conversion. A directory holding both a flash checkpoint
-            and safetensors loads the flash checkpoint.
+            and safetensors loads the flash checkpoint. Any of these may be remote: an
+            ``http://``/``https://`` URL (a web server, a presigned URL of one file) or
+            ``s3://bucket/prefix``; the bytes stream from the network straight into the
+            tensors' memory (docs/remote.md).
         device_map: where tensors go, as in accelerate/transformers: a dict from name
             prefixes to devices (a tensor matches key ``k`` when its name is ``k`` or
             starts with ``k + "."``; ``""`` matches all; the longest key wins), or one
@@ -83,31 +87,38 @@ def load_dict(path, device_map=None, *, verify: bool = False, threads: int | Non
             own call asks for (its device_map), while the group reads each byte from
             storage once, split among the ranks, and shares it over the group's backend
             (gloo, or NCCL between GPUs). See docs/distributed.md.
+        timeout: remote checkpoints: seconds a read may go without receiving a byte,
+            retries included, before the load fails (default ``$FLASHTENSORS_TIMEOUT``,
+            else 30).
 
     Raises:
         FlashFormatError: the checkpoint is missing, invalid, truncated or corrupt.
         FlashDeviceError: the device_map is invalid, leaves a tensor out, names a
             device this machine lacks, or the tensors do not fit on their GPU.
+        FlashRemoteError: a remote object is missing (404) or forbidden (403), or the
+            server kept failing or stopped answering; nothing is returned.
 
     Example:
         >>> sd = flash.load_dict("/models/m", {"": 0})
         >>> sd = flash.load_dict("/models/m", {"model.layers": 0, "lm_head": "cpu"})
         >>> sd = flash.load_dict("/models/Qwen3-8B", 0)      # a Hugging Face directory, as it is
         >>> sd = flash.load_dict("/models/m", {"": rank}, group=torch.distributed.group.WORLD)
+        >>> sd = flash.load_dict("s3://bucket/models/Qwen3-8B", {"": 0})
     """
     if verify:
         # Checks the files on disk, so the tensors must come from them, not from the daemon.
-        _verify(path, threads=threads)
-        return _load(path, device_map, threads=threads, group=group)
-    if group is not None:
-        return _load(path, device_map, threads=threads, group=group)
+        _verify(path, threads=threads, timeout=timeout)
+        return _load(path, device_map, threads=threads, group=group, timeout=timeout)
+    if group is not None or is_url(path):
+        return _load(path, device_map, threads=threads, group=group, timeout=timeout)
     cached = try_load(path, device_map, server)
     if cached is not None:
         return cached
     return _load(path, device_map, threads=threads)
 
 
-def load_into(path, tensors: dict, *, threads: int | None = None, group=None) -> None:
+def load_into(path, tensors: dict, *, threads: int | None = None, group=None,
+              timeout: float | None = None) -> None:
     """Reads checkpoint tensors straight into existing tensors, such as a model's
     parameters, with no intermediate copy and no new allocation.
 
@@ -118,20 +129,24 @@ def load_into(path, tensors: dict, *, threads: int | None = None, group=None) ->
         threads: I/O threads (default: between 4 and 16, by CPU count).
         group: a ``torch.distributed`` process group, as for :func:`load_dict`: ranks may
             fill different tensors; each byte is read from storage once by the group.
+        timeout: remote checkpoints, as for :func:`load_dict`.
 
     Raises:
         FlashFormatError: a name is not in the checkpoint, a dtype or shape differs, or
             the checkpoint is invalid, truncated or corrupt.
+        FlashRemoteError: as for :func:`load_dict`.
 
     Example:
         >>> params = dict(model.named_parameters())
         >>> flash.load_into("/models/m", {n: p.data for n, p in params.items()})
+        >>> flash.load_into("https://weights.example.com/m", {n: p.data for n, p in params.items()})
     """
-    _load_into(path, tensors, threads=threads, group=group)
+    _load_into(path, tensors, threads=threads, group=group, timeout=timeout)
 
 
-def verify(path, *, threads: int | None = None) -> int:
-    """Recomputes every tensor's CRC-32C and compares it with the index.
+def verify(path, *, threads: int | None = None, timeout: float | None = None) -> int:
+    """Recomputes every tensor's CRC-32C and compares it with the index (of a local or
+    remote flash checkpoint; ``timeout`` as for :func:`load_dict`).
 
     Returns the number of tensors checked.
 
@@ -143,7 +158,7 @@ def verify(path, *, threads: int | None = None) -> int:
         >>> flash.verify("/models/m")
         399
     """
-    return _verify(path, threads=threads)
+    return _verify(path, threads=threads, timeout=timeout)
 
 
 def read_index(path) -> Index:
@@ -156,7 +171,7 @@ def read_index(path) -> Index:
         >>> flash.read_index("/models/m").tensors["weight"].shape
         (3, 3)
     """
-    return open_checkpoint(path)[0]
+    return open_checkpoint(path)[0]  # a URL too
 
 
 def is_checkpoint(path) -> bool:

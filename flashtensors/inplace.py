@@ -15,30 +15,34 @@ from .loader import (
     synchronize_before_copies,
     with_retry,
 )
+from .remote import resolve_timeout
 
 
-def load_into(path, targets: dict, *, threads: int | None = None, group=None) -> None:
+def load_into(path, targets: dict, *, threads: int | None = None, group=None, timeout=None) -> None:
     """See :func:`flashtensors.flash.load_into`."""
     n_threads = resolve_threads(threads)
+    timeout = resolve_timeout(timeout)
     if group is not None:
         from . import group as collective
 
         return collective.run(group, path, lambda c: _load_into_collectively(c, path, targets, n_threads))
 
     def once():
-        index, paths = open_checkpoint(path)
+        index, paths = open_checkpoint(path, timeout)
         direct, strided = _plan(path, index, targets)
         ops = [(e.file, e.offset, e.length, targets[name].data_ptr(), _device_code(targets[name]))
                for name, e in direct]
         gpus = {t.device for t in targets.values() if t.device.type == "cuda"}
         for device in gpus:
             synchronize_before_copies(device)
-        execute(path, lambda threads: _native.module().execute_plan(paths, ops, threads, CHUNK_BYTES),
-                n_threads, to_gpu=bool(gpus))
+        execute(path, lambda threads: _native.module().execute_plan(paths, ops, threads, CHUNK_BYTES,
+                                                                    timeout=timeout),
+                n_threads, to_gpu=bool(gpus), index=index, paths=paths)
         if strided:
             # Not one run of bytes on both sides: load just those (same index, same
             # files) and copy them over.
-            loaded = load_index(path, index, paths, "cpu", n_threads, only={name for name, _ in strided})
+            loaded = load_index(path, index, paths, "cpu", n_threads, only={name for name, _ in strided},
+                                timeout=timeout)
             for name, _ in strided:
                 targets[name].copy_(loaded[name])
 

@@ -12,8 +12,9 @@ from functools import lru_cache
 from . import _native
 from .checkpoint import open_checkpoint
 from .device_map import device_codes, device_of_code, normalize_device_map, uncovered_error
-from .errors import FlashDeviceError, FlashError, FlashFormatError
+from .errors import FlashDeviceError, FlashError, FlashFormatError, FlashRemoteError
 from .format import ALIGNMENT, DTYPE_NAMES, INDEX_FILENAME, torch_dtype
+from .remote import is_url, resolve_timeout
 
 log = logging.getLogger("flashtensors")
 
@@ -47,11 +48,13 @@ def resolve_threads(threads) -> int:
     return threads
 
 
-def load(path, device_map=None, *, threads: int | None = None, io: str = "auto", group=None) -> dict:
+def load(path, device_map=None, *, threads: int | None = None, io: str = "auto", group=None,
+         timeout=None) -> dict:
     """See :func:`flashtensors.flash.load_dict`."""
     if io not in IO_MODES:
         raise ValueError(f"io must be one of {IO_MODES}, not {io!r}")
     n_threads = resolve_threads(threads)
+    timeout = resolve_timeout(timeout)
     if group is not None:
         from . import group as collective
 
@@ -62,18 +65,20 @@ def load(path, device_map=None, *, threads: int | None = None, io: str = "auto",
         return collective.run(group, path, body)
 
     def once():
-        index, paths = open_checkpoint(path)
-        return load_index(path, index, paths, device_map, n_threads, io)
+        index, paths = open_checkpoint(path, timeout)
+        return load_index(path, index, paths, device_map, n_threads, io, timeout=timeout)
 
     return with_retry(path, once)
 
 
-def _local_read(path, plan, paths, sizes, buffers, n_threads, io) -> bool:
+def _local_read(path, plan, paths, sizes, buffers, n_threads, io, timeout=None, index=None) -> bool:
     """Reads a laid-out plan into its buffers (``(address, owner)`` per device of
-    ``sizes``) here; True: this process may fill the page cache. ``io`` is a native mode."""
+    ``sizes``) here, from files or URLs; True: this process may fill the page cache.
+    ``io`` is a native mode."""
     bases = [address for address, _ in buffers]
-    execute(path, lambda threads: plan.execute(paths, bases, threads, CHUNK_BYTES, io), n_threads,
-            to_gpu=any(code >= 0 for code, _ in sizes))
+    timeout = resolve_timeout(timeout)
+    execute(path, lambda threads: plan.execute(paths, bases, threads, CHUNK_BYTES, io, timeout), n_threads,
+            to_gpu=any(code >= 0 for code, _ in sizes), index=index, paths=paths)
     return True
 
 
@@ -101,9 +106,11 @@ def _index_identity(path):
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
-def load_index(path, index, paths, device_map, n_threads: int, io: str = "auto", only=None, read=None) -> dict:
-    """Loads the tensors of a read index (those named in ``only``, or all) from ``paths``;
-    ``read`` (default: here, with the native engine) fills the laid-out buffers."""
+def load_index(path, index, paths, device_map, n_threads: int, io: str = "auto", only=None, read=None,
+               timeout=None) -> dict:
+    """Loads the tensors of a read index (those named in ``only``, or all) from ``paths``
+    (files or URLs); ``read`` (default: here, with the native engine) fills the laid-out
+    buffers."""
     started = time.perf_counter()
     plan = new_plan(index, device_map, only)
     residency = _residency(plan, paths, io)
@@ -112,7 +119,10 @@ def load_index(path, index, paths, device_map, n_threads: int, io: str = "auto",
     _check_capacity(sizes, path)
     buffers = [_allocate(nbytes, device_of_code(code)) for code, nbytes in sizes]
     native_io = "auto" if io == "mmap" else io  # mapping was decided above; the rest is read
-    may_fill_cache = (read or _local_read)(path, plan, paths, sizes, buffers, n_threads, native_io)
+    if read is None:
+        def read(*args):
+            return _local_read(*args, timeout=timeout, index=index)
+    may_fill_cache = read(path, plan, paths, sizes, buffers, n_threads, native_io)
 
     cold = [paths[f] for f in plan.files_used(False) if f not in mapped and residency.get(f, 1.0) < 0.5]
     if cold and CACHE_AFTER_COLD_LOAD and may_fill_cache:
@@ -185,26 +195,43 @@ def _dlpack_dtypes() -> list:
     return out
 
 
-def execute(path, read, threads: int, *, to_gpu: bool) -> None:
+def execute(path, read, threads: int, *, to_gpu: bool, index=None, paths=None) -> None:
     """Runs ``read(threads)``, a native read of checkpoint ``path`` in CHUNK_BYTES pieces,
-    turning the core's errors into FlashErrors. Reads to a GPU stage through the pinned
-    ring, which bounds the thread count."""
+    turning the core's errors into FlashErrors (a remote one names the tensor it was
+    reading when ``index`` and ``paths`` are given). Reads to a GPU stage through the
+    pinned ring, which bounds the thread count."""
     if to_gpu:
         threads = min(threads, PINNED_RING_BYTES // (2 * CHUNK_BYTES))
+    native = _native.module()
     try:
         read(threads)
+    except native.RemoteError as e:
+        raise FlashRemoteError(str(e) + _tensor_named(index, paths, e.url, e.offset), e.status, e.url) from None
     except OSError as e:
         raise FlashFormatError(f"{path}: reading the checkpoint failed: {e}") from None
     except RuntimeError as e:
         raise FlashError(f"{path}: copying the checkpoint to the GPU failed: {e}") from None
 
 
+def _tensor_named(index, paths, url: str, offset: int) -> str:
+    """`` (tensor 'name')`` for the tensor at ``offset`` of the data file at ``url``."""
+    if index is None or paths is None:
+        return ""
+    from .remote.checkpoint import tensor_at
+    from .remote.http import shown
+
+    files = [f for f, p in enumerate(paths) if shown(p) == url]
+    name = tensor_at(index, files[0], offset) if files else None
+    return f" (tensor {name!r})" if name is not None else ""
+
+
 def _residency(plan, paths, io: str) -> dict:
-    """Fraction of each used data file in the page cache (sampled), when io is "auto"."""
+    """Fraction of each used local data file in the page cache (sampled), when io is
+    "auto" (remote files are not in it: they are read)."""
     if io != "auto":
         return {}
     resident = _native.module().resident_fraction
-    return {f: resident(paths[f]) for f in plan.files_used(False)}
+    return {f: resident(paths[f]) for f in plan.files_used(False) if not is_url(paths[f])}
 
 
 def _read_into_page_cache(paths, window: int = 2 << 20) -> None:
@@ -239,6 +266,8 @@ def _files_to_map(plan, paths, residency: dict, index, io: str) -> dict:
         return {}
     out = {}
     for f in plan.files_used(True):
+        if is_url(paths[f]):
+            continue
         if io == "mmap" or residency[f] >= 0.5:
             try:
                 storage = torch.UntypedStorage.from_file(paths[f], shared=False, nbytes=index.files[f].size)

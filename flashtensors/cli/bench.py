@@ -16,6 +16,8 @@ EXAMPLE = """examples:
   flashtensors bench --size 1 --device cpu --runs 5     # about 1 GB, loaded to the CPU
   flashtensors bench --path /models/qwen --json out.json
   flashtensors bench --tensors 20000 --device cpu --no-cold --runs 7   # MoE-sized: per-tensor costs
+  flashtensors bench --path s3://bucket/models/qwen --device cpu    # a remote checkpoint vs curl
+  flashtensors bench --size 1 --nginx --device cpu      # served by a loopback nginx, vs curl
 """
 
 
@@ -29,7 +31,8 @@ def register(subparsers) -> None:
     what = p.add_mutually_exclusive_group()
     what.add_argument("--model", choices=["0.6b", "4b", "8b", "14b", "32b"], help="a Qwen3-like shape")
     what.add_argument("--size", type=positive_float, help="about this many GB of bf16 tensors")
-    what.add_argument("--path", help="an existing flash checkpoint or safetensors file/directory")
+    what.add_argument("--path", help="an existing flash checkpoint or safetensors file/directory, or its "
+                                     "http(s):// or s3:// URL (then: streaming vs curl vs download-then-load)")
     what.add_argument("--tensors", type=positive_int, metavar="N",
                       help="an MoE-style checkpoint of N small tensors (per-tensor costs; see --tensor-kb)")
     p.add_argument("--tensor-kb", type=positive_int, default=64, metavar="KIB",
@@ -44,6 +47,10 @@ def register(subparsers) -> None:
     p.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "flashtensors-bench"),
                    help="where generated checkpoints are kept and reused (default: %(default)s)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--nginx", action="store_true",
+                   help="serve the checkpoint with a throwaway nginx on loopback and time streaming it "
+                        "against curl and download-then-load")
+    p.add_argument("--threads", type=positive_int, default=None, help="I/O threads (default: the loader's)")
     p.set_defaults(func=run)
 
 
@@ -61,8 +68,17 @@ def run(args) -> int:
         args.size = 1.0
     device = normalize_device_map(args.device or ("cuda:0" if torch.cuda.is_available() else "cpu"))[""]
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    from ..remote import is_url
+
+    if args.path and is_url(args.path):
+        return _remote(args, args.path, device, log)
 
     flash_dir, st_files, expected = prepare(args, log=log)
+    if args.nginx:
+        from ..benchmark.nginx import Nginx
+
+        with Nginx(os.path.dirname(os.path.abspath(flash_dir))) as server:
+            return _remote(args, f"{server.url}/{os.path.basename(os.path.abspath(flash_dir))}", device, log)
     flash_files = [str(p) for p in data_file_paths(flash_dir, read_index(flash_dir))]
     data_files = flash_files + [str(f) for f in st_files]
     nbytes = read_index(flash_dir).total_bytes
@@ -100,3 +116,17 @@ def run(args) -> int:
             json.dump(doc, f, indent=2)
     flash_errors = [r for r in results if r.loader == "flashtensors" and r.error]
     return 1 if flash_errors else 0
+
+
+def _remote(args, url: str, device, log) -> int:
+    from ..benchmark import system
+    from ..benchmark.remote import bench_url, table
+
+    result = bench_url(url, device, runs=args.runs, threads=args.threads, log=log)
+    result["system"] = system.describe(device)
+    log(result["system"])
+    print(table(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2, default=str)
+    return 0

@@ -1,0 +1,115 @@
+"""Remote checkpoints on S3: moto's S3 server (a real S3 REST API on loopback, started
+here) with credentials and endpoint from the standard AWS environment variables.
+Objects stay small: moto is slow at large range GETs."""
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from flashtensors import FlashRemoteError, flash, loader
+from flashtensors.benchmark.nginx import free_port
+
+from helpers import assert_same
+from remote_servers import required
+
+BUCKET = "weights"
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        if required():
+            pytest.fail('moto[server] is not installed, and FLASHTENSORS_REQUIRE_SERVERS=1 requires it')
+        pytest.skip('moto[server] is not installed (pip install "moto[server]"; in the test extras)')
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """A botocore client of the moto server, with a fresh bucket; the AWS environment
+    points flashtensors at it."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setattr(loader, "CHUNK_BYTES", 8 << 10)
+    from flashtensors.remote.s3 import client
+
+    c = client()
+    bucket = f"{BUCKET}-{free_port()}"
+    c.create_bucket(Bucket=bucket)
+    return c, bucket
+
+
+def upload(c, bucket, local_dir, prefix):
+    for f in sorted(os.listdir(local_dir)):
+        with open(os.path.join(local_dir, f), "rb") as fh:
+            c.put_object(Bucket=bucket, Key=f"{prefix}/{f}", Body=fh.read())
+
+
+def state():
+    torch.manual_seed(1)
+    sd = {f"blocks.{i}.w": torch.randn(40 + i, 32) for i in range(5)}
+    sd["norm"] = torch.ones(9, dtype=torch.float16)
+    return sd
+
+
+def test_flash_checkpoint_on_s3(s3, tmp_path):
+    c, bucket = s3
+    sd = state()
+    flash.save_dict(sd, tmp_path / "m")
+    upload(c, bucket, tmp_path / "m", "models/m")
+    assert_same(flash.load_dict(f"s3://{bucket}/models/m", "cpu"), sd)
+    assert flash.verify(f"s3://{bucket}/models/m/") == len(sd)
+    targets = {k: torch.zeros_like(v) for k, v in sd.items()}
+    flash.load_into(f"s3://{bucket}/models/m", targets)
+    assert_same(targets, sd)
+
+
+def test_safetensors_on_s3_sharded_listed_and_single(s3, tmp_path):
+    c, bucket = s3
+    sd = state()
+    names = list(sd)
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    weight_map = {}
+    for i, keys in enumerate((names[:3], names[3:])):
+        shard = f"model-0000{i + 1}-of-00002.safetensors"
+        save_file({k: sd[k] for k in keys}, hf / shard)
+        weight_map.update({k: shard for k in keys})
+    upload(c, bucket, hf, "listed")  # no index: every *.safetensors, listed
+    (hf / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    upload(c, bucket, hf, "indexed")
+    local = flash.load_dict(hf, "cpu")
+    assert_same(flash.load_dict(f"s3://{bucket}/indexed", "cpu"), local)
+    assert_same(flash.load_dict(f"s3://{bucket}/listed", "cpu"), local)
+    single = flash.load_dict(f"s3://{bucket}/indexed/model-00001-of-00002.safetensors", "cpu")
+    assert_same(single, flash.load_dict(hf / "model-00001-of-00002.safetensors", "cpu"))
+
+
+def test_missing_checkpoint_and_missing_data_file(s3, tmp_path):
+    c, bucket = s3
+    with pytest.raises(FlashRemoteError, match=f"s3://{bucket}/nothing: no checkpoint"):
+        flash.load_dict(f"s3://{bucket}/nothing")
+    flash.save_dict(state(), tmp_path / "m")
+    data = next(f for f in os.listdir(tmp_path / "m") if f.endswith(".flash"))
+    os.remove(tmp_path / "m" / data)
+    upload(c, bucket, tmp_path / "m", "m")
+    with pytest.raises(FlashRemoteError, match=rf"s3://{bucket}/m/{data}: data file missing .*tensor 'blocks.0.w'"):
+        flash.load_dict(f"s3://{bucket}/m")
+
+
+def test_missing_bucket(s3):
+    with pytest.raises(FlashRemoteError, match="s3://no-such-bucket-here/m.*HTTP 404.*NoSuchBucket"):
+        flash.load_dict("s3://no-such-bucket-here/m")
