@@ -11,7 +11,10 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 nvidia-smi --query-gpu=name,memory.total,pcie.link.gen.current,pcie.link.width.current --format=csv | tee "$OUT/gpu.txt"
 python3 -m pip install -q --no-build-isolation -e . 2>&1 | tail -2
-python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_roundtrip.py tests/test_cuda_path_async.py 2>&1 \
+python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_roundtrip.py tests/test_cuda_path_async.py \
+  tests/test_safetensors_direct.py tests/test_transformers_safetensors.py tests/test_accelerate.py 2>&1 \
   | tee "$OUT/tests.log" | tail -5
+# Fresh-process runs (the default): flashtensors from the flash format and from the
+# safetensors files in place (issue 11: within 10% of each other), load_file, and the peers.
 python3 -m flashtensors.cli bench --model "${MODEL:-8b}" --device cuda:0 --runs 3 --dir /tmp/ftb \
   --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | tail -14
