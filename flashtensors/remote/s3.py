@@ -68,6 +68,11 @@ class S3Store:
     def describe(self, name: str) -> str:
         return f"s3://{self.bucket}/{self.key(name)}"
 
+    def identity(self) -> str:
+        """Where the objects live (the endpoint too: one bucket name may be on many
+        services), as the local tier names its copy of them."""
+        return f"s3://{self.bucket}/{self.prefix} at {self.s3.meta.endpoint_url}"
+
     def data_url(self, name: str) -> str:
         return self.s3.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": self.key(name)},
                                               ExpiresIn=PRESIGN_SECONDS)
