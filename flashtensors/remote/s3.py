@@ -83,7 +83,7 @@ class S3Store:
         except Exception as e:  # botocore's errors: ClientError, EndpointConnectionError, ...
             if _status(e) == 404:
                 return None
-            raise self._error(name, e) from None
+            raise self.error(name, e) from None
         return ObjectInfo(r["ContentLength"], r.get("ETag"))
 
     def read(self, name: str, start: int | None = None, end: int | None = None, missing_ok: bool = False):
@@ -97,7 +97,7 @@ class S3Store:
         except Exception as e:
             if missing_ok and _status(e) == 404:
                 return None
-            raise self._error(name, e) from None
+            raise self.error(name, e) from None
         size = r["ContentLength"]
         if "ContentRange" in r:
             size = int(r["ContentRange"].rsplit("/", 1)[1])
@@ -112,10 +112,10 @@ class S3Store:
                                                                           Delimiter="/"):
                 names += [o["Key"][len(prefix):] for o in page.get("Contents", [])]
         except Exception as e:
-            raise self._error("", e) from None
+            raise self.error("", e) from None
         return names
 
-    def _error(self, name: str, e: Exception) -> FlashRemoteError:
+    def error(self, name: str, e: Exception) -> FlashRemoteError:
         status = _status(e)
         what = f"HTTP {status} " if status else ""
         return FlashRemoteError(f"{self.describe(name)}: {what}{e}", status, self.describe(name))
