@@ -13,6 +13,7 @@
 #include "cuda_api.h"
 #include "data_file.h"
 #include "errors.h"
+#include "file_tee.h"
 #include "flash_index.h"
 #include "load_plan.h"
 #include "loader.h"
@@ -22,6 +23,7 @@
 
 namespace py = pybind11;
 using OpTuple = std::tuple<uint32_t, uint64_t, uint64_t, uint64_t, int32_t>;
+using TeeList = std::optional<std::vector<std::shared_ptr<flash::FileTee>>>;
 using flash::LoadPlan;
 using flash::TensorTable;
 
@@ -261,20 +263,22 @@ PYBIND11_MODULE(_C, m) {
       .def(
           "execute",
           [](const LoadPlan& p, const std::vector<std::string>& paths, const std::vector<uint64_t>& bases,
-             int threads, uint64_t chunk_bytes, const std::string& io, double timeout) {
+             int threads, uint64_t chunk_bytes, const std::string& io, double timeout, const TeeList& tees) {
             flash::LoadOptions options;
             options.threads = threads;
             options.chunk_bytes = chunk_bytes;
             options.source.io = parse_io(io);
             options.source.timeout_s = timeout;
+            if (tees) options.tees = *tees;
             auto ops = p.read_ops(bases);
             py::gil_scoped_release nogil;
             flash::execute_plan(paths, ops, options);
           },
           py::arg("paths"), py::arg("bases"), py::arg("threads"), py::arg("chunk_bytes"), py::arg("io") = "auto",
-          py::arg("timeout") = 30.0,
+          py::arg("timeout") = 30.0, py::arg("tees") = py::none(),
           "Reads every unmapped region into the device buffers at `bases`. Paths may be http(s) URLs; "
-          "`timeout`: seconds a remote piece may go without a byte, retries included.")
+          "`timeout`: seconds a remote piece may go without a byte, retries included; `tees`: per path, "
+          "a FileTee each piece read is also written to, or None.")
       .def(
           "views",
           [](const LoadPlan& p, const std::vector<std::tuple<uint64_t, py::object>>& buffers,
@@ -302,20 +306,39 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "execute_plan",
       [](const std::vector<std::string>& paths, const std::vector<OpTuple>& ops, int threads,
-         uint64_t chunk_bytes, const std::string& io, double timeout) {
+         uint64_t chunk_bytes, const std::string& io, double timeout, const TeeList& tees) {
         flash::LoadOptions options;
         options.threads = threads;
         options.chunk_bytes = chunk_bytes;
         options.source.io = parse_io(io);
         options.source.timeout_s = timeout;
+        if (tees) options.tees = *tees;
         auto plan = to_ops(ops);
         py::gil_scoped_release nogil;
         flash::execute_plan(paths, plan, options);
       },
       py::arg("paths"), py::arg("ops"), py::arg("threads"), py::arg("chunk_bytes"), py::arg("io") = "auto",
-      py::arg("timeout") = 30.0,
+      py::arg("timeout") = 30.0, py::arg("tees") = py::none(),
       "Read each (file, offset, length, dest_address, device) op; device -1 is host memory. Paths may be "
-      "http(s) URLs.");
+      "http(s) URLs; `tees` as for LoadPlan.execute.");
+
+  py::class_<flash::FileTee, std::shared_ptr<flash::FileTee>>(
+      m, "FileTee",
+      "A new local file of `size` bytes that every piece read from a path is also written to (pass it in "
+      "`tees`); it records which bytes were written.")
+      .def(py::init<std::string, uint64_t>(), py::arg("path"), py::arg("size"))
+      .def_property_readonly("path", &flash::FileTee::path)
+      .def_property_readonly("size", &flash::FileTee::size)
+      .def("missing", &flash::FileTee::missing, "The (offset, length) ranges not written yet, in order.")
+      .def("written", &flash::FileTee::written, "Bytes written so far, each counted once.")
+      .def("error", &flash::FileTee::error, "The first write error ('' if none); writes stop after one.")
+      .def(
+          "close",
+          [](flash::FileTee& t, bool sync) {
+            py::gil_scoped_release nogil;
+            t.close(sync);
+          },
+          py::arg("sync") = true, "fdatasync (when `sync`) and close; OSError if flushing fails.");
 
   m.def(
       "checksum_ranges",

@@ -178,10 +178,14 @@ struct PinnedLease {
 constexpr int kMaxThreads = 1024;
 size_t clamp_threads(int threads) { return static_cast<size_t>(std::clamp(threads, 1, kMaxThreads)); }
 
-std::vector<std::unique_ptr<Source>> open_all(const std::vector<std::string>& paths, const SourceOptions& options) {
+std::vector<std::unique_ptr<Source>> open_all(const std::vector<std::string>& paths, const SourceOptions& options,
+                                              const std::vector<std::shared_ptr<FileTee>>& tees = {}) {
   std::vector<std::unique_ptr<Source>> files;
   files.reserve(paths.size());
-  for (const auto& p : paths) files.push_back(open_source(p, options));
+  for (size_t i = 0; i < paths.size(); ++i) {
+    files.push_back(open_source(paths[i], options));
+    if (i < tees.size() && tees[i]) files.back() = std::make_unique<TeeSource>(std::move(files.back()), tees[i]);
+  }
   return files;
 }
 
@@ -199,7 +203,7 @@ void execute_plan(const std::vector<std::string>& paths, const std::vector<ReadO
   const uint64_t chunk = std::max<uint64_t>(kDirectAlign, options.chunk_bytes / kDirectAlign * kDirectAlign);
   const std::vector<ReadOp> chunks = split(ops, chunk);
   if (chunks.empty()) return;
-  const auto files = open_all(paths, options.source);
+  const auto files = open_all(paths, options.source, options.tees);
   const int n_threads = static_cast<int>(std::min<size_t>(clamp_threads(options.threads), chunks.size()));
   const bool any_cuda = std::any_of(chunks.begin(), chunks.end(), [](const ReadOp& c) { return c.device >= 0; });
 

@@ -3,9 +3,11 @@
 // threads; callers release the GIL around it.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "file_tee.h"
 #include "source.h"
 
 namespace flash {
@@ -22,6 +24,8 @@ struct LoadOptions {
   int threads = 4;
   uint64_t chunk_bytes = 16ull << 20;  // reads are split into pieces of at most this
   SourceOptions source;  // how each path becomes a source (I/O mode, remote timeout)
+  // Per path (or empty): where to also write each piece read from it (null: nowhere).
+  std::vector<std::shared_ptr<FileTee>> tees;
 };
 
 // Reads every op, each path through its source (a local file or a URL); host targets are read straight into place, CUDA targets go through

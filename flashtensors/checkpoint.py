@@ -5,6 +5,7 @@ table) and the paths of its data files."""
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 from .errors import FlashFormatError
 from .format import INDEX_FILENAME, data_file_paths, read_index
@@ -40,6 +41,36 @@ def open_checkpoint(path, timeout=None) -> tuple:
         raise FlashFormatError(f"{index_path}: no flash checkpoint here (index file missing), "
                                "and no safetensors weights either")
     return read_safetensors_index(files, os.fspath(path))
+
+
+@contextmanager
+def opened_for_load(path, timeout, cache_dir, threads: int, wanted=None):
+    """Opens the checkpoint at ``path`` for one load: yields ``(index, paths, tees)``,
+    where ``tees`` (None, or per data file a native FileTee or None) are for the native
+    reads. With a URL and a ``cache_dir`` (the local tier, docs/remote.md), ``paths`` are
+    the up-to-date local copies where there are some, and the files streamed are copied
+    there: committed when the block ends normally, removed when it raises. ``wanted``:
+    names of the tensors the load reads (None: all).
+
+    Example:
+        >>> with opened_for_load("s3://b/m", 30, "/cache", 8) as (index, paths, tees):  # doctest: +SKIP
+        ...     plan.execute(paths, bases, 8, CHUNK_BYTES, tees=tees)
+    """
+    if not is_url(path) or cache_dir is None:
+        index, paths = open_checkpoint(path, timeout)
+        yield index, paths, None
+        return
+    from .remote.cached import CachedLoad
+    from .remote.checkpoint import open_remote
+
+    timeout = resolve_timeout(timeout)
+    load = CachedLoad(open_remote(path, timeout, cache_dir), wanted)
+    try:
+        yield load.ckpt.index, load.paths, load.tees
+    except BaseException:
+        load.abort()
+        raise
+    load.commit(threads, timeout)
 
 
 def is_flash_checkpoint(path) -> bool:

@@ -53,7 +53,7 @@ def save_dict(state_dict, path, *, overwrite: bool = False, metadata: dict | Non
 
 
 def load_dict(path, device_map=None, *, verify: bool = False, threads: int | None = None,
-              server=None, group=None, timeout: float | None = None) -> dict:
+              server=None, group=None, timeout: float | None = None, cache_dir=None) -> dict:
     """Loads a flash checkpoint and returns ``{name: tensor}`` in saved order.
 
     Each device gets one allocation holding all its tensors; the tensors are views into
@@ -90,6 +90,12 @@ def load_dict(path, device_map=None, *, verify: bool = False, threads: int | Non
         timeout: remote checkpoints: seconds a read may go without receiving a byte,
             retries included, before the load fails (default ``$FLASHTENSORS_TIMEOUT``,
             else 30).
+        cache_dir: remote checkpoints: the local tier, a directory where the data files
+            streamed are also written as they arrive (default ``$FLASHTENSORS_CACHE_DIR``;
+            ``False``: none). A later load of the same URL reads the local copy of every
+            data file whose remote object is unchanged (same size and ETag) as it reads
+            local files (page cache, O_DIRECT). A copy is kept only once every byte of its
+            file arrived; a failed load keeps none. See docs/remote.md.
 
     Raises:
         FlashFormatError: the checkpoint is missing, invalid, truncated or corrupt.
@@ -104,13 +110,14 @@ def load_dict(path, device_map=None, *, verify: bool = False, threads: int | Non
         >>> sd = flash.load_dict("/models/Qwen3-8B", 0)      # a Hugging Face directory, as it is
         >>> sd = flash.load_dict("/models/m", {"": rank}, group=torch.distributed.group.WORLD)
         >>> sd = flash.load_dict("s3://bucket/models/Qwen3-8B", {"": 0})
+        >>> sd = flash.load_dict("s3://bucket/models/Qwen3-8B", {"": 0}, cache_dir="/nvme/weights")
     """
     if verify:
         # Checks the files on disk, so the tensors must come from them, not from the daemon.
         _verify(path, threads=threads, timeout=timeout)
-        return _load(path, device_map, threads=threads, group=group, timeout=timeout)
+        return _load(path, device_map, threads=threads, group=group, timeout=timeout, cache_dir=cache_dir)
     if group is not None or is_url(path):
-        return _load(path, device_map, threads=threads, group=group, timeout=timeout)
+        return _load(path, device_map, threads=threads, group=group, timeout=timeout, cache_dir=cache_dir)
     cached = try_load(path, device_map, server)
     if cached is not None:
         return cached
@@ -118,7 +125,7 @@ def load_dict(path, device_map=None, *, verify: bool = False, threads: int | Non
 
 
 def load_into(path, tensors: dict, *, threads: int | None = None, group=None,
-              timeout: float | None = None) -> None:
+              timeout: float | None = None, cache_dir=None) -> None:
     """Reads checkpoint tensors straight into existing tensors, such as a model's
     parameters, with no intermediate copy and no new allocation.
 
@@ -130,6 +137,8 @@ def load_into(path, tensors: dict, *, threads: int | None = None, group=None,
         group: a ``torch.distributed`` process group, as for :func:`load_dict`: ranks may
             fill different tensors; each byte is read from storage once by the group.
         timeout: remote checkpoints, as for :func:`load_dict`.
+        cache_dir: remote checkpoints, as for :func:`load_dict`. Only data files all of
+            whose tensors are named in ``tensors`` are copied there.
 
     Raises:
         FlashFormatError: a name is not in the checkpoint, a dtype or shape differs, or
@@ -141,7 +150,7 @@ def load_into(path, tensors: dict, *, threads: int | None = None, group=None,
         >>> flash.load_into("/models/m", {n: p.data for n, p in params.items()})
         >>> flash.load_into("https://weights.example.com/m", {n: p.data for n, p in params.items()})
     """
-    _load_into(path, tensors, threads=threads, group=group, timeout=timeout)
+    _load_into(path, tensors, threads=threads, group=group, timeout=timeout, cache_dir=cache_dir)
 
 
 def verify(path, *, threads: int | None = None, timeout: float | None = None) -> int:

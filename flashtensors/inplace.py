@@ -4,7 +4,7 @@ parameters): one read per tensor into its memory, no buffer of our own."""
 from __future__ import annotations
 
 from . import _native
-from .checkpoint import open_checkpoint
+from .checkpoint import open_checkpoint, opened_for_load
 from .errors import FlashDeviceError, FlashFormatError
 from .format import torch_dtype
 from .loader import (
@@ -16,9 +16,11 @@ from .loader import (
     with_retry,
 )
 from .remote import resolve_timeout
+from .remote.tier import resolve_cache_dir
 
 
-def load_into(path, targets: dict, *, threads: int | None = None, group=None, timeout=None) -> None:
+def load_into(path, targets: dict, *, threads: int | None = None, group=None, timeout=None,
+              cache_dir=None) -> None:
     """See :func:`flashtensors.flash.load_into`."""
     n_threads = resolve_threads(threads)
     timeout = resolve_timeout(timeout)
@@ -27,26 +29,33 @@ def load_into(path, targets: dict, *, threads: int | None = None, group=None, ti
 
         return collective.run(group, path, lambda c: _load_into_collectively(c, path, targets, n_threads))
 
+    cache_dir = resolve_cache_dir(cache_dir)
+
     def once():
-        index, paths = open_checkpoint(path, timeout)
-        direct, strided = _plan(path, index, targets)
-        ops = [(e.file, e.offset, e.length, targets[name].data_ptr(), _device_code(targets[name]))
-               for name, e in direct]
-        gpus = {t.device for t in targets.values() if t.device.type == "cuda"}
-        for device in gpus:
-            synchronize_before_copies(device)
-        execute(path, lambda threads: _native.module().execute_plan(paths, ops, threads, CHUNK_BYTES,
-                                                                    timeout=timeout),
-                n_threads, to_gpu=bool(gpus), index=index, paths=paths)
-        if strided:
-            # Not one run of bytes on both sides: load just those (same index, same
-            # files) and copy them over.
-            loaded = load_index(path, index, paths, "cpu", n_threads, only={name for name, _ in strided},
-                                timeout=timeout)
-            for name, _ in strided:
-                targets[name].copy_(loaded[name])
+        with opened_for_load(path, timeout, cache_dir, n_threads, wanted=set(targets)) as (index, paths, tees):
+            _read(path, index, paths, targets, n_threads, timeout, tees)
 
     with_retry(path, once)
+
+
+def _read(path, index, paths, targets: dict, n_threads: int, timeout, tees) -> None:
+    """Reads ``targets`` from the opened checkpoint (``tees``: see load_index)."""
+    direct, strided = _plan(path, index, targets)
+    ops = [(e.file, e.offset, e.length, targets[name].data_ptr(), _device_code(targets[name]))
+           for name, e in direct]
+    gpus = {t.device for t in targets.values() if t.device.type == "cuda"}
+    for device in gpus:
+        synchronize_before_copies(device)
+    execute(path, lambda threads: _native.module().execute_plan(paths, ops, threads, CHUNK_BYTES,
+                                                                timeout=timeout, tees=tees),
+            n_threads, to_gpu=bool(gpus), index=index, paths=paths)
+    if strided:
+        # Not one run of bytes on both sides: load just those (same index, same
+        # files) and copy them over.
+        loaded = load_index(path, index, paths, "cpu", n_threads, only={name for name, _ in strided},
+                            timeout=timeout, tees=tees)
+        for name, _ in strided:
+            targets[name].copy_(loaded[name])
 
 
 def _load_into_collectively(c, path, targets: dict, n_threads: int) -> None:

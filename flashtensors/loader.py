@@ -10,11 +10,12 @@ import time
 from functools import lru_cache
 
 from . import _native
-from .checkpoint import open_checkpoint
+from .checkpoint import open_checkpoint, opened_for_load
 from .device_map import device_codes, device_of_code, normalize_device_map, uncovered_error
 from .errors import FlashDeviceError, FlashError, FlashFormatError, FlashRemoteError
 from .format import ALIGNMENT, DTYPE_NAMES, INDEX_FILENAME, torch_dtype
 from .remote import is_url, resolve_timeout
+from .remote.tier import resolve_cache_dir
 
 log = logging.getLogger("flashtensors")
 
@@ -49,7 +50,7 @@ def resolve_threads(threads) -> int:
 
 
 def load(path, device_map=None, *, threads: int | None = None, io: str = "auto", group=None,
-         timeout=None) -> dict:
+         timeout=None, cache_dir=None) -> dict:
     """See :func:`flashtensors.flash.load_dict`."""
     if io not in IO_MODES:
         raise ValueError(f"io must be one of {IO_MODES}, not {io!r}")
@@ -64,20 +65,23 @@ def load(path, device_map=None, *, threads: int | None = None, io: str = "auto",
 
         return collective.run(group, path, body)
 
+    cache_dir = resolve_cache_dir(cache_dir)
+
     def once():
-        index, paths = open_checkpoint(path, timeout)
-        return load_index(path, index, paths, device_map, n_threads, io, timeout=timeout)
+        with opened_for_load(path, timeout, cache_dir, n_threads) as (index, paths, tees):
+            return load_index(path, index, paths, device_map, n_threads, io, timeout=timeout, tees=tees)
 
     return with_retry(path, once)
 
 
-def _local_read(path, plan, paths, sizes, buffers, n_threads, io, timeout=None, index=None) -> bool:
+def _local_read(path, plan, paths, sizes, buffers, n_threads, io, timeout=None, index=None, tees=None) -> bool:
     """Reads a laid-out plan into its buffers (``(address, owner)`` per device of
     ``sizes``) here, from files or URLs; True: this process may fill the page cache.
-    ``io`` is a native mode."""
+    ``io`` is a native mode; ``tees``: per path, a native FileTee the pieces read are
+    also written to (the local tier), or None."""
     bases = [address for address, _ in buffers]
     timeout = resolve_timeout(timeout)
-    execute(path, lambda threads: plan.execute(paths, bases, threads, CHUNK_BYTES, io, timeout), n_threads,
+    execute(path, lambda threads: plan.execute(paths, bases, threads, CHUNK_BYTES, io, timeout, tees), n_threads,
             to_gpu=any(code >= 0 for code, _ in sizes), index=index, paths=paths)
     return True
 
@@ -107,10 +111,10 @@ def _index_identity(path):
 
 
 def load_index(path, index, paths, device_map, n_threads: int, io: str = "auto", only=None, read=None,
-               timeout=None) -> dict:
+               timeout=None, tees=None) -> dict:
     """Loads the tensors of a read index (those named in ``only``, or all) from ``paths``
-    (files or URLs); ``read`` (default: here, with the native engine) fills the laid-out
-    buffers."""
+    (files or URLs); ``read`` (default: here, with the native engine, writing what it
+    reads to ``tees`` too) fills the laid-out buffers."""
     started = time.perf_counter()
     plan = new_plan(index, device_map, only)
     residency = _residency(plan, paths, io)
@@ -121,7 +125,7 @@ def load_index(path, index, paths, device_map, n_threads: int, io: str = "auto",
     native_io = "auto" if io == "mmap" else io  # mapping was decided above; the rest is read
     if read is None:
         def read(*args):
-            return _local_read(*args, timeout=timeout, index=index)
+            return _local_read(*args, timeout=timeout, index=index, tees=tees)
     may_fill_cache = read(path, plan, paths, sizes, buffers, n_threads, native_io)
 
     cold = [paths[f] for f in plan.files_used(False) if f not in mapped and residency.get(f, 1.0) < 0.5]

@@ -5,6 +5,8 @@ A *source* is what a user names as SRC:
 - one safetensors file (``model.safetensors``);
 - one PyTorch state dict (``*.bin``, ``*.pt``, ``*.pth``), loaded with ``weights_only=True``
   so a hostile pickle is refused instead of run;
+- an ``http(s)://`` or ``s3://`` URL of a checkpoint (flash, safetensors, or a Hugging Face
+  directory: see :mod:`flashtensors.remote.convert_source`);
 - a directory of weight files, such as a Hugging Face model directory. Its weights are the
   files named by ``model.safetensors.index.json``, else every ``*.safetensors``, else the files
   named by ``pytorch_model.bin.index.json``, else ``pytorch_model*.bin``, else every
@@ -23,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import pickle
+import shutil
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -72,9 +75,34 @@ class Source:
         """Total size of the weight files on disk, in bytes."""
         return sum(shard.stat().st_size for shard in self.shards)
 
+    def shard_bytes(self, shard: Path) -> int:
+        """Size of one weight file, in bytes."""
+        return shard.stat().st_size
 
-def open_source(path: str | Path) -> Source:
-    """Find the weight files (and, for a directory, the extras) of ``path``.
+    def batches(self, shard: Path, limit: int) -> Iterator[dict]:
+        """The tensors of one weight file (see :func:`read_shard`) as dicts of about
+        ``limit`` bytes. Safetensors files hold no shared tensors, so they can be split;
+        PyTorch files come whole, to keep their ties."""
+        limit = limit if shard.name.endswith(SAFETENSORS_SUFFIXES) else None
+        batch, size = {}, 0
+        for name, tensor in read_shard(shard):
+            if batch and limit is not None and size + tensor.nbytes > limit:
+                yield batch
+                batch, size = {}, 0
+            batch[name] = tensor
+            size += tensor.nbytes
+        if batch:
+            yield batch
+
+    def copy_extra(self, extra: Path, directory: Path) -> None:
+        """Copies one of the extras into ``directory``."""
+        shutil.copy2(extra, Path(directory) / extra.name)
+
+
+def open_source(path: str | Path):
+    """Find the weight files (and, for a directory, the extras) of ``path``: a
+    :class:`Source`, or for a URL a :class:`flashtensors.remote.convert_source.RemoteSource`
+    (same attributes and methods).
 
     Raises:
         SourceError: ``path`` does not exist, holds no weights, or has an unsupported type.
@@ -83,6 +111,12 @@ def open_source(path: str | Path) -> Source:
         >>> open_source("model.safetensors").shards         # doctest: +SKIP
         (PosixPath('model.safetensors'),)
     """
+    from flashtensors.remote import is_url
+
+    if is_url(path):
+        from flashtensors.remote.convert_source import open_remote_source
+
+        return open_remote_source(path)
     path = Path(path)
     if path.is_dir():
         return _open_dir(path)

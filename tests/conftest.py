@@ -45,3 +45,35 @@ def daemon(sock):
 
     with Daemon(sock) as d:
         yield d
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on loopback, for the whole session (a remote_servers.MotoServer)."""
+    from remote_servers import MotoServer
+
+    with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """``(botocore client, bucket)``: a fresh bucket on the moto server, with the AWS
+    environment pointing flashtensors at it, and remote reads in 8 KiB pieces."""
+    from flashtensors import loader
+    from flashtensors.benchmark.nginx import free_port
+
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setattr(loader, "CHUNK_BYTES", 8 << 10)
+    from flashtensors.remote.s3 import client
+
+    c = client()
+    bucket = f"weights-{free_port()}"
+    c.create_bucket(Bucket=bucket)
+    s3_server.requests.clear()
+    return c, bucket

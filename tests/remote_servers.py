@@ -1,7 +1,8 @@
 """Servers on loopback for the remote-source tests: the real nginx (started by the tests
 themselves, skipped with a reason where it is not installed unless
 FLASHTENSORS_REQUIRE_SERVERS=1, as in CI), and a small HTTP server of our own that
-serves a directory with range requests and injects faults on demand."""
+serves a directory with range requests and injects faults on demand; moto's S3 server
+(the ``s3`` fixtures in conftest.py), recording the requests it answers."""
 
 from __future__ import annotations
 
@@ -135,3 +136,47 @@ def _handler(root: str, faults: Faults):
             self.end_headers()
 
     return Handler
+
+
+class MotoServer:
+    """moto's S3 REST server on loopback (``.url``), in a thread, with every request it
+    answers recorded in ``.requests`` as ``(method, path, Range header or None)``."""
+
+    def __init__(self):
+        try:
+            from moto.server import DomainDispatcherApplication, create_backend_app
+            from werkzeug.serving import WSGIRequestHandler, make_server
+        except ImportError:
+            if required():
+                pytest.fail("moto[server] is not installed, and FLASHTENSORS_REQUIRE_SERVERS=1 requires it")
+            pytest.skip('moto[server] is not installed (pip install "moto[server]"; in the test extras)')
+        self.requests: list = []
+        app = DomainDispatcherApplication(create_backend_app)
+
+        def recorded(environ, start_response):
+            self.requests.append((environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""),
+                                  environ.get("HTTP_RANGE")))
+            return app(environ, start_response)
+
+        class Quiet(WSGIRequestHandler):
+            def log_request(self, *args, **kwargs):
+                pass
+
+        self.server = make_server("127.0.0.1", 0, recorded, threaded=True, request_handler=Quiet)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> MotoServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def upload(c, bucket, local_dir, prefix):
+    """Puts every file of ``local_dir`` at ``s3://bucket/prefix/<name>`` (botocore client ``c``)."""
+    for f in sorted(os.listdir(local_dir)):
+        with open(os.path.join(local_dir, f), "rb") as fh:
+            c.put_object(Bucket=bucket, Key=f"{prefix}/{f}", Body=fh.read())

@@ -1,6 +1,6 @@
 """Remote checkpoints on S3: moto's S3 server (a real S3 REST API on loopback, started
-here) with credentials and endpoint from the standard AWS environment variables.
-Objects stay small: moto is slow at large range GETs."""
+by the ``s3`` fixture in conftest.py) with credentials and endpoint from the standard AWS
+environment variables. Objects stay small: moto is slow at large range GETs."""
 
 import json
 import os
@@ -9,53 +9,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from flashtensors import FlashRemoteError, flash, loader
-from flashtensors.benchmark.nginx import free_port
+from flashtensors import FlashRemoteError, flash
 
 from helpers import assert_same
-from remote_servers import required
-
-BUCKET = "weights"
-
-
-@pytest.fixture(scope="module")
-def s3_server():
-    try:
-        from moto.server import ThreadedMotoServer
-    except ImportError:
-        if required():
-            pytest.fail('moto[server] is not installed, and FLASHTENSORS_REQUIRE_SERVERS=1 requires it')
-        pytest.skip('moto[server] is not installed (pip install "moto[server]"; in the test extras)')
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def s3(s3_server, monkeypatch):
-    """A botocore client of the moto server, with a fresh bucket; the AWS environment
-    points flashtensors at it."""
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    monkeypatch.setattr(loader, "CHUNK_BYTES", 8 << 10)
-    from flashtensors.remote.s3 import client
-
-    c = client()
-    bucket = f"{BUCKET}-{free_port()}"
-    c.create_bucket(Bucket=bucket)
-    return c, bucket
-
-
-def upload(c, bucket, local_dir, prefix):
-    for f in sorted(os.listdir(local_dir)):
-        with open(os.path.join(local_dir, f), "rb") as fh:
-            c.put_object(Bucket=bucket, Key=f"{prefix}/{f}", Body=fh.read())
+from remote_servers import upload
 
 
 def state():

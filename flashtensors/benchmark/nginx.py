@@ -40,15 +40,17 @@ def free_port() -> int:
 class Nginx:
     """nginx serving ``root`` at ``http://127.0.0.1:PORT`` (``.url``) while in a ``with``
     block. ``tls=(cert, key)`` serves HTTPS instead. ``redirect=True`` adds
-    ``/redirect/<path>``, a 302 to ``/<path>``."""
+    ``/redirect/<path>``, a 302 to ``/<path>``. ``access_log=PATH`` logs every request
+    there, one line each: ``METHOD URI RANGE STATUS BODY_BYTES`` (``-`` for no range)."""
 
-    def __init__(self, root, *, tls: tuple | None = None, redirect: bool = False):
+    def __init__(self, root, *, tls: tuple | None = None, redirect: bool = False, access_log=None):
         self.binary = nginx_binary()
         if self.binary is None:
             raise FlashError("nginx is not installed (Debian: apt-get install nginx)")
         self.root = os.path.abspath(os.fspath(root))
         self.tls = tls
         self.redirect = redirect
+        self.access_log = None if access_log is None else os.path.abspath(os.fspath(access_log))
         self.port = free_port()
         self.scheme = "https" if tls else "http"
         self.url = f"{self.scheme}://127.0.0.1:{self.port}"
@@ -60,11 +62,15 @@ class Nginx:
         listen = f"127.0.0.1:{self.port}" + (" ssl" if self.tls else "")
         tls = f"ssl_certificate {self.tls[0]};\nssl_certificate_key {self.tls[1]};\n" if self.tls else ""
         redirect = "location /redirect/ { rewrite ^/redirect/(.*)$ /$1 redirect; }\n" if self.redirect else ""
+        log = "access_log off;\n"
+        if self.access_log:
+            log = ("log_format flashtensors '$request_method $uri $http_range $status $body_bytes_sent';\n"
+                   f"access_log {self.access_log} flashtensors;\n")
         temp = "".join(f"{name}_temp_path {scratch}/{name};\n"
                        for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
         return (f"{user}worker_processes 2;\ndaemon off;\npid {scratch}/nginx.pid;\n"
                 f"error_log {scratch}/error.log warn;\nevents {{ worker_connections 1024; }}\n"
-                f"http {{\n{temp}access_log off;\nsendfile on;\ntcp_nopush on;\nkeepalive_requests 100000;\n"
+                f"http {{\n{temp}{log}sendfile on;\ntcp_nopush on;\nkeepalive_requests 100000;\n"
                 f"types {{ application/json json; }}\ndefault_type application/octet-stream;\n"
                 f"server {{\nlisten {listen};\n{tls}root {self.root};\n{redirect}}}\n}}\n")
 

@@ -12,14 +12,21 @@ from flashtensors import FlashError
 EXAMPLES = """\
 SRC may be:
   a .safetensors file, a .bin/.pt/.pth PyTorch state dict (loaded with weights_only=True),
-  or a directory of them, such as a Hugging Face model directory (sharded or not).
+  or a directory of them, such as a Hugging Face model directory (sharded or not);
+  or an http(s):// or s3:// URL of a flash checkpoint, a .safetensors file or a Hugging
+  Face directory (its tensors are streamed, 256 MB at a time).
 The weights are streamed one file at a time into DST. For a directory, its other top-level
 files (config.json, tokenizer files, ...) are copied too, so DST is a ready model directory.
+DST may be s3://bucket/prefix: the flash checkpoint (SRC, or SRC converted in a temporary
+directory) is uploaded there, data files first (multipart), the index last, so a
+half-finished upload is never a checkpoint. Credentials and endpoint: the AWS environment.
 
 examples:
   flashtensors convert ./Qwen3-0.6B ./Qwen3-0.6B-flash
   flashtensors convert model.safetensors ./ckpt --dtype bfloat16
   flashtensors convert pytorch_model.bin ./ckpt --overwrite --quiet
+  flashtensors convert s3://bucket/hf/Qwen3-0.6B ./Qwen3-0.6B-flash
+  flashtensors convert ./Qwen3-0.6B-flash s3://bucket/flash/Qwen3-0.6B
 """
 
 # Floating dtypes ``--dtype`` accepts; integer and bool tensors are never cast.
@@ -41,8 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("src", metavar="SRC", help="weights file or model directory")
-    p.add_argument("dst", metavar="DST", help="directory for the flash checkpoint (and the copied files)")
+    p.add_argument("src", metavar="SRC", help="weights file or model directory, or its URL")
+    p.add_argument("dst", metavar="DST", help="directory for the flash checkpoint (and the copied files), "
+                   "or s3://bucket/prefix to upload it to")
     p.add_argument("--dtype", choices=DTYPES, help="cast floating-point tensors to this dtype")
     p.add_argument("--overwrite", action="store_true", help="replace a checkpoint and files already in DST")
     p.add_argument("--no-copy", action="store_true", help="convert the weights only; copy no other files")
@@ -81,8 +89,12 @@ def convert(
     is committed only when every file converted; on an error nothing is left in ``dst``.
 
     Args:
-        src: a ``.safetensors`` file, a ``.bin``/``.pt``/``.pth`` state dict, or a directory of them.
+        src: a ``.safetensors`` file, a ``.bin``/``.pt``/``.pth`` state dict, or a directory of them;
+            or an ``http(s)://`` / ``s3://`` URL of a flash checkpoint, a safetensors file or a
+            Hugging Face directory (its other files are listed on S3; on a web server the usual
+            config and tokenizer names are fetched).
         dst: directory for the checkpoint; a directory source's other top-level files are copied there.
+            Or ``s3://bucket/prefix``: see :func:`flashtensors.cli.upload.upload`.
         dtype: name of a floating dtype (``"bfloat16"``, ...) to cast floating tensors to.
         overwrite: replace an existing checkpoint and existing copies in ``dst``.
         copy_files: copy a directory source's non-weight files (config, tokenizer, ...).
@@ -95,14 +107,22 @@ def convert(
     Example:
         >>> convert("Qwen3-0.6B/", "Qwen3-0.6B-flash/", dtype="bfloat16")  # doctest: +SKIP
         'converted 311 tensors (1.50GB) from Qwen3-0.6B into Qwen3-0.6B-flash; copied 7 files'
+        >>> convert("s3://bucket/hf/Qwen3-0.6B", "Qwen3-0.6B-flash/")      # doctest: +SKIP
+        >>> convert("Qwen3-0.6B-flash/", "s3://bucket/flash/Qwen3-0.6B")   # doctest: +SKIP
     """
     import torch
     from tqdm import tqdm
 
     from flashtensors.flash import is_checkpoint
+    from flashtensors.remote import is_url
     from flashtensors.sources import open_source
     from flashtensors.writer import CheckpointWriter
 
+    if is_url(dst):
+        from .upload import upload
+
+        return upload(src, dst, dtype=dtype, overwrite=overwrite, copy_files=copy_files, progress=progress,
+                      convert=convert)
     source = open_source(src)
     dst = Path(dst)
     if dst.exists() and not dst.is_dir():
@@ -125,7 +145,7 @@ def convert(
         with bar, CheckpointWriter(dst, overwrite=overwrite) as writer:
             n_tensors = _write_weights(source, writer, cast_to, bar)
             for path in extras:  # before the commit: a failed copy leaves no checkpoint behind
-                shutil.copy2(path, dst / path.name)
+                source.copy_extra(path, dst)
     except BaseException:
         if created:  # the writer discarded its files; do not leave the directory it made behind
             shutil.rmtree(dst, ignore_errors=True)
@@ -142,14 +162,10 @@ def convert(
 
 def _write_weights(source, writer, cast_to, bar) -> int:
     """Stream every weight file of ``source`` into ``writer``; returns the number of tensors."""
-    from flashtensors.sources import SAFETENSORS_SUFFIXES, read_shard
-
     n_tensors = 0
     for shard in source.shards:
-        end = bar.n + shard.stat().st_size
-        # Safetensors files hold no shared tensors, so they can be split; pickles stay whole to keep ties.
-        limit = BATCH_BYTES if shard.name.endswith(SAFETENSORS_SUFFIXES) else None
-        for batch in _batches(read_shard(shard), limit):
+        end = bar.n + source.shard_bytes(shard)
+        for batch in source.batches(shard, BATCH_BYTES):
             read = sum(t.nbytes for t in batch.values())
             writer.write(_cast(batch, cast_to) if cast_to is not None else batch)
             n_tensors += len(batch)
@@ -171,23 +187,12 @@ def _extras_to_copy(source, dst: Path, overwrite: bool) -> list[Path]:
 
 
 def _same_file(a: Path, b: Path) -> bool:
+    if not isinstance(a, Path):  # a remote file
+        return False
     try:
         return a.samefile(b)
     except OSError:
         return False
-
-
-def _batches(tensors, limit: int | None):
-    """Group ``(name, tensor)`` pairs into dicts of about ``limit`` bytes (one dict if ``limit`` is None)."""
-    batch, size = {}, 0
-    for name, tensor in tensors:
-        if batch and limit is not None and size + tensor.nbytes > limit:
-            yield batch
-            batch, size = {}, 0
-        batch[name] = tensor
-        size += tensor.nbytes
-    if batch:
-        yield batch
 
 
 def _cast(batch: dict, dtype) -> dict:

@@ -8,6 +8,7 @@ import json
 EXAMPLES = """\
 examples:
   flashtensors info ./Qwen3-0.6B-flash
+  flashtensors info s3://bucket/flash/Qwen3-0.6B
   flashtensors info ./Qwen3-0.6B-flash --json | jq '.tensors | length'
 """
 
@@ -19,11 +20,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="list a flash checkpoint's tensors, size, data files and format version",
         description="List the tensors (name, dtype, shape), total size, data files, metadata and\n"
         "format version of the checkpoint in DIR: a flash checkpoint, a .safetensors file or a\n"
-        "directory of safetensors weights. Only the index (or the headers) is read.",
+        "directory of safetensors weights, local or at an http(s):// or s3:// URL. Only the index (or\n"
+        "the headers) is read.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("dir", metavar="DIR", help="checkpoint directory, or a .safetensors file")
+    p.add_argument("dir", metavar="DIR", help="checkpoint directory, or a .safetensors file; or the URL of either "
+                   "(http(s)://, s3://)")
     p.add_argument("--json", action="store_true", help="print the same as one JSON document")
     p.set_defaults(func=run)
 

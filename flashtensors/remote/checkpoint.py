@@ -11,8 +11,16 @@ from dataclasses import dataclass
 from .. import _native
 from ..errors import FlashFormatError, FlashRemoteError
 from ..format import INDEX_FILENAME, MAX_INDEX_BYTES, Index, format_error, parse_index_bytes
-from ..safetensors_format import HF_INDEX_FILENAME, MAX_HEADER_BYTES, SINGLE_FILENAME, SUFFIX, _native_rules
+from ..safetensors_format import (
+    HF_INDEX_FILENAME,
+    MAX_HEADER_BYTES,
+    SINGLE_FILENAME,
+    SUFFIX,
+    _native_rules,
+    _read_header,
+)
 from .store import ObjectInfo, open_store
+from .tier import LocalTier
 
 # The first GET of a safetensors file: its header length and, nearly always, its header.
 HEADER_PROBE_BYTES = 256 << 10
@@ -21,7 +29,8 @@ HEADER_PROBE_BYTES = 256 << 10
 @dataclass
 class RemoteCheckpoint:
     """A remote checkpoint, opened: the index, the URL the native reader gets for each data
-    file, and each data file's name and identity (size, ETag)."""
+    file, and each data file's name and identity (size, ETag). With a local tier, ``local``
+    holds per data file the path of its up-to-date local copy, or None."""
 
     url: str
     index: Index
@@ -30,12 +39,22 @@ class RemoteCheckpoint:
     objects: list  # ObjectInfo per data file
     store: object
     index_bytes: dict  # small files fetched, by name (the flash index or the HF weight index)
+    tier: LocalTier | None = None
+    local: list | None = None
+
+    def sources(self) -> list:
+        """What the native reader reads, per data file: its local copy, else its URL."""
+        return [p or u for p, u in zip(self.local or [None] * len(self.data_urls), self.data_urls)]
 
 
-def open_remote(url: str, timeout: float) -> RemoteCheckpoint:
+def open_remote(url: str, timeout: float, cache_dir: str | None = None) -> RemoteCheckpoint:
     """Opens the checkpoint at ``url``: a flash checkpoint directory (preferred), a
     ``.safetensors`` file, or a directory of safetensors weights (``model.safetensors.
     index.json``, else ``model.safetensors``, else, on S3, every ``*.safetensors``).
+
+    With ``cache_dir`` (the local tier), each data file whose local copy there has the
+    remote object's size and ETag is read from that copy (``.local``); safetensors headers
+    of such files are read from it too.
 
     Raises FlashRemoteError (missing, forbidden, unreachable) or FlashFormatError.
 
@@ -45,25 +64,26 @@ def open_remote(url: str, timeout: float) -> RemoteCheckpoint:
         ('flash', 'http://127.0.0.1:8080/m/model-00000.flash')
     """
     store, single = open_store(url, timeout)
+    tier = LocalTier(cache_dir, store) if cache_dir else None
     if single is not None:
-        return _safetensors(url, store, [single], {})
+        return _safetensors(url, store, [single], {}, tier)
     got = store.read(INDEX_FILENAME, missing_ok=True)
     if got is not None:
-        return _flash(url, store, got[0])
+        return _flash(url, store, got[0], tier)
     got = store.read(HF_INDEX_FILENAME, missing_ok=True)
     if got is not None:
-        return _safetensors(url, store, _hf_shards(store, got[0]), {HF_INDEX_FILENAME: got[0]})
+        return _safetensors(url, store, _hf_shards(store, got[0]), {HF_INDEX_FILENAME: got[0]}, tier)
     if store.stat(SINGLE_FILENAME) is not None:
-        return _safetensors(url, store, [SINGLE_FILENAME], {})
+        return _safetensors(url, store, [SINGLE_FILENAME], {}, tier)
     if store.listable:
         names = sorted(n for n in store.list() if n.endswith(SUFFIX))
         if names:
-            return _safetensors(url, store, names, {})
+            return _safetensors(url, store, names, {}, tier)
     raise FlashRemoteError(f"{url}: no checkpoint here (none of {INDEX_FILENAME}, {HF_INDEX_FILENAME}, "
                            f"{SINGLE_FILENAME} found)", 404, url)
 
 
-def _flash(url, store, raw: bytes) -> RemoteCheckpoint:
+def _flash(url, store, raw: bytes, tier) -> RemoteCheckpoint:
     if len(raw) > MAX_INDEX_BYTES:
         raise FlashFormatError(f"{store.describe(INDEX_FILENAME)}: index larger than {MAX_INDEX_BYTES} bytes")
     index = parse_index_bytes(raw, store.describe(INDEX_FILENAME))
@@ -78,8 +98,9 @@ def _flash(url, store, raw: bytes) -> RemoteCheckpoint:
                                    f"{f.size} (truncated or replaced){_needed_by(index, i)}")
         objects.append(ObjectInfo(f.size, info.etag))
     names = [f.name for f in index.files]
+    local = [tier.find(n, o) for n, o in zip(names, objects)] if tier else None
     return RemoteCheckpoint(url, index, [store.data_url(n) for n in names], names, objects, store,
-                            {INDEX_FILENAME: raw})
+                            {INDEX_FILENAME: raw}, tier, local)
 
 
 def _hf_shards(store, raw: bytes) -> list:
@@ -94,12 +115,13 @@ def _hf_shards(store, raw: bytes) -> list:
     return names
 
 
-def _safetensors(url, store, names: list, small: dict) -> RemoteCheckpoint:
+def _safetensors(url, store, names: list, small: dict, tier) -> RemoteCheckpoint:
     native = _native.module()
     table = native.TensorTable()
-    objects = []
+    objects, local = [], []
     for name in names:
-        header, info = _header(store, name)
+        header, info, path = _cached_header(store, name, tier) if tier else (*_header(store, name), None)
+        local.append(path)
         try:
             table.add_safetensors(name, header, info.size, _native_rules())
         except native.FormatError as e:
@@ -110,7 +132,23 @@ def _safetensors(url, store, names: list, small: dict) -> RemoteCheckpoint:
     except native.FormatError as e:
         raise format_error(url, *e.args) from None
     index = Index.from_table(table, kind="safetensors")
-    return RemoteCheckpoint(url, index, [store.data_url(n) for n in names], list(names), objects, store, small)
+    return RemoteCheckpoint(url, index, [store.data_url(n) for n in names], list(names), objects, store, small,
+                            tier, local if tier else None)
+
+
+def _cached_header(store, name: str, tier: LocalTier):
+    """``(header, identity, local copy or None)`` of a remote safetensors file: the header
+    read from the local copy when that is up to date (a size-and-ETag request instead of a
+    header GET), else from the remote file."""
+    info = store.stat(name)
+    path = tier.find(name, info) if info is not None else None
+    if path is not None:
+        try:
+            header, _ = _read_header(path)
+            return header, info, path
+        except FlashFormatError:
+            pass  # a damaged local copy: read the remote file (and replace the copy)
+    return (*_header(store, name), None)
 
 
 def _header(store, name: str):

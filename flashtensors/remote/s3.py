@@ -68,6 +68,11 @@ class S3Store:
     def describe(self, name: str) -> str:
         return f"s3://{self.bucket}/{self.key(name)}"
 
+    def identity(self) -> str:
+        """Where the objects live (the endpoint too: one bucket name may be on many
+        services), as the local tier names its copy of them."""
+        return f"s3://{self.bucket}/{self.prefix} at {self.s3.meta.endpoint_url}"
+
     def data_url(self, name: str) -> str:
         return self.s3.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": self.key(name)},
                                               ExpiresIn=PRESIGN_SECONDS)
@@ -78,7 +83,7 @@ class S3Store:
         except Exception as e:  # botocore's errors: ClientError, EndpointConnectionError, ...
             if _status(e) == 404:
                 return None
-            raise self._error(name, e) from None
+            raise self.error(name, e) from None
         return ObjectInfo(r["ContentLength"], r.get("ETag"))
 
     def read(self, name: str, start: int | None = None, end: int | None = None, missing_ok: bool = False):
@@ -92,7 +97,7 @@ class S3Store:
         except Exception as e:
             if missing_ok and _status(e) == 404:
                 return None
-            raise self._error(name, e) from None
+            raise self.error(name, e) from None
         size = r["ContentLength"]
         if "ContentRange" in r:
             size = int(r["ContentRange"].rsplit("/", 1)[1])
@@ -107,10 +112,10 @@ class S3Store:
                                                                           Delimiter="/"):
                 names += [o["Key"][len(prefix):] for o in page.get("Contents", [])]
         except Exception as e:
-            raise self._error("", e) from None
+            raise self.error("", e) from None
         return names
 
-    def _error(self, name: str, e: Exception) -> FlashRemoteError:
+    def error(self, name: str, e: Exception) -> FlashRemoteError:
         status = _status(e)
         what = f"HTTP {status} " if status else ""
         return FlashRemoteError(f"{self.describe(name)}: {what}{e}", status, self.describe(name))

@@ -34,6 +34,10 @@ class HttpStore:
     def describe(self, name: str) -> str:
         return http.shown(self.data_url(name))
 
+    def identity(self) -> str:
+        """Where the objects live, as the local tier names its copy of them."""
+        return self.base
+
     def data_url(self, name: str) -> str:
         return self.urls.get(name) or f"{self.base}/{urllib.parse.quote(name)}"
 

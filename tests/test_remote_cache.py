@@ -1,0 +1,268 @@
+"""The local tier (``cache_dir=``): what a load streams is kept, a later load of unchanged
+objects reads the local copy (no data bytes from the server: counted in nginx's access
+log, the fault server's counters and moto's request record), changed objects are fetched
+again, and a failed or killed load leaves nothing that looks complete."""
+
+import filecmp
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from flashtensors import FlashRemoteError, flash, loader
+from flashtensors.remote.tier import META_SUFFIX, PART_SUFFIX
+
+from helpers import assert_same
+from remote_servers import FaultServer, nginx, upload
+
+
+def state(seed=0):
+    torch.manual_seed(seed)
+    sd = {f"layers.{i}.weight": torch.randn(64 + i, 48) for i in range(6)}
+    sd["layers.0.bias"] = torch.arange(17, dtype=torch.int16)
+    sd["emb"] = torch.randn(3, 5).to(torch.bfloat16)
+    return sd
+
+
+@pytest.fixture(autouse=True)
+def small_pieces(monkeypatch):
+    monkeypatch.setattr(loader, "CHUNK_BYTES", 8 << 10)
+    import flashtensors.inplace as inplace
+
+    monkeypatch.setattr(inplace, "CHUNK_BYTES", 8 << 10)
+
+
+@pytest.fixture
+def site(tmp_path):
+    """A web root with a flash checkpoint (m/) and a sharded Hugging Face directory (hf/)."""
+    root = tmp_path / "www"
+    sd = state()
+    flash.save_dict(sd, root / "m")
+    write_hf(root / "hf", sd)
+    return root, sd
+
+
+def write_hf(where, sd, mtime=None):
+    where.mkdir(parents=True, exist_ok=True)
+    names = list(sd)
+    shards = {"model-00001-of-00002.safetensors": names[:4], "model-00002-of-00002.safetensors": names[4:]}
+    weight_map = {}
+    for shard, keys in shards.items():
+        save_file({k: sd[k] for k in keys}, where / shard)
+        weight_map.update({k: shard for k in keys})
+        if mtime is not None:
+            os.utime(where / shard, (mtime, mtime))
+    (where / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+
+
+def by(loaded, order):
+    """``loaded`` in the order of ``order`` (safetensors files keep their own order)."""
+    assert sorted(loaded) == sorted(order)
+    return {k: loaded[k] for k in order}
+
+
+def cached_files(cache):
+    """Every file under the cache directory, by name (the lock file left out)."""
+    return sorted(f for _, _, files in os.walk(cache) for f in files if f != ".lock")
+
+
+def data_reads(log_path, suffixes=(".flash", ".safetensors")):
+    """Requests of data files in an nginx access log that read more than one byte (the
+    tier's size-and-ETag requests read one)."""
+    out = []
+    for line in open(log_path).read().splitlines():
+        method, uri, rng, status, sent = line.split(" ")
+        if uri.endswith(suffixes) and int(sent) > 1:
+            out.append(line)
+    return out
+
+
+@pytest.mark.parametrize("where", ["m", "hf"])
+def test_second_load_reads_the_local_copy(site, where, tmp_path):
+    root, sd = site
+    cache, log = tmp_path / "cache", tmp_path / "access.log"
+    with nginx(root, access_log=log) as server:
+        first = flash.load_dict(f"{server.url}/{where}", "cpu", cache_dir=cache)
+        assert data_reads(log)
+        open(log, "w").close()
+        second = flash.load_dict(f"{server.url}/{where}", "cpu", cache_dir=cache)
+        assert data_reads(log) == []
+    assert_same(first, second)
+    assert_same({k: second[k] for k in sd}, sd)
+    # Byte for byte the remote files, each with a sidecar naming its size and ETag.
+    copies = [f for f in cached_files(cache) if not f.endswith(META_SUFFIX)]
+    assert copies and not any(f.endswith(PART_SUFFIX) for f in copies)
+    (copy_dir,) = os.listdir(cache)
+    for name in copies:
+        assert filecmp.cmp(cache / copy_dir / name, root / where / name, shallow=False)
+        meta = json.loads((cache / copy_dir / (name + META_SUFFIX)).read_text())
+        assert meta["size"] == os.path.getsize(root / where / name) and meta["etag"]
+
+
+def test_load_into_and_the_environment_default(site, tmp_path, monkeypatch):
+    root, sd = site
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("FLASHTENSORS_CACHE_DIR", str(cache))
+    with FaultServer(root) as server:
+        targets = {k: torch.zeros_like(v) for k, v in sd.items()}
+        flash.load_into(f"{server.url}/m", targets)
+        assert_same(targets, sd)
+        before = server.faults.requests
+        again = {k: torch.zeros_like(v) for k, v in sd.items()}
+        flash.load_into(f"{server.url}/m", again)
+        assert server.faults.requests == before
+        assert_same(again, sd)
+        # cache_dir=False: no local tier, whatever the environment says.
+        flash.load_dict(f"{server.url}/m", cache_dir=False)
+        assert server.faults.requests > before
+
+
+def test_a_subset_is_not_kept(site, tmp_path):
+    """load_into of some tensors reads only parts of a file: no copy of it is kept."""
+    root, sd = site
+    cache = tmp_path / "cache"
+    with FaultServer(root) as server:
+        target = {"layers.2.weight": torch.zeros_like(sd["layers.2.weight"])}
+        flash.load_into(f"{server.url}/m", target, cache_dir=cache)
+        assert_same(target, {"layers.2.weight": sd["layers.2.weight"]})
+        assert cached_files(cache) == []
+        # Every tensor of the second shard (and none of the first): that shard is kept.
+        second = {k: torch.zeros_like(sd[k]) for k in list(sd)[4:]}
+        flash.load_into(f"{server.url}/hf", second, cache_dir=cache)
+        assert cached_files(cache) == ["model-00002-of-00002.safetensors",
+                                       "model-00002-of-00002.safetensors" + META_SUFFIX]
+
+
+def test_a_changed_object_is_fetched_again(site, tmp_path):
+    root, sd = site
+    cache, log = tmp_path / "cache", tmp_path / "access.log"
+    with nginx(root, access_log=log) as server:
+        url = f"{server.url}/hf"
+        flash.load_dict(url, cache_dir=cache)
+        # New values, same sizes; nginx's ETag is mtime and size, so give the files a new mtime.
+        changed = {k: v + 1 if v.is_floating_point() else v * 3 for k, v in sd.items()}
+        write_hf(root / "hf", changed, mtime=time.time() + 100)
+        open(log, "w").close()
+        got = flash.load_dict(url, cache_dir=cache)
+        assert_same({k: got[k] for k in sd}, changed)
+        assert {line.split(" ")[1] for line in data_reads(log)} == {
+            "/hf/model-00001-of-00002.safetensors", "/hf/model-00002-of-00002.safetensors"}
+        # The copies now hold the new objects: a third load reads no data.
+        open(log, "w").close()
+        assert_same(flash.load_dict(url, cache_dir=cache), got)
+        assert data_reads(log) == []
+
+
+def test_only_the_changed_shard_is_fetched_again(site, tmp_path):
+    root, sd = site
+    cache, log = tmp_path / "cache", tmp_path / "access.log"
+    with nginx(root, access_log=log) as server:
+        url = f"{server.url}/hf"
+        flash.load_dict(url, cache_dir=cache)
+        shard = root / "hf" / "model-00002-of-00002.safetensors"
+        keys = list(sd)[4:]
+        save_file({k: sd[k] * 2 for k in keys}, shard)
+        os.utime(shard, (12345, 12345))
+        open(log, "w").close()
+        got = flash.load_dict(url, cache_dir=cache)
+        assert [line.split(" ")[1] for line in data_reads(log)] == ["/hf/model-00002-of-00002.safetensors"] * len(
+            data_reads(log))
+        assert data_reads(log)
+    assert_same({k: got[k] for k in keys}, {k: sd[k] * 2 for k in keys})
+
+
+@pytest.mark.parametrize("status", [403, 503])
+def test_a_failed_load_keeps_nothing(site, tmp_path, status):
+    root, _ = site
+    cache = tmp_path / "cache"
+    with FaultServer(root) as server:
+        server.faults.status_big = status
+        with pytest.raises(FlashRemoteError):
+            flash.load_dict(f"{server.url}/m", "cpu", cache_dir=cache, timeout=2)
+    assert cached_files(cache) == []
+
+
+def test_a_killed_load_leaves_only_a_part_file(site, tmp_path):
+    """A load killed mid-stream leaves a ``.part`` file, never a copy with its final name
+    or a sidecar; the next load removes it and keeps a complete copy."""
+    root, sd = site
+    cache = tmp_path / "cache"
+    with FaultServer(root) as server:
+        server.faults.stall_big = True
+        code = ("from flashtensors import flash; import sys; "
+                f"flash.load_dict({server.url + '/m'!r}, cache_dir={str(cache)!r}, timeout=120)")
+        child = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE)
+        try:
+            while not any(f.endswith(PART_SUFFIX) for f in cached_files(cache)):  # streaming has begun
+                assert child.poll() is None, child.stderr.read().decode()
+                time.sleep(0.05)
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+            child.stderr.close()
+        left = cached_files(cache)
+        assert len(left) == 1 and left[0].endswith(PART_SUFFIX)
+        server.faults.stall_big = False
+        assert_same(flash.load_dict(f"{server.url}/m", "cpu", cache_dir=cache), sd)
+    left = cached_files(cache)
+    assert not any(f.endswith(PART_SUFFIX) for f in left)
+    assert len(left) == 2 and any(f.endswith(META_SUFFIX) for f in left)
+
+
+def test_an_unusable_cache_dir_does_not_fail_the_load(site, tmp_path, caplog):
+    root, sd = site
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    with FaultServer(root) as server:
+        assert_same(flash.load_dict(f"{server.url}/m", "cpu", cache_dir=not_a_dir), sd)
+    assert "not keeping a local copy" in caplog.text
+
+
+def test_s3_second_load_reads_the_local_copy(s3, s3_server, tmp_path):
+    c, bucket = s3
+    sd = state()
+    save_file(sd, tmp_path / "model.safetensors")
+    key = "models/m/model.safetensors"
+    c.put_object(Bucket=bucket, Key=key, Body=(tmp_path / "model.safetensors").read_bytes())
+    cache = tmp_path / "cache"
+    url = f"s3://{bucket}/models/m"
+
+    def data_gets():
+        return [r for r in s3_server.requests if r[0] == "GET" and r[1].endswith(key)]
+
+    s3_server.requests.clear()
+    assert_same(by(flash.load_dict(url, "cpu", cache_dir=cache), sd), sd)
+    assert data_gets()
+    s3_server.requests.clear()
+    assert_same(by(flash.load_dict(url, "cpu", cache_dir=cache), sd), sd)
+    assert data_gets() == []
+    # A new object under the same key (a new ETag) is fetched again.
+    changed = {k: v + 1 if v.is_floating_point() else v * 3 for k, v in sd.items()}
+    save_file(changed, tmp_path / "model.safetensors")
+    c.put_object(Bucket=bucket, Key=key, Body=(tmp_path / "model.safetensors").read_bytes())
+    s3_server.requests.clear()
+    assert_same(by(flash.load_dict(url, "cpu", cache_dir=cache), sd), changed)
+    assert data_gets()
+    s3_server.requests.clear()
+    assert_same(by(flash.load_dict(url, "cpu", cache_dir=cache), sd), changed)
+    assert data_gets() == []
+
+
+def test_s3_flash_checkpoint_cached(s3, s3_server, tmp_path):
+    c, bucket = s3
+    sd = state()
+    flash.save_dict(sd, tmp_path / "m")
+    upload(c, bucket, tmp_path / "m", "m")
+    cache = tmp_path / "cache"
+    flash.load_dict(f"s3://{bucket}/m", cache_dir=cache)
+    s3_server.requests.clear()
+    targets = {k: torch.zeros_like(v) for k, v in sd.items()}
+    flash.load_into(f"s3://{bucket}/m", targets, cache_dir=cache)
+    assert_same(targets, sd)
+    assert not [r for r in s3_server.requests if r[0] == "GET" and r[1].endswith(".flash")]
