@@ -118,6 +118,17 @@ flash::IoMode parse_io(const std::string& io) {
   throw std::invalid_argument("io must be 'auto', 'buffered' or 'direct', not '" + io + "'");
 }
 
+flash::LoadOptions load_options(int threads, uint64_t chunk_bytes, const std::string& io, double timeout,
+                                const TeeList& tees) {
+  flash::LoadOptions options;
+  options.threads = threads;
+  options.chunk_bytes = chunk_bytes;
+  options.source.io = parse_io(io);
+  options.source.timeout_s = timeout;
+  if (tees) options.tees = *tees;
+  return options;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -264,12 +275,7 @@ PYBIND11_MODULE(_C, m) {
           "execute",
           [](const LoadPlan& p, const std::vector<std::string>& paths, const std::vector<uint64_t>& bases,
              int threads, uint64_t chunk_bytes, const std::string& io, double timeout, const TeeList& tees) {
-            flash::LoadOptions options;
-            options.threads = threads;
-            options.chunk_bytes = chunk_bytes;
-            options.source.io = parse_io(io);
-            options.source.timeout_s = timeout;
-            if (tees) options.tees = *tees;
+            const flash::LoadOptions options = load_options(threads, chunk_bytes, io, timeout, tees);
             auto ops = p.read_ops(bases);
             py::gil_scoped_release nogil;
             flash::execute_plan(paths, ops, options);
@@ -307,12 +313,7 @@ PYBIND11_MODULE(_C, m) {
       "execute_plan",
       [](const std::vector<std::string>& paths, const std::vector<OpTuple>& ops, int threads,
          uint64_t chunk_bytes, const std::string& io, double timeout, const TeeList& tees) {
-        flash::LoadOptions options;
-        options.threads = threads;
-        options.chunk_bytes = chunk_bytes;
-        options.source.io = parse_io(io);
-        options.source.timeout_s = timeout;
-        if (tees) options.tees = *tees;
+        const flash::LoadOptions options = load_options(threads, chunk_bytes, io, timeout, tees);
         auto plan = to_ops(ops);
         py::gil_scoped_release nogil;
         flash::execute_plan(paths, plan, options);
