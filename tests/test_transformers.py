@@ -312,3 +312,27 @@ def test_failed_save_leaves_nothing(tmp_path):
         flash_tf.save_pretrained(make_model("llama"), tmp_path / "m", tokenizer=BrokenTokenizer())
     assert list(tmp_path.iterdir()) == []
     assert modeling_utils.safe_save_file.__module__ == "safetensors.torch"  # writer swap undone
+
+
+def test_without_transformers_the_patch_says_what_is_missing():
+    """Where transformers is not installed, patch_transformers() raises a FlashError that
+    names what to install, not an ImportError from deep inside the hooks."""
+    import subprocess
+    import sys
+
+    code = """
+import importlib.abc, sys
+class NoTransformers(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] == "transformers":
+            raise ModuleNotFoundError("No module named 'transformers'")
+sys.meta_path.insert(0, NoTransformers())
+import flashtensors
+try:
+    flashtensors.patch_transformers()
+except flashtensors.FlashError as e:
+    print(type(e).__name__, e)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.startswith("UnsupportedTransformersError"), (out.stdout, out.stderr[-2000:])
+    assert "transformers>=" in out.stdout

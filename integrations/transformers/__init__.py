@@ -19,8 +19,13 @@ checkpoint directories. ``unpatch()`` removes the patch. Supported transformers:
 ``compat.SUPPORTED``.
 """
 
-from .compat import SUPPORTED, UnsupportedTransformersError
-from .patching import is_patched, patch, unpatch
-from .saving import save_pretrained
+from .compat import SUPPORTED, UnsupportedTransformersError, check_supported
+
+# A missing or unsupported transformers is a clear FlashError here, not an ImportError
+# from deep inside the hooks (which import transformers).
+check_supported()
+
+from .patching import is_patched, patch, unpatch  # noqa: E402
+from .saving import save_pretrained  # noqa: E402
 
 __all__ = ["SUPPORTED", "UnsupportedTransformersError", "is_patched", "patch", "save_pretrained", "unpatch"]
