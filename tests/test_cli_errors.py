@@ -183,7 +183,7 @@ def test_bad_dtype_is_a_usage_error(tmp_path):
     assert "invalid choice: 'int8'" in result.stderr
 
 
-@pytest.mark.parametrize("command", ["convert", "info", "verify"])
+@pytest.mark.parametrize("command", ["convert", "fetch", "info", "verify"])
 def test_help_has_an_example(command):
     result = flashtensors(command, "--help")
     assert result.returncode == 0

@@ -149,3 +149,41 @@ def test_convert_from_a_missing_url_names_it(s3, tmp_path):
     r = flashtensors("convert", f"s3://{bucket}/nothing", tmp_path / "out")
     assert r.returncode == 1 and f"s3://{bucket}/nothing: no checkpoint" in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_fetch_gets_the_config_and_tokenizer_but_no_weights(s3, tmp_path, monkeypatch):
+    c, bucket = s3
+    upload(c, bucket, hf_dir(tmp_path / "hf", state()), "hf/tiny")
+    r = flashtensors("fetch", f"s3://{bucket}/hf/tiny", tmp_path / "m")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"{tmp_path / 'm'}\n"  # the directory alone, for $(flashtensors fetch URL)
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "tokenizer.json"]
+    assert f"""'{{"weights": "s3://{bucket}/hf/tiny"}}'""" in r.stderr
+    # Without DIR: a directory of its own under the user's cache, named after the model.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    r = flashtensors("fetch", f"s3://{bucket}/hf/tiny")
+    assert r.returncode == 0, r.stderr
+    where = r.stdout.strip()
+    assert where.startswith(f"{tmp_path / 'xdg'}/flashtensors/models/tiny-")
+    assert json.loads(open(f"{where}/config.json").read()) == {"model_type": "tiny"}
+
+
+def test_fetch_from_a_web_server_asks_for_the_usual_names(tmp_path):
+    from remote_servers import FaultServer
+
+    hf_dir(tmp_path / "www" / "hf", state())
+    with FaultServer(tmp_path / "www") as server:
+        r = flashtensors("fetch", f"{server.url}/hf", tmp_path / "m")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "tokenizer.json"]
+
+
+def test_fetch_errors(s3, tmp_path):
+    c, bucket = s3
+    c.put_object(Bucket=bucket, Key="nocfg/model.safetensors", Body=b"x")
+    r = flashtensors("fetch", f"s3://{bucket}/nocfg", tmp_path / "m")
+    assert r.returncode == 1
+    assert f"s3://{bucket}/nocfg/config.json: not found, so s3://{bucket}/nocfg is not a Hugging Face" in r.stderr
+    assert not (tmp_path / "m").exists()
+    r = flashtensors("fetch", str(tmp_path), tmp_path / "m")
+    assert r.returncode == 1 and "not a URL" in r.stderr

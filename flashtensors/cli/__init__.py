@@ -10,7 +10,7 @@ import sys
 
 from ..errors import FlashError
 
-SUBCOMMANDS = ("convert", "info", "verify", "bench", "serve", "cache")
+SUBCOMMANDS = ("convert", "fetch", "info", "verify", "bench", "serve", "cache")
 
 
 def build_parser() -> argparse.ArgumentParser:

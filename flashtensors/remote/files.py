@@ -67,3 +67,51 @@ def fetch_files(store, names: list, directory, overwrite: bool = True) -> list:
         os.replace(tmp, path)
         written.append(name)
     return written
+
+
+def default_model_dir(store) -> str:
+    """Where :func:`fetch_model_files` puts a remote model's files by default:
+    ``$XDG_CACHE_HOME/flashtensors/models/<last path part>-<hash of the location>``
+    (``~/.cache`` without ``XDG_CACHE_HOME``); the hash covers an S3 store's endpoint too."""
+    import hashlib
+    import re
+
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    where = store.describe("x")[:-2]  # the directory's URL, without a query string
+    tail = re.sub(r"[^A-Za-z0-9._-]", "_", where.rsplit("/", 1)[-1])[:60].lstrip(".") or "root"
+    digest = hashlib.sha256(store.identity().encode()).hexdigest()[:16]
+    return os.path.join(base, "flashtensors", "models", f"{tail}-{digest}")
+
+
+def fetch_model_files(url: str, directory=None, timeout=None) -> str:
+    """Fetches the config, tokenizer and other small files of the remote model directory
+    ``url`` (``s3://bucket/prefix``, ``http(s)://...``), never its weights, into
+    ``directory`` (default: :func:`default_model_dir`); returns the directory. Files
+    fetched before are fetched again (a changed config is picked up).
+
+    This makes the local model directory an engine reads its config and tokenizer from
+    while the weights are streamed from ``url``: for vLLM, ``--model DIR --load-format flash
+    --model-loader-extra-config '{"weights": URL}'``. On the command line: ``flashtensors
+    fetch URL [DIR]``.
+
+    Raises:
+        FlashRemoteError: the URL cannot be read (names the URL or object).
+        FlashError: the URL holds no ``config.json`` (not a Hugging Face model directory).
+
+    Example:
+        >>> fetch_model_files("s3://bucket/models/qwen3")                 # doctest: +SKIP
+        '/root/.cache/flashtensors/models/qwen3-1f3a9c0d2b4e6f70'
+    """
+    from . import resolve_timeout
+    from .store import open_store
+
+    store, single = open_store(url, resolve_timeout(timeout))
+    if single is not None:
+        raise FlashError(f"{url}: names one weight file; give the URL of the model's directory")
+    names = other_files(store)
+    if "config.json" not in names:
+        raise FlashError(f"{store.describe('config.json')}: not found, so {url} is not a Hugging Face model "
+                         f"directory (the engine needs its config.json)")
+    directory = os.path.abspath(os.fspath(directory if directory is not None else default_model_dir(store)))
+    fetch_files(store, names, directory)
+    return directory

@@ -16,6 +16,17 @@ Example::
     from vllm import LLM
     llm = LLM(model="/models/qwen-flash", load_format="flash")
 
+Weights in object storage or on a web server (vLLM's own ``--model s3://...`` needs its
+runai extra and then only takes the runai load formats, so the URL goes in the options,
+and the model directory holds the config and tokenizer only)::
+
+    vllm serve "$(flashtensors fetch s3://bucket/qwen)" --load-format flash \\
+        --model-loader-extra-config '{"weights": "s3://bucket/qwen"}'
+
+    from flashtensors.integrations.vllm import fetch_model_files
+    llm = LLM(model=fetch_model_files("s3://bucket/qwen"), load_format="flash",
+              model_loader_extra_config={"weights": "s3://bucket/qwen"})
+
 Options (``--model-loader-extra-config``): see :class:`.config.FlashLoaderConfig`.
 """
 
@@ -28,6 +39,7 @@ __all__ = [
     "FlashConfigError",
     "FlashLoaderConfig",
     "FlashWorkerExtension",
+    "fetch_model_files",
     "register",
     "save_vllm_checkpoint",
 ]
@@ -62,6 +74,10 @@ def __getattr__(name):
         from . import per_rank
 
         return getattr(per_rank, name)
+    if name == "fetch_model_files":
+        from flashtensors.remote.files import fetch_model_files
+
+        return fetch_model_files
     if name in ("FlashConfigError", "FlashLoaderConfig"):
         from . import config
 

@@ -4,6 +4,8 @@ Example::
 
     vllm serve /models/qwen-flash --load-format flash \\
         --model-loader-extra-config '{"threads": 16, "verify": true}'
+    vllm serve "$(flashtensors fetch s3://bucket/qwen)" --load-format flash \\
+        --model-loader-extra-config '{"weights": "s3://bucket/qwen"}'
 
 Unknown keys and values of the wrong type are errors, so a misspelt option never goes
 unnoticed.
@@ -16,8 +18,10 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from flashtensors.errors import FlashError
+from flashtensors.remote import SCHEMES, is_url
 
 STAGING_CHOICES = ("device", "cpu")
+MAX_TIMEOUT_S = 86400
 
 
 class FlashConfigError(FlashError, ValueError):
@@ -39,16 +43,30 @@ class FlashLoaderConfig:
             read once by the tensor-parallel group, each rank reading its share and the
             group sharing it (``flash.load_dict(..., group=...)``); ``False``: every rank
             reads the whole checkpoint itself.
+        weights: the URL the weights are streamed from (``s3://bucket/prefix``,
+            ``http(s)://...``) instead of the model directory, which then needs only the
+            config and tokenizer (``flashtensors fetch URL`` fetches them). The URL holds a
+            flash checkpoint or safetensors, as ``flash.load_dict`` reads them.
+        cache_dir: with ``weights``: keep a local copy of the files streamed there and read
+            unchanged ones from it next time (``flash.load_dict(cache_dir=...)``; default
+            ``$FLASHTENSORS_CACHE_DIR``). Loads shared by a tensor-parallel group keep none.
+        timeout: with ``weights``: seconds a read may go without receiving a byte before the
+            load fails (default ``$FLASHTENSORS_TIMEOUT``, else 30).
 
     Example:
-        >>> FlashLoaderConfig.from_extra_config({"threads": 8})
-        FlashLoaderConfig(threads=8, verify=False, staging='device', distributed=True)
+        >>> FlashLoaderConfig.from_extra_config({"threads": 8}).threads
+        8
+        >>> FlashLoaderConfig.from_extra_config({"weights": "s3://bucket/qwen"}).weights
+        's3://bucket/qwen'
     """
 
     threads: int | None = None
     verify: bool = False
     staging: str = "device"
     distributed: bool = True
+    weights: str | None = None
+    cache_dir: str | None = None
+    timeout: float | None = None
 
     @classmethod
     def from_extra_config(cls, extra: Mapping[str, Any] | None) -> FlashLoaderConfig:
@@ -80,4 +98,33 @@ class FlashLoaderConfig:
         if type(distributed) is not bool:
             raise FlashConfigError(
                 f"model_loader_extra_config 'distributed' must be true or false, got {distributed!r}")
-        return cls(threads=threads, verify=verify, staging=staging, distributed=distributed)
+        weights = extra.get("weights")
+        if weights is not None and not is_url(weights):
+            raise FlashConfigError(
+                f"model_loader_extra_config 'weights' must be the URL of the weights "
+                f"({', '.join(s + '...' for s in SCHEMES)}), got {weights!r}{_url_hint(weights)}")
+        cache_dir = extra.get("cache_dir")
+        if cache_dir is not None and (not isinstance(cache_dir, str) or not cache_dir):
+            raise FlashConfigError(f"model_loader_extra_config 'cache_dir' must be a directory path, got {cache_dir!r}")
+        timeout = extra.get("timeout")
+        if timeout is not None and (type(timeout) not in (int, float) or not 0 < timeout <= MAX_TIMEOUT_S):
+            raise FlashConfigError(f"model_loader_extra_config 'timeout' must be a number of seconds, more than 0 "
+                                   f"and at most {MAX_TIMEOUT_S}, got {timeout!r}")
+        for key, value in (("cache_dir", cache_dir), ("timeout", timeout)):
+            if value is not None and weights is None:
+                raise FlashConfigError(f"model_loader_extra_config {key!r} applies to weights streamed from a URL: "
+                                       f"give the URL as 'weights' too")
+        return cls(threads=threads, verify=verify, staging=staging, distributed=distributed, weights=weights,
+                   cache_dir=cache_dir, timeout=None if timeout is None else float(timeout))
+
+
+def _url_hint(value) -> str:
+    """Why a 'weights' value that is not a URL flashtensors streams from is refused."""
+    if not isinstance(value, str):
+        return ""
+    if value.lower().startswith(("gs://", "az://")):
+        return ("; Google Cloud Storage answers the S3 API (s3://bucket/prefix with AWS_ENDPOINT_URL="
+                "https://storage.googleapis.com and HMAC keys); Azure Blob Storage is not supported")
+    if value.lower().startswith(SCHEMES):
+        return "; URL schemes are lowercase (s3://, http://, https://)"
+    return "; a local directory is served as --model DIR, with no 'weights'"

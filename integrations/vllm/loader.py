@@ -18,12 +18,20 @@ weights are read by flashtensors' engine from one of three layouts:
 Per-rank checkpoints saved for the engine's tensor-parallel size win; otherwise the full
 flash checkpoint, otherwise the safetensors are read.
 
+**Remote weights**: with ``model_loader_extra_config={"weights": URL}`` (``s3://`` or
+``http(s)://``), the full or safetensors layout at that URL is streamed by
+``flash.load_dict(URL, ...)`` and the model directory needs only the config and tokenizer
+(``flashtensors fetch URL`` fetches them). vLLM's own ``--model s3://...`` cannot be used:
+it pulls the config through its runai extra and then accepts only the runai load formats.
+
 Example::
 
     vllm serve /models/qwen --load-format flash            # plain safetensors directory
     vllm serve /models/qwen-flash --load-format flash      # flashtensors convert output
     LLM(model="/models/qwen-flash", load_format="flash",
         model_loader_extra_config={"threads": 8})
+    LLM(model=fetch_model_files("s3://bucket/qwen"), load_format="flash",   # config, tokenizer
+        model_loader_extra_config={"weights": "s3://bucket/qwen"})         # weights streamed
 """
 
 from __future__ import annotations
@@ -39,7 +47,9 @@ from vllm.config.load import LoadConfig
 from vllm.model_executor.model_loader.base_loader import BaseModelLoader
 
 from flashtensors import flash
+from flashtensors.checkpoint import open_checkpoint
 from flashtensors.errors import FlashDeviceError, FlashFormatError
+from flashtensors.remote import is_url
 from flashtensors.safetensors_format import weight_files
 
 from . import per_rank
@@ -66,18 +76,23 @@ class FlashModelLoader(BaseModelLoader):
         self.options = FlashLoaderConfig.from_extra_config(load_config.model_loader_extra_config)
 
     def download_model(self, model_config: ModelConfig) -> None:
-        """Nothing to download: weights are read from a local directory, checked here."""
-        root = _weights_dir(model_config)
-        if self.options.verify and not flash.is_checkpoint(root) and not per_rank.saved_tp_sizes(root):
+        """Nothing to download: the weights (a local directory, or the URL of ``weights``,
+        whose index or headers are read) are checked here."""
+        root = self._weights(model_config)
+        if is_url(root):
+            if _remote_layout(root, self.options.timeout) != "full" and self.options.verify:
+                raise _verify_needs_flash(root)
+        elif self.options.verify and not flash.is_checkpoint(root) and not per_rank.saved_tp_sizes(root):
             raise _verify_needs_flash(root)
 
     def load_weights(self, model: nn.Module, model_config: ModelConfig) -> None:
-        """Loads the weights in ``model_config``'s directory into ``model`` (see the module docstring)."""
-        root = _weights_dir(model_config)
+        """Loads the weights in ``model_config``'s directory, or at the URL of ``weights``,
+        into ``model`` (see the module docstring)."""
+        root = self._weights(model_config)
         device = _model_device(model)
         started = time.perf_counter()
         _, tp_size = per_rank.tp_rank_and_size()
-        layout = _layout(root, tp_size)
+        layout = _remote_layout(root, self.options.timeout) if is_url(root) else _layout(root, tp_size)
         if layout == "per-rank":
             per_rank.load_rank(model, root, verify=self.options.verify, threads=self.options.threads)
         else:
@@ -102,19 +117,25 @@ class FlashModelLoader(BaseModelLoader):
             except ValueError as e:
                 raise FlashFormatError(f"{root}: the checkpoint lacks weights the model needs: {e}") from None
 
-    def _stage(self, root: Path, device: torch.device) -> dict:
+    def _weights(self, model_config: ModelConfig) -> Path | str:
+        """Where the weights are read from: the URL of ``weights``, else the local directory."""
+        return self.options.weights or _weights_dir(model_config)
+
+    def _stage(self, root: Path | str, device: torch.device) -> dict:
         """The full checkpoint's (or the safetensors') tensors on ``device``, or in host memory if
         they do not fit there. ``flash.load_dict`` itself prefers a flash checkpoint."""
         cpu = torch.device("cpu")
         where = cpu if self.options.staging == "cpu" else device
+        remote = {"timeout": self.options.timeout, "cache_dir": self.options.cache_dir} if is_url(root) else {}
         try:
             return flash.load_dict(root, where, verify=self.options.verify, threads=self.options.threads,
-                                   group=self._group(where))
+                                   group=self._group(where), **remote)
         except FlashDeviceError as e:  # the whole checkpoint does not fit beside the model (on some rank)
             if where == cpu:
                 raise
             log.warning("flashtensors: %s; staging the checkpoint in host memory instead", e)
-            return flash.load_dict(root, cpu, threads=self.options.threads, group=self._group(cpu))  # verified
+            return flash.load_dict(root, cpu, threads=self.options.threads, group=self._group(cpu),  # verified
+                                   **remote)
 
     def _group(self, where: torch.device):
         """The tensor-parallel group that reads the checkpoint once and shares it, or None:
@@ -151,6 +172,13 @@ def _verify_needs_flash(root: Path) -> FlashConfigError:
         f"checkpoint, and this directory holds safetensors weights, which have none; drop "
         f"'verify', or convert it with `flashtensors convert`"
     )
+
+
+def _remote_layout(url: str, timeout: float | None) -> str:
+    """``"full"`` (a flash checkpoint) or ``"safetensors"``: what ``url`` holds, from its
+    index or headers. Raises FlashRemoteError (missing, forbidden, unreachable) naming the
+    URL, or FlashFormatError."""
+    return "full" if open_checkpoint(url, timeout)[0].kind == "flash" else "safetensors"
 
 
 def _layout(root: Path, tp_size: int) -> str:
