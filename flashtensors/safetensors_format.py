@@ -65,39 +65,54 @@ def hf_index_shards(index_path) -> list:
     index_path = os.fspath(index_path)
     try:
         with open(index_path, "rb") as f:
-            weight_map = json.loads(f.read())["weight_map"]
-        names = list(dict.fromkeys(weight_map.values()))
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise FlashFormatError(f"{index_path}: not a valid weight index ({type(e).__name__}: {e})") from None
+            raw = f.read()
     except OSError as e:
         raise FlashFormatError(f"{index_path}: cannot read the weight index: {e.strerror}") from None
-    bad = [n for n in names if not isinstance(n, str) or os.path.basename(n) != n or n in ("", ".", "..")]
-    if bad:  # shards are plain file names beside the index; never read a file elsewhere
-        raise FlashFormatError(f"{index_path}: not a valid weight index (bad file name {bad[0]!r})")
-    shards = [os.path.join(os.path.dirname(index_path), name) for name in names]
+    shards = [os.path.join(os.path.dirname(index_path), name) for name in hf_shard_names(raw, index_path)]
     missing = [os.path.basename(p) for p in shards if not os.path.isfile(p)]
     if missing:
         raise FlashFormatError(f"{index_path}: names missing weight file(s): {', '.join(missing)}")
     return shards
 
 
+def hf_shard_names(raw: bytes, where: str) -> list:
+    """The file names a Hugging Face weight index (its raw bytes; ``where`` names it in
+    errors) maps tensors to, in first-use order. FlashFormatError if it is invalid or a
+    name is not a plain file name (shards lie beside the index, never elsewhere)."""
+    try:
+        names = list(dict.fromkeys(json.loads(raw)["weight_map"].values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise FlashFormatError(f"{where}: not a valid weight index ({type(e).__name__}: {e})") from None
+    bad = [n for n in names if not isinstance(n, str) or os.path.basename(n) != n or n in ("", ".", "..")]
+    if bad:
+        raise FlashFormatError(f"{where}: not a valid weight index (bad file name {bad[0]!r})")
+    return names
+
+
 def read_safetensors_index(files: list, where: str) -> tuple:
     """``(index, paths)`` of safetensors ``files`` read as one checkpoint: every header
     validated, tensors in file order. ``where`` names the whole in error messages."""
+    paths = [os.path.abspath(f) for f in files]
+    headers = [(os.path.basename(path), *_read_header(path), path) for path in paths]
+    return index_of_headers(headers, where), paths
+
+
+def index_of_headers(headers, where: str) -> Index:
+    """The index of safetensors files read as one checkpoint, from ``(file name, header
+    bytes, file size, what to name the file in errors)`` per file, wherever the headers
+    came from (a disk, a server). ``where`` names the whole in error messages."""
     native = _native.module()
     table = native.TensorTable()
-    paths = [os.path.abspath(f) for f in files]
-    for path in paths:
-        header, size = _read_header(path)
+    for name, header, size, described in headers:
         try:
-            table.add_safetensors(os.path.basename(path), header, size, _native_rules())
+            table.add_safetensors(name, header, size, _native_rules())
         except native.FormatError as e:
-            raise format_error(path, *e.args) from None
+            raise format_error(described, *e.args) from None
     try:
         table.index_names()
     except native.FormatError as e:
         raise format_error(where, *e.args) from None
-    return Index.from_table(table, kind="safetensors"), paths
+    return Index.from_table(table, kind="safetensors")
 
 
 def _read_header(path: str) -> tuple:

@@ -5,19 +5,18 @@ checkpoint becomes; the data "paths" it hands back are URLs for the native reade
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
-from .. import _native
 from ..errors import FlashFormatError, FlashRemoteError
-from ..format import INDEX_FILENAME, MAX_INDEX_BYTES, Index, format_error, parse_index_bytes
+from ..format import INDEX_FILENAME, MAX_INDEX_BYTES, Index, parse_index_bytes
 from ..safetensors_format import (
     HF_INDEX_FILENAME,
     MAX_HEADER_BYTES,
     SINGLE_FILENAME,
     SUFFIX,
-    _native_rules,
     _read_header,
+    hf_shard_names,
+    index_of_headers,
 )
 from .store import ObjectInfo, open_store
 from .tier import LocalTier
@@ -72,7 +71,8 @@ def open_remote(url: str, timeout: float, cache_dir: str | None = None) -> Remot
         return _flash(url, store, got[0], tier)
     got = store.read(HF_INDEX_FILENAME, missing_ok=True)
     if got is not None:
-        return _safetensors(url, store, _hf_shards(store, got[0]), {HF_INDEX_FILENAME: got[0]}, tier)
+        names = hf_shard_names(got[0], store.describe(HF_INDEX_FILENAME))
+        return _safetensors(url, store, names, {HF_INDEX_FILENAME: got[0]}, tier)
     if store.stat(SINGLE_FILENAME) is not None:
         return _safetensors(url, store, [SINGLE_FILENAME], {}, tier)
     if store.listable:
@@ -103,35 +103,14 @@ def _flash(url, store, raw: bytes, tier) -> RemoteCheckpoint:
                             {INDEX_FILENAME: raw}, tier, local)
 
 
-def _hf_shards(store, raw: bytes) -> list:
-    where = store.describe(HF_INDEX_FILENAME)
-    try:
-        names = list(dict.fromkeys(json.loads(raw)["weight_map"].values()))
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise FlashFormatError(f"{where}: not a valid weight index ({type(e).__name__}: {e})") from None
-    bad = [n for n in names if not isinstance(n, str) or "/" in n or n in ("", ".", "..")]
-    if bad:
-        raise FlashFormatError(f"{where}: not a valid weight index (bad file name {bad[0]!r})")
-    return names
-
-
 def _safetensors(url, store, names: list, small: dict, tier) -> RemoteCheckpoint:
-    native = _native.module()
-    table = native.TensorTable()
-    objects, local = [], []
+    headers, objects, local = [], [], []
     for name in names:
         header, info, path = _cached_header(store, name, tier) if tier else (*_header(store, name), None)
-        local.append(path)
-        try:
-            table.add_safetensors(name, header, info.size, _native_rules())
-        except native.FormatError as e:
-            raise format_error(store.describe(name), *e.args) from None
+        headers.append((name, header, info.size, store.describe(name)))
         objects.append(info)
-    try:
-        table.index_names()
-    except native.FormatError as e:
-        raise format_error(url, *e.args) from None
-    index = Index.from_table(table, kind="safetensors")
+        local.append(path)
+    index = index_of_headers(headers, url)
     return RemoteCheckpoint(url, index, [store.data_url(n) for n in names], list(names), objects, store, small,
                             tier, local if tier else None)
 
