@@ -109,7 +109,7 @@ class Collective:
 
     # -- the exchange -----------------------------------------------------------------
 
-    def exchange(self, paths, ranges, needs, threads: int, io: str) -> None:
+    def exchange(self, paths, ranges, needs, threads: int, io: str, timeout: float) -> None:
         """Reads the owned pieces of ``ranges`` and broadcasts every piece; copies each
         piece's bytes into the ``needs`` that overlap it. A piece that lies inside one
         need is read and received in place, with no copy."""
@@ -119,7 +119,7 @@ class Collective:
         needs = sorted(needs, key=lambda n: (n.file, n.offset))
         targets = [_inside(needs, piece, self.device) for piece in pieces]
         mine = [i for i in range(len(pieces)) if i % self.size == self.rank]
-        reader = _Reader(paths, [(pieces[i], targets[i]) for i in mine], threads, io)
+        reader = _Reader(paths, [(pieces[i], targets[i]) for i in mine], threads, io, timeout)
         staging = torch.empty(PIECE_BYTES, dtype=torch.uint8, device=self.device)
         cursor, error = 0, None
         try:
@@ -145,14 +145,14 @@ class Collective:
             rank, message = failed[0]
             raise GroupError(f"{self.path}: rank {rank} of {self.size} could not read its share: {message}")
 
-    def reader(self, index):
+    def reader(self, index, timeout: float):
         """A ``read`` for :func:`flashtensors.loader.load_index` that shares the reading
-        of its laid-out plan with the group."""
+        of its laid-out plan with the group (``timeout``: for remote reads)."""
         def read(path, plan, paths, sizes, buffers, n_threads, io):
             owners = {code: buffer for (code, _), buffer in zip(sizes, buffers)}
             needs = needs_of_ops(plan.read_ops([address for address, _ in buffers]), owners)
             agreed = self.agree(index.table.fingerprint(), needs, None)
-            self.exchange(paths, agreed["ranges"], needs, n_threads, io)
+            self.exchange(paths, agreed["ranges"], needs, n_threads, io, timeout)
             return self.is_host_leader(agreed["hosts"])
 
         return read
@@ -174,7 +174,7 @@ class _Reader:
     native reads release the GIL, so they overlap the broadcasts): straight into the
     piece's target where it has one in host memory, else into a staging buffer."""
 
-    def __init__(self, paths, pieces, threads: int, io: str):
+    def __init__(self, paths, pieces, threads: int, io: str, timeout: float):
         import torch
 
         self._free: queue.Queue = queue.Queue()
@@ -183,12 +183,12 @@ class _Reader:
         self._ready: queue.Queue = queue.Queue()
         self._ahead = threading.Semaphore(READ_AHEAD)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(paths, pieces, threads, io), daemon=True,
+        self._thread = threading.Thread(target=self._run, args=(paths, pieces, threads, io, timeout), daemon=True,
                                         name="flashtensors-group-reader")
         self._thread.start()
         self._held = None
 
-    def _run(self, paths, pieces, threads, io):
+    def _run(self, paths, pieces, threads, io, timeout):
         from .loader import CHUNK_BYTES
 
         execute = _native.module().execute_plan
@@ -204,7 +204,7 @@ class _Reader:
                 shift = -buf.data_ptr() % _BLOCK  # O_DIRECT wants aligned memory
                 data = buf[shift:shift + end - start]
             try:
-                execute(paths, [(file, start, end - start, data.data_ptr(), -1)], threads, CHUNK_BYTES, io)
+                execute(paths, [(file, start, end - start, data.data_ptr(), -1)], threads, CHUNK_BYTES, io, timeout)
                 self._ready.put((buf, data, None))
             except Exception as e:  # reported to the group after the exchange, never a hang
                 self._ready.put((buf, None, f"{type(e).__name__}: {e}"))

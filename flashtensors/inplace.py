@@ -27,7 +27,7 @@ def load_into(path, targets: dict, *, threads: int | None = None, group=None, ti
     if group is not None:
         from . import group as collective
 
-        return collective.run(group, path, lambda c: _load_into_collectively(c, path, targets, n_threads))
+        return collective.run(group, path, lambda c: _load_into_collectively(c, path, targets, n_threads, timeout))
 
     cache_dir = resolve_cache_dir(cache_dir)
 
@@ -58,12 +58,12 @@ def _read(path, index, paths, targets: dict, n_threads: int, timeout, tees) -> N
             targets[name].copy_(loaded[name])
 
 
-def _load_into_collectively(c, path, targets: dict, n_threads: int) -> None:
+def _load_into_collectively(c, path, targets: dict, n_threads: int, timeout: float) -> None:
     import torch
 
     from .group import Need
 
-    index, paths = open_checkpoint(path)
+    index, paths = open_checkpoint(path, timeout)
     direct, strided = _plan(path, index, targets)
     needs = [Need(e.file, e.offset, e.length, targets[name].view(-1).view(torch.uint8)) for name, e in direct]
     staged = [(name, e, torch.empty(e.length, dtype=torch.uint8)) for name, e in strided]
@@ -71,7 +71,7 @@ def _load_into_collectively(c, path, targets: dict, n_threads: int) -> None:
     agreed = c.agree(index.table.fingerprint(), needs, None)
     for device in {t.device for t in targets.values() if t.device.type == "cuda"}:
         synchronize_before_copies(device)
-    c.exchange(paths, agreed["ranges"], needs, n_threads, "auto")
+    c.exchange(paths, agreed["ranges"], needs, n_threads, "auto", timeout)
     for name, e, raw in staged:  # bytes as saved, then viewed with the saved strides
         dtype = torch_dtype(e.dtype)
         if not e.length:

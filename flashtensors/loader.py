@@ -60,8 +60,8 @@ def load(path, device_map=None, *, threads: int | None = None, io: str = "auto",
         from . import group as collective
 
         def body(c):
-            index, paths = open_checkpoint(path)
-            return load_index(path, index, paths, device_map, n_threads, io, read=c.reader(index))
+            index, paths = open_checkpoint(path, timeout)
+            return load_index(path, index, paths, device_map, n_threads, io, read=c.reader(index, timeout))
 
         return collective.run(group, path, body)
 
