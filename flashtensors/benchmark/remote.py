@@ -44,11 +44,11 @@ def _download_then_load(ckpt, device, scratch: str) -> float:
     shutil.rmtree(scratch, ignore_errors=True)
     os.makedirs(scratch)
     started = time.perf_counter()
-    for name, raw in ckpt.index_bytes.items():  # the small files, as fetched
+    for name, raw in ckpt.found.small.items():  # the small files, as fetched
         with open(os.path.join(scratch, name), "wb") as f:
             f.write(raw)
     args = [_curl(), "-sS", "--fail"]
-    for name, url in zip(ckpt.names, ckpt.data_urls):
+    for name, url in zip(ckpt.names, ckpt.sources):
         args += ["-o", os.path.join(scratch, name), url]
     subprocess.run(args, check=True)
     target = scratch if ckpt.index.kind == "flash" or len(ckpt.names) > 1 else os.path.join(scratch, ckpt.names[0])
@@ -81,17 +81,16 @@ def bench_url(url: str, device="cpu", *, runs: int = 3, threads=None, log=print)
     """Medians over ``runs`` (interleaved) of: curl of the data files to /dev/null,
     flashtensors streaming ``url`` to ``device``, and download-then-load. Returns
     ``{"bytes", "curl_s", "stream_s", "download_then_load_s", ...}``."""
-    from ..remote import resolve_timeout
-    from ..remote.checkpoint import open_remote
+    from ..checkpoint import open_checkpoint
 
-    ckpt = open_remote(url, resolve_timeout(None))
+    ckpt = open_checkpoint(url)
     nbytes = sum(o.size for o in ckpt.objects)
     log(f"{url}: {len(ckpt.names)} data file(s), {nbytes / 1e9:.2f} GB, {ckpt.index.kind} format")
     times = {"curl_s": [], "stream_s": [], "download_then_load_s": []}
     with tempfile.TemporaryDirectory(prefix="flashtensors-dl-", dir=os.environ.get("FLASHTENSORS_BENCH_DIR")) as d:
         _stream(url, device, threads)  # warm-up: connections, the server's page cache
         for _ in range(runs):
-            times["curl_s"].append(_transfer(ckpt.data_urls))
+            times["curl_s"].append(_transfer(ckpt.sources))
             times["stream_s"].append(_stream(url, device, threads))
             times["download_then_load_s"].append(_download_then_load(ckpt, device, os.path.join(d, "ckpt")))
     out = {"url": url, "device": str(device), "bytes": nbytes, "runs": runs}

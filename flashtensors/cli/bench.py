@@ -68,9 +68,9 @@ def run(args) -> int:
         args.size = 1.0
     device = normalize_device_map(args.device or ("cuda:0" if torch.cuda.is_available() else "cpu"))[""]
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    from ..remote import is_url
+    from ..locations import is_remote
 
-    if args.path and is_url(args.path):
+    if args.path and is_remote(args.path):
         return _remote(args, args.path, device, log)
 
     flash_dir, st_files, expected = prepare(args, log=log)
