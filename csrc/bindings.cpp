@@ -433,15 +433,16 @@ PYBIND11_MODULE(_C, m) {
         const flash::ResponseHead h = flash::parse_response_head(std::string_view(head));
         const flash::BodyPlan p = flash::plan_body(h, offset, length, etag);
         static const char* kinds[] = {"body", "retry", "redirect", "fatal"};
-        return py::make_tuple(kinds[p.kind], p.want, p.close_after, p.problem, h.status, h.location, h.etag);
+        return py::make_tuple(kinds[p.kind], p.want, p.close_after, p.problem, h.status, py::bytes(h.location),
+                              py::bytes(h.etag));
       },
       py::arg("head"), py::arg("offset"), py::arg("length"), py::arg("etag") = "",
       "(kind, want, close_after, problem, status, location, etag) for response headers `head` (the bytes before "
       "the blank line) answering the GET of `length` bytes at `offset` (fuzz tests).");
   m.def(
       "http_redirect",
-      [](const std::string& url, const std::string& location) {
-        const flash::Url u = flash::redirect_target(flash::parse_url(url), location);
+      [](const std::string& url, py::bytes location) {
+        const flash::Url u = flash::redirect_target(flash::parse_url(url), std::string(location));
         return u.origin() + u.target;
       },
       py::arg("url"), py::arg("location"), "Where a redirect to `location` from `url` leads (fuzz tests).");

@@ -79,7 +79,8 @@ Proxy parse_proxy(const std::string& text) {
   if (const size_t scheme = rest.find("://"); scheme != std::string::npos) {
     const std::string name = lower(rest.substr(0, scheme));
     if (name != "http")
-      throw IoError("proxy " + text + ": only http:// proxies are supported (not " + name + "://)");
+      throw IoError("proxy " + printable(text) + ": only http:// proxies are supported (not " + printable(name) +
+                    "://)");
     rest = rest.substr(scheme + 3);
   }
   rest = rest.substr(0, rest.find('/'));
@@ -90,7 +91,7 @@ Proxy parse_proxy(const std::string& text) {
   p.port = "1080";  // curl's default proxy port
   if (!rest.empty() && rest[0] == '[') {
     const size_t close = rest.find(']');
-    if (close == std::string::npos) throw IoError("proxy " + text + ": bad IPv6 host");
+    if (close == std::string::npos) throw IoError("proxy " + printable(text) + ": bad IPv6 host");
     p.host = rest.substr(1, close - 1);
     if (close + 1 < rest.size() && rest[close + 1] == ':') p.port = rest.substr(close + 2);
   } else if (const size_t colon = rest.rfind(':'); colon != std::string::npos) {
@@ -101,12 +102,28 @@ Proxy parse_proxy(const std::string& text) {
   }
   uint64_t port = 0;
   if (p.host.empty() || !parse_count(p.port, port) || port == 0 || port > 65535)
-    throw IoError("proxy " + text + ": bad host or port");
+    throw IoError("proxy " + printable(text) + ": bad host or port");
   p.use = true;
   return p;
 }
 
 }  // namespace
+
+std::string printable(std::string_view text) {
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (char c : text.substr(0, 200)) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u >= 0x20 && u < 0x7f) {
+      out += c;
+    } else {
+      out += "\\x";
+      out += hex[u >> 4];
+      out += hex[u & 15];
+    }
+  }
+  return text.size() > 200 ? out + "..." : out;
+}
 
 std::string Url::authority() const {
   const std::string h = host.find(':') != std::string::npos ? "[" + host + "]" : host;
@@ -122,7 +139,7 @@ Url parse_url(const std::string& url) {
     u.tls = true;
     rest = 8;
   } else {
-    throw IoError(shown_url(url) + ": not an http:// or https:// URL");
+    throw IoError(printable(shown_url(url)) + ": not an http:// or https:// URL");
   }
   const size_t slash = url.find_first_of("/?#", rest);
   std::string authority = url.substr(rest, slash == std::string::npos ? std::string::npos : slash - rest);
@@ -130,7 +147,7 @@ Url parse_url(const std::string& url) {
   std::string host = authority, port = u.tls ? "443" : "80";
   if (!authority.empty() && authority[0] == '[') {  // [v6]:port
     const size_t close = authority.find(']');
-    if (close == std::string::npos) throw IoError(shown_url(url) + ": bad IPv6 host");
+    if (close == std::string::npos) throw IoError(printable(shown_url(url)) + ": bad IPv6 host");
     host = authority.substr(1, close - 1);
     if (close + 1 < authority.size() && authority[close + 1] == ':') port = authority.substr(close + 2);
   } else if (const size_t colon = authority.rfind(':'); colon != std::string::npos) {
@@ -140,14 +157,14 @@ Url parse_url(const std::string& url) {
   uint64_t port_number = 0;
   if (host.empty() || !parse_count(port, port_number) || port_number > 65535 ||
       host.find_first_of(" \t\r\n/") != std::string::npos)
-    throw IoError(shown_url(url) + ": bad host or port in URL");
+    throw IoError(printable(shown_url(url)) + ": bad host or port in URL");
   u.host = host;
   u.port = port;
   u.target = slash == std::string::npos ? "/" : url.substr(slash);
   if (u.target[0] != '/') u.target = "/" + u.target;
   if (const size_t hash = u.target.find('#'); hash != std::string::npos) u.target.resize(hash);
   if (u.target.find_first_of(" \t\r\n") != std::string::npos)
-    throw IoError(shown_url(url) + ": white space in the URL's path");
+    throw IoError(printable(shown_url(url)) + ": white space in the URL's path");
   return u;
 }
 
@@ -172,7 +189,7 @@ Url redirect_target(const Url& from, const std::string& location) {
     const std::string path = from.target.substr(0, from.target.find('?'));
     to.target = path.substr(0, path.rfind('/') + 1) + location;  // relative to the directory
   } else {
-    throw IoError("redirected to an unsupported location: " + shown_url(location));
+    throw IoError("redirected to an unsupported location: " + printable(shown_url(location)));
   }
   if (const size_t hash = to.target.find('#'); hash != std::string::npos) to.target.resize(hash);
   if (to.target.find_first_of(" \t\r\n") != std::string::npos)
@@ -245,7 +262,7 @@ ResponseHead parse_response_head(std::string_view head) {
     return out;
   out.valid = true;
   out.status = static_cast<int>(status);
-  out.reason = trim(status_line.substr(9));
+  out.reason = printable(trim(status_line.substr(9)));
   out.close_after = status_line[7] == '0';  // HTTP/1.0 closes unless it says keep-alive
   bool seen_length = false;
   size_t at = eol;
@@ -316,11 +333,13 @@ BodyPlan plan_body(const ResponseHead& head, uint64_t offset, uint64_t length, c
     return out;
   }
   if (status == 412)
-    return fatal("the object changed since the load opened it (HTTP " + head.reason + " to If-Match " + etag + ")");
+    return fatal("the object changed since the load opened it (HTTP " + head.reason + " to If-Match " +
+                 printable(etag) + ")");
   if (status >= 500 || status == 408 || status == 429) return retry("HTTP " + head.reason);
   if (status != 200 && status != 206) return fatal("HTTP " + head.reason);
   if (!etag.empty() && !head.etag.empty() && head.etag != etag)
-    return fatal("the object changed since the load opened it (ETag " + head.etag + ", was " + etag + ")");
+    return fatal("the object changed since the load opened it (ETag " + printable(head.etag) + ", was " +
+                 printable(etag) + ")");
   if (head.bad_length) return fatal("a bad Content-Length header");
   if (head.bad_range) return fatal("a bad Content-Range header");
   // The bytes the body holds: the range asked for (or its start, which a server may

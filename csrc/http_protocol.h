@@ -93,6 +93,10 @@ struct BodyPlan {
 
 BodyPlan plan_body(const ResponseHead& head, uint64_t offset, uint64_t length, const std::string& etag);
 
+// `text` from a server or the environment as messages may show it: printable ASCII, other
+// bytes as \xNN, at most 200 characters (messages reach Python as UTF-8 strings).
+std::string printable(std::string_view text);
+
 // "bytes a-b" of the range offset..offset+length-1, for messages.
 std::string range_text(uint64_t offset, uint64_t length);
 
