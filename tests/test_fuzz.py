@@ -241,7 +241,8 @@ HEADER_VALUES = st.one_of(
     st.builds(lambda a, b, t: f"bytes {a}-{b}/{t}", st.integers(-2, 2**66), st.integers(-2, 2**66),
               st.one_of(st.just("*"), st.integers(-2, 2**66).map(str))),
     st.sampled_from(["close", "keep-alive", "chunked", "identity", "/x", "//h/x", "http://a/b", "https://[::1]:8/x",
-                     "https://[", "http://h:99999/", "?q", "x y", "W/\"e\"", "\"e\"", "", " ", "bytes */10", "bytes 0-"]),
+                     "https://[", "http://h:99999/", "?q", "x y", "W/\"e\"", "\"e\"", "", " ", "bytes */10",
+                     "bytes 0-"]),
     st.text(max_size=24),
 )
 

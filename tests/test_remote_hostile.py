@@ -71,6 +71,7 @@ def test_a_silent_http_server_fails_within_the_timeout():
 CHILD = textwrap.dedent("""
     import json, resource, sys, time
     from flashtensors import FlashError, flash
+    flash.load_dict(sys.argv[3], "cpu")  # a local load first: what is imported on first use is not counted
     def cpu():
         r = resource.getrusage(resource.RUSAGE_SELF)
         return r.ru_utime + r.ru_stime
@@ -95,7 +96,8 @@ def test_empty_bodies_are_retried_with_backoff_then_fail(site, where, status, er
     root, _ = site
     with FaultServer(root) as server:
         server.faults.empty_body = status
-        r = subprocess.run([sys.executable, "-c", CHILD, f"{server.url}/{where}", "4"], capture_output=True, text=True,
+        r = subprocess.run([sys.executable, "-c", CHILD, f"{server.url}/{where}", "4", str(root / "m")],
+                           capture_output=True, text=True,
                            timeout=4 + SLACK_S + 30)
         assert r.returncode == 0, r.stderr
         out = json.loads(r.stdout)
@@ -130,14 +132,14 @@ def test_a_server_ignoring_range_costs_no_whole_shard(tmp_path):
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
+        time.sleep(0.5)  # the server's last writes fail once the client hung up
+        sent = server.faults.bytes_sent
         assert index.tensors["big"].shape == (96 << 18,)
         with pytest.raises(FlashRemoteError, match="model.safetensors: the server ignores Range requests"):
             flash.load_dict(url, "cpu")
-        time.sleep(0.5)  # the server's last writes fail once the client hung up
-        sent = server.faults.bytes_sent
     assert peak < 16 << 20, peak
     # What a client that hangs up still receives: its socket buffers, not the object.
-    assert sent < 48 << 20, sent
+    assert sent < 32 << 20, sent
 
 
 def _replace_with(path, sd):
