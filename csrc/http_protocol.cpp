@@ -32,6 +32,30 @@ bool parse_count(std::string_view s, uint64_t& out) {
   return true;
 }
 
+bool plain_ascii(std::string_view s) {
+  for (char c : s)
+    if (static_cast<unsigned char>(c) <= 0x20 || static_cast<unsigned char>(c) >= 0x7f) return false;
+  return true;
+}
+
+// A request target with the bytes a request line cannot carry (controls, space,
+// non-ASCII) percent-encoded, as curl does for a redirect's Location.
+std::string encoded_target(std::string_view target) {
+  static const char* hex = "0123456789ABCDEF";
+  std::string out;
+  for (char c : target) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u <= 0x20 || u >= 0x7f) {
+      out += '%';
+      out += hex[u >> 4];
+      out += hex[u & 15];
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
 bool is_ip_literal(const std::string& host) {
   unsigned char buffer[16];
   return inet_pton(AF_INET, host.c_str(), buffer) == 1 || inet_pton(AF_INET6, host.c_str(), buffer) == 1;
@@ -101,7 +125,7 @@ Proxy parse_proxy(const std::string& text) {
     p.host = rest;
   }
   uint64_t port = 0;
-  if (p.host.empty() || !parse_count(p.port, port) || port == 0 || port > 65535)
+  if (p.host.empty() || !plain_ascii(p.host) || !parse_count(p.port, port) || port == 0 || port > 65535)
     throw IoError("proxy " + printable(text) + ": bad host or port");
   p.use = true;
   return p;
@@ -155,16 +179,15 @@ Url parse_url(const std::string& url) {
     port = authority.substr(colon + 1);
   }
   uint64_t port_number = 0;
-  if (host.empty() || !parse_count(port, port_number) || port_number > 65535 ||
-      host.find_first_of(" \t\r\n/") != std::string::npos)
+  if (host.empty() || !parse_count(port, port_number) || port_number > 65535 || !plain_ascii(host) ||
+      host.find('/') != std::string::npos)
     throw IoError(printable(shown_url(url)) + ": bad host or port in URL");
   u.host = host;
   u.port = port;
   u.target = slash == std::string::npos ? "/" : url.substr(slash);
   if (u.target[0] != '/') u.target = "/" + u.target;
   if (const size_t hash = u.target.find('#'); hash != std::string::npos) u.target.resize(hash);
-  if (u.target.find_first_of(" \t\r\n") != std::string::npos)
-    throw IoError(printable(shown_url(url)) + ": white space in the URL's path");
+  u.target = encoded_target(u.target);
   return u;
 }
 
@@ -192,8 +215,7 @@ Url redirect_target(const Url& from, const std::string& location) {
     throw IoError("redirected to an unsupported location: " + printable(shown_url(location)));
   }
   if (const size_t hash = to.target.find('#'); hash != std::string::npos) to.target.resize(hash);
-  if (to.target.find_first_of(" \t\r\n") != std::string::npos)
-    throw IoError("redirected to a location with white space in it");
+  to.target = encoded_target(to.target);
   return to;
 }
 

@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from flashtensors import flash
+from flashtensors import FlashRemoteError, flash
 
 from helpers import assert_same
 from remote_servers import Tinyproxy, issue_cert, make_ca, nginx
@@ -132,3 +132,10 @@ def test_https_through_a_proxy_tunnel(site, tmp_path):
             tunnels = proxy.requests()[before:]
             # One tunnel for the Python client's request, at least one for the native reader.
             assert tunnels.count(f"CONNECT localhost:{server.port}") >= 2, tunnels
+
+
+def test_an_unusable_proxy_setting_fails_at_once_naming_it(site, no_proxies):
+    root, _ = site
+    no_proxies.setenv("HTTP_PROXY", "socks5://127.0.0.1:1080")
+    with nginx(root) as server, pytest.raises(FlashRemoteError, match="proxy socks5://127.0.0.1:1080: only http://"):
+        flash.load_dict(f"{server.url}/m", "cpu", timeout=5)

@@ -124,7 +124,10 @@ def _connection(url: str, deadline: Deadline):
 
     parts = urllib.parse.urlsplit(url)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    proxy_host, proxy_port, authorization = _native.module().proxy_for(url)
+    try:
+        proxy_host, proxy_port, authorization = _native.module().proxy_for(url)
+    except OSError as e:  # a proxy setting that cannot be used: asking again will not help
+        raise FlashRemoteError(f"{shown(url)}: {e}", 0, shown(url)) from None
     proxy_headers = {"Proxy-Authorization": authorization} if authorization else None
     left = max(0.01, deadline.left())
     if parts.scheme == "https":
