@@ -92,6 +92,10 @@ def test_a_certificate_for_another_host_is_refused(site, tmp_path):
         code = NATIVE_READ.replace("sys.argv[1]", repr(f"{bad_url}/flash_index.json"))
         native = _in_child(code, env)
         assert "certificate not trusted: it is not for localhost" in native["error"], native
+        # An address is checked against the certificate's addresses (it names none).
+        code = NATIVE_READ.replace("sys.argv[1]", repr(f"https://127.0.0.1:{good.port}/m/flash_index.json"))
+        native = _in_child(code, env)
+        assert "certificate not trusted: it is not for 127.0.0.1" in native["error"], native
 
 
 def test_loads_through_a_proxy_and_no_proxy_bypasses_it(site, tmp_path, no_proxies, monkeypatch):
