@@ -71,11 +71,16 @@ def socket_timeout(left: float, timeout: float) -> float:
     return next(s for s in steps if s >= left)
 
 
+class ShortBody(Exception):
+    """An answer with fewer bytes than its Content-Range says it holds."""
+
+
 def _retryable(e: Exception) -> bool:
     import botocore.exceptions as be
 
     status = _status(e)
-    return isinstance(e, (be.ConnectionError, be.HTTPClientError)) or status >= 500 or status in (408, 429)
+    return (isinstance(e, (be.ConnectionError, be.HTTPClientError, be.IncompleteReadError, ShortBody))
+            or status >= 500 or status in (408, 429))
 
 
 class S3Store:
@@ -132,6 +137,11 @@ class S3Store:
                                        "whole", 0, self.describe(name))
             with r["Body"] as body:
                 r["Body"] = body.read(limit)  # never more than asked for, whatever is sent
+            total = r.get("ContentRange", "").rsplit("/", 1)[-1]
+            if start is not None and total.isdigit():
+                expected = min(limit, int(total) - start)
+                if len(r["Body"]) < expected:
+                    raise ShortBody(f"a short body ({len(r['Body'])} of {expected} bytes)")
             return r
 
         r = self.call(name, get, missing_ok, **args)
