@@ -15,6 +15,7 @@
 #include "errors.h"
 #include "file_tee.h"
 #include "flash_index.h"
+#include "http_protocol.h"
 #include "load_plan.h"
 #include "loader.h"
 #include "pinned_pool.h"
@@ -422,4 +423,36 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "release_pinned", [] { flash::PinnedPool::instance().trim(); },
       "Free the idle pinned staging buffers.");
+
+  // The HTTP protocol pieces of the native reader: the Python small-object client asks
+  // the same proxy question, and the fuzz tests feed the parser what a server might send.
+  m.def(
+      "proxy_for",
+      [](const std::string& url) {
+        const flash::Proxy p = flash::choose_proxy(flash::parse_url(url), flash::ProxyEnv::from_environment());
+        return p.use ? std::make_tuple(p.host, p.port, p.authorization) : std::make_tuple(std::string(),
+                                                                                        std::string(), std::string());
+      },
+      py::arg("url"),
+      "(host, port, Proxy-Authorization) of the proxy an http(s) URL goes through under the environment's "
+      "http_proxy/https_proxy/all_proxy/no_proxy, as the native reader chooses it; empty strings for none.");
+  m.def(
+      "http_plan_body",
+      [](py::bytes head, uint64_t offset, uint64_t length, const std::string& etag) {
+        const flash::ResponseHead h = flash::parse_response_head(std::string_view(head));
+        const flash::BodyPlan p = flash::plan_body(h, offset, length, etag);
+        static const char* kinds[] = {"body", "retry", "redirect", "fatal"};
+        return py::make_tuple(kinds[p.kind], p.want, p.close_after, p.problem, h.status, py::bytes(h.location),
+                              py::bytes(h.etag));
+      },
+      py::arg("head"), py::arg("offset"), py::arg("length"), py::arg("etag") = "",
+      "(kind, want, close_after, problem, status, location, etag) for response headers `head` (the bytes before "
+      "the blank line) answering the GET of `length` bytes at `offset` (fuzz tests).");
+  m.def(
+      "http_redirect",
+      [](const std::string& url, py::bytes location) {
+        const flash::Url u = flash::redirect_target(flash::parse_url(url), std::string(location));
+        return u.origin() + u.target;
+      },
+      py::arg("url"), py::arg("location"), "Where a redirect to `location` from `url` leads (fuzz tests).");
 }

@@ -69,7 +69,7 @@ class FlashFormat:
     def find(self, store) -> Found | None:
         if store.single is not None:
             return None
-        got = store.read(INDEX_FILENAME, missing_ok=True)
+        got = store.read(INDEX_FILENAME, missing_ok=True, limit=MAX_INDEX_BYTES + 1)
         if got is None:
             return None
         raw = got[0]

@@ -227,3 +227,97 @@ def test_garbage_and_truncated_safetensors(st_original, tmp_path, raw, cut):
     for content in (raw, original[:cut], original[:cut] + raw, len(raw).to_bytes(8, "little") + raw):
         target.write_bytes(content)
         _check_like_safetensors(target)
+
+
+# -- the native HTTP response parser (csrc/http_protocol.cpp): status lines, headers,
+# lengths, ranges, redirects and proxy settings as a hostile server or environment may
+# give them. Every case ends in a decision that is safe to act on (never more body bytes
+# than the range asked for), or an IoError (an OSError) for a redirect or proxy refused.
+
+HEADER_NAMES = ["Content-Length", "content-length", "Content-Range", "Location", "ETag", "Connection",
+                "Transfer-Encoding", "X-Other", "content-range ", " Content-Length"]
+HEADER_VALUES = st.one_of(
+    st.integers(-5, 2**70).map(str),
+    st.builds(lambda a, b, t: f"bytes {a}-{b}/{t}", st.integers(-2, 2**66), st.integers(-2, 2**66),
+              st.one_of(st.just("*"), st.integers(-2, 2**66).map(str))),
+    st.sampled_from(["close", "keep-alive", "chunked", "identity", "/x", "//h/x", "http://a/b", "https://[::1]:8/x",
+                     "https://[", "http://h:99999/", "?q", "x y", "W/\"e\"", "\"e\"", "", " ", "bytes */10",
+                     "bytes 0-"]),
+    st.text(max_size=24),
+)
+
+
+@st.composite
+def response_heads(draw):
+    version = draw(st.sampled_from(["HTTP/1.1", "HTTP/1.0", "HTTP/2", "HTTP/1.", "http/1.1", "HTTP/1.1x", ""]))
+    status = draw(st.one_of(st.sampled_from([200, 206, 301, 302, 304, 307, 404, 412, 416, 429, 500, 503]),
+                            st.integers(-1, 1200)))
+    reason = draw(st.sampled_from(["", " OK", " Partial Content", " ", "\t?"]))
+    lines = [f"{version} {status}{reason}"]
+    for _ in range(draw(st.integers(0, 6))):
+        lines.append(f"{draw(st.sampled_from(HEADER_NAMES))}:{draw(HEADER_VALUES)}")
+    head = "\r\n".join(lines).encode("utf-8", "surrogatepass")
+    if draw(st.booleans()):
+        head = head[:draw(st.integers(0, len(head)))] + draw(st.binary(max_size=40))
+    return head
+
+
+@FUZZ
+@given(head=st.one_of(response_heads(), st.binary(max_size=300)), offset=st.integers(0, 2**62),
+       length=st.integers(1, 2**40), etag=st.sampled_from(["", '"e"', 'W/"e"']))
+def test_http_response_parser(head, offset, length, etag):
+    from flashtensors import _native
+
+    native = _native.module()
+    kind, want, close_after, problem, status, location, got_etag = native.http_plan_body(head, offset, length, etag)
+    assert kind in ("body", "retry", "redirect", "fatal")
+    if kind == "body":
+        assert 0 < want <= length and status in (200, 206) and not problem
+        assert not (etag and got_etag and got_etag != etag.encode())
+    elif kind == "redirect":
+        assert location and 300 <= status < 400
+        try:
+            to = native.http_redirect("http://origin.test:8080/dir/file?q=1", location)
+        except OSError:
+            return
+        assert to.startswith(("http://", "https://")) and not any(c in to for c in " \r\n")
+    else:
+        assert problem and problem.isprintable() and problem.isascii()
+
+
+@FUZZ
+@given(location=st.text(max_size=60), base=st.sampled_from(["http://h/a/b", "https://[::1]:8443/x?y", "http://h:1/"]))
+def test_http_redirect_targets(location, base):
+    from flashtensors import _native
+
+    try:
+        to = _native.module().http_redirect(base, location.encode("utf-8", "surrogatepass"))
+    except OSError as e:
+        assert str(e).isprintable()
+        return
+    assert to.startswith(("http://", "https://")) and not any(c in to for c in " \t\r\n")
+
+
+@FUZZ
+@given(proxy=st.one_of(st.text(max_size=40), st.sampled_from(["http://u:p%40@[::1]:3128/", "socks5://h:1", "h", "h:0",
+                                                              "https://h:8443", "http://h:65536", "@:", "[::1"])),
+       no_proxy=st.one_of(st.text(max_size=30), st.sampled_from(["*", ".test", "*.test,h", "[::1]", ",,"])),
+       host=st.sampled_from(["a.test", "test", "h", "::1", "127.0.0.1", "xtest"]))
+def test_proxy_settings(proxy, no_proxy, host, monkeypatch):
+    from flashtensors import _native
+
+    try:
+        (proxy + no_proxy).encode()
+    except UnicodeEncodeError:
+        return  # not representable in the environment
+    if "\x00" in proxy + no_proxy:
+        return
+    monkeypatch.setenv("http_proxy", proxy)
+    monkeypatch.setenv("no_proxy", no_proxy)
+    url = f"http://{'[' + host + ']' if ':' in host else host}:80/x"
+    try:
+        proxy_host, port, _ = _native.module().proxy_for(url)
+    except OSError:
+        return
+    if proxy_host:
+        assert 0 < int(port) < 65536

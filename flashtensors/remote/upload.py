@@ -118,7 +118,5 @@ def _upload_file(store, name: str, path: str, pool, part_bytes: int, progress) -
 
 
 def _call(store, name: str, method, **kwargs):
-    try:
-        return method(**kwargs)
-    except Exception as e:  # botocore's errors
-        raise store.error(name, e) from None
+    """``method`` (a method of the store's client) with the store's retries and deadline."""
+    return store.call(name, method.__name__, **kwargs)
