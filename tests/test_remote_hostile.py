@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from flashtensors import FlashRemoteError, flash, loader
+from flashtensors import FlashRemoteError, flash, reading
 
 from helpers import assert_same
 from remote_servers import FaultServer, SilentServer, nginx
@@ -32,7 +32,7 @@ def state():
 
 @pytest.fixture
 def small_pieces(monkeypatch):
-    monkeypatch.setattr(loader, "CHUNK_BYTES", 8 << 10)
+    monkeypatch.setattr(reading, "CHUNK_BYTES", 8 << 10)
 
 
 @pytest.fixture
@@ -185,16 +185,16 @@ def test_nginx_refuses_a_replaced_object_to_a_pinned_read(site):
     import numpy as np
 
     from flashtensors import _native
-    from flashtensors.remote.checkpoint import open_remote
+    from flashtensors.checkpoint import open_checkpoint
 
     root, sd = site
     with nginx(root) as server:
-        ckpt = open_remote(f"{server.url}/st/model.safetensors", 10)
-        assert "#flash-if-match=" in ckpt.data_urls[0]
+        ckpt = open_checkpoint(f"{server.url}/st/model.safetensors", timeout=10)
+        assert "#flash-if-match=" in ckpt.sources[0]
         _replace_with(root / "st" / "model.safetensors", {k: v + 1 for k, v in sd.items()})
         buffer = np.zeros(64, np.uint8)
         with pytest.raises(_native.module().RemoteError, match="model.safetensors: the object changed") as e:
-            _native.module().execute_plan(ckpt.data_urls, [(0, 0, 64, buffer.ctypes.data, -1)], 1, 1 << 20)
+            _native.module().execute_plan(ckpt.sources, [(0, 0, 64, buffer.ctypes.data, -1)], 1, 1 << 20)
         assert e.value.status == 412 and "flash-if-match" not in str(e.value)
 
 
@@ -202,17 +202,17 @@ def test_s3_pins_reads_to_the_version_opened(s3, tmp_path):
     import numpy as np
 
     from flashtensors import _native
-    from flashtensors.remote.checkpoint import open_remote
+    from flashtensors.checkpoint import open_checkpoint
 
     c, bucket = s3
     sd = state()
     save_file(sd, tmp_path / "model.safetensors")
     c.put_object(Bucket=bucket, Key="p/model.safetensors", Body=(tmp_path / "model.safetensors").read_bytes())
-    ckpt = open_remote(f"s3://{bucket}/p", 10)
+    ckpt = open_checkpoint(f"s3://{bucket}/p", timeout=10)
     save_file({k: v + 1 for k, v in sd.items()}, tmp_path / "model.safetensors")
     c.put_object(Bucket=bucket, Key="p/model.safetensors", Body=(tmp_path / "model.safetensors").read_bytes())
     buffer = np.zeros(64, np.uint8)
     with pytest.raises(_native.module().RemoteError, match="model.safetensors: the object changed"):
-        _native.module().execute_plan(ckpt.data_urls, [(0, 0, 64, buffer.ctypes.data, -1)], 1, 1 << 20)
+        _native.module().execute_plan(ckpt.sources, [(0, 0, 64, buffer.ctypes.data, -1)], 1, 1 << 20)
     with pytest.raises(FlashRemoteError, match=rf"s3://{bucket}/p/model.safetensors: the object changed"):
         ckpt.store.read("model.safetensors", 0, 7)
