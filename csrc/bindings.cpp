@@ -98,7 +98,9 @@ flash::SafetensorsRules safetensors_rules(const py::dict& d) {
   flash::SafetensorsRules r;
   r.max_header_bytes = d["max_header_bytes"].cast<uint64_t>();
   r.max_ndim = d["max_ndim"].cast<uint64_t>();
-  r.dtypes = d["dtypes"].cast<std::vector<std::pair<std::string, uint32_t>>>();
+  r.max_tensors = d["max_tensors"].cast<uint64_t>();
+  for (const auto& [name, dtype, per_item] : d["dtypes"].cast<std::vector<std::tuple<std::string, uint32_t, uint32_t>>>())
+    r.dtypes.push_back({name, dtype, per_item});
   r.vocabulary.sizes = d["sizes"].cast<std::vector<uint32_t>>();
   return r;
 }

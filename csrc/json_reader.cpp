@@ -1,6 +1,6 @@
 #include "json_reader.h"
 
-#include <unordered_set>
+#include <algorithm>
 #include <vector>
 
 namespace flash {
@@ -66,13 +66,29 @@ JsonReader::Kind JsonReader::peek() {
   }
 }
 
+// A key as read, and its bytes as written when it has no escapes (any escape makes the
+// written form longer than the decoded one).
+std::string JsonReader::key(std::string_view* raw) {
+  space();
+  if (p_ >= end_ || *p_ != '"') fail("expected a string key");
+  const char* start = p_ + 1;
+  std::string k = string();
+  const size_t written = static_cast<size_t>(p_ - 1 - start);
+  *raw = written == k.size() ? std::string_view(start, written) : std::string_view();
+  return k;
+}
+
 void JsonReader::object(const std::function<void(const std::string&)>& on_member) {
   expect('{');
   enter();
-  // Small objects check duplicate keys by scanning; large ones (a safetensors header
-  // has a key per tensor) by hashing.
+  // Small objects check duplicate keys at once, by scanning. Large ones (a safetensors
+  // header has a key per tensor) keep a view of each key, into the input where the key
+  // has no escapes, and sort them at the end: 16 bytes a key, where a hash set of
+  // copies would cost several times the input.
+  constexpr size_t kFew = 16;
   std::vector<std::string> few;
-  std::unordered_set<std::string> many;
+  std::vector<std::string_view> many;
+  std::vector<std::string> escaped;  // decoded keys that have no view into the input
   space();
   if (p_ < end_ && *p_ == '}') {
     ++p_;
@@ -80,30 +96,35 @@ void JsonReader::object(const std::function<void(const std::string&)>& on_member
     return;
   }
   for (;;) {
-    space();
-    if (p_ >= end_ || *p_ != '"') fail("expected a string key");
-    std::string key = string();
-    bool duplicate;
-    if (many.empty() && few.size() < 16) {
-      duplicate = false;
-      for (const auto& k : few) duplicate = duplicate || k == key;
-      if (!duplicate) few.push_back(key);
+    std::string_view raw;
+    std::string k = key(&raw);
+    if (few.size() < kFew) {
+      for (const auto& seen : few)
+        if (seen == k) fail("duplicate key \"" + k + "\"");
+      few.push_back(k);
+    } else if (raw.data() != nullptr) {
+      many.push_back(raw);
     } else {
-      if (many.empty()) many.insert(few.begin(), few.end());
-      duplicate = !many.insert(key).second;
+      escaped.push_back(k);
     }
-    if (duplicate) fail("duplicate key \"" + key + "\"");
     expect(':');
-    on_member(key);
+    on_member(k);
     space();
     if (p_ < end_ && *p_ == ',') {
       ++p_;
       continue;
     }
     expect('}');
-    leave();
-    return;
+    break;
   }
+  if (!many.empty() || !escaped.empty()) {
+    for (const auto& k : few) many.emplace_back(k);
+    for (const auto& k : escaped) many.emplace_back(k);
+    std::sort(many.begin(), many.end());
+    const auto repeat = std::adjacent_find(many.begin(), many.end());
+    if (repeat != many.end()) fail("duplicate key \"" + std::string(*repeat) + "\"");
+  }
+  leave();
 }
 
 void JsonReader::array(const std::function<void(size_t)>& on_item) {

@@ -41,6 +41,7 @@ DTYPE_SIZES = {
     "int8": 1, "int16": 2, "int32": 4, "int64": 8,
     "uint8": 1, "uint16": 2, "uint32": 4, "uint64": 8,
     "bool": 1, "complex64": 8, "complex128": 16,
+    "float4_e2m1fn_x2": 1,  # two 4-bit floats a byte; added after the first release (docs/format.md)
 }
 
 

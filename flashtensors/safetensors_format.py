@@ -19,18 +19,25 @@ from functools import lru_cache
 
 from . import _native
 from .errors import FlashFormatError
-from .format import DTYPE_NAMES, DTYPE_SIZES, MAX_NDIM, Index, format_error
+from .format import DTYPE_NAMES, DTYPE_SIZES, MAX_NDIM, MAX_TENSORS, Index, format_error
 
 SUFFIX = ".safetensors"
 HF_INDEX_FILENAME = "model.safetensors.index.json"
 SINGLE_FILENAME = "model.safetensors"
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
-# safetensors dtype names -> the flash spec's names for the same dtypes.
+# safetensors dtype names -> the flash spec's names for the same dtypes: every dtype
+# that safetensors' format and torch both have (safetensors' F6_E2M3 and F6_E3M2 have no
+# torch dtype and are refused, naming the dtype and the tensor).
 DTYPES = {
     "BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "int16", "U16": "uint16", "I32": "int32", "U32": "uint32",
     "I64": "int64", "U64": "uint64", "F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64",
     "C64": "complex64", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "F8_E8M0": "float8_e8m0fnu",
+    "F8_E4M3FNUZ": "float8_e4m3fnuz", "F8_E5M2FNUZ": "float8_e5m2fnuz", "F4": "float4_e2m1fn_x2",
 }
+# safetensors elements per torch element where torch packs them: F4's shape counts 4-bit
+# values, torch's float4_e2m1fn_x2 holds two, so the last dimension halves (as
+# safetensors.torch.load_file does).
+PACKED = {"F4": 2}
 
 
 def weight_files(path) -> list | None:
@@ -148,6 +155,6 @@ def _read_header(path: str) -> tuple:
 @lru_cache(maxsize=None)
 def _native_rules():
     return _native.module().SafetensorsRules({
-        "max_header_bytes": MAX_HEADER_BYTES, "max_ndim": MAX_NDIM,
-        "dtypes": [(st_name, DTYPE_NAMES.index(name)) for st_name, name in DTYPES.items()],
+        "max_header_bytes": MAX_HEADER_BYTES, "max_ndim": MAX_NDIM, "max_tensors": MAX_TENSORS,
+        "dtypes": [(st_name, DTYPE_NAMES.index(name), PACKED.get(st_name, 1)) for st_name, name in DTYPES.items()],
         "sizes": list(DTYPE_SIZES.values())})
