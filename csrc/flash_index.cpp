@@ -299,7 +299,7 @@ class IndexParser {
         metadata_ok_ = false;
         return;
       }
-      table_.metadata.emplace_back(k, r_.string());
+      table_.metadata.add(k, r_.string());
     });
   }
 

@@ -120,7 +120,7 @@ void add_safetensors_file(TensorTable& table, const std::string& file_name, cons
       r.object([&](const std::string& k) {
         if (r.peek() != Kind::String) throw FormatError("__metadata__ must map strings to strings");
         const std::string v = r.string();
-        if (table.files.empty()) table.metadata.emplace_back(k, v);  // the first file's, as load_file keeps none
+        if (table.files.empty()) table.metadata.add(k, v);  // the first file's, as load_file keeps none
       });
       return;
     }

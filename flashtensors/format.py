@@ -111,15 +111,16 @@ class Index:
     headers of safetensors files read in place (``kind == "safetensors"``: no checksums,
     ``crc32c`` is None).
 
-    ``tensors`` maps names to :class:`TensorEntry` in saved order; for a read index it
-    is built on first use from ``table``, the native tensor table loads work from.
+    ``tensors`` maps names to :class:`TensorEntry` in saved order, and ``metadata`` is a
+    dict of strings; for a read index both are built on first use from ``table``, the
+    native tensor table loads work from.
     """
 
     def __init__(self, files: list, tensors: dict | None = None, metadata: dict | None = None,
                  version: int = FORMAT_VERSION, table=None, kind: str = "flash"):
         self.kind = kind  # "flash", or "safetensors" for plain safetensors files read in place
         self.files = files
-        self.metadata = metadata if metadata is not None else {}
+        self._metadata = metadata if metadata is not None or table is not None else {}
         self.version = version
         self.table = table
         self._tensors = tensors
@@ -127,7 +128,15 @@ class Index:
     @classmethod
     def from_table(cls, table, kind: str = "flash") -> Index:
         files = [DataFileEntry(name, size) for name, size in table.files()]
-        return cls(files=files, metadata=table.metadata(), version=table.version, table=table, kind=kind)
+        return cls(files=files, version=table.version, table=table, kind=kind)
+
+    @property
+    def metadata(self) -> dict:
+        """The saved string metadata; for a read index built on first use (loads never
+        need it, and a hostile index may hold millions of entries)."""
+        if self._metadata is None:
+            self._metadata = self.table.metadata()
+        return self._metadata
 
     @property
     def tensors(self) -> dict:

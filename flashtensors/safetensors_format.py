@@ -12,19 +12,19 @@ loader, the plan and the views do not know which format they read.
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from functools import lru_cache
 
 from . import _native
 from .errors import FlashFormatError
-from .format import DTYPE_NAMES, DTYPE_SIZES, MAX_NDIM, MAX_TENSORS, Index, format_error
+from .format import DTYPE_NAMES, DTYPE_SIZES, MAX_FILES, MAX_NDIM, MAX_TENSORS, Index, format_error
 
 SUFFIX = ".safetensors"
 HF_INDEX_FILENAME = "model.safetensors.index.json"
 SINGLE_FILENAME = "model.safetensors"
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
+MAX_HF_INDEX_BYTES = 128 << 20  # room for MAX_TENSORS entries of long names (~90 bytes each)
 # safetensors dtype names -> the flash spec's names for the same dtypes: every dtype
 # that safetensors' format and torch both have (safetensors' F6_E2M3 and F6_E3M2 have no
 # torch dtype and are refused, naming the dtype and the tensor).
@@ -72,25 +72,40 @@ def hf_index_shards(index_path) -> list:
     index_path = os.fspath(index_path)
     try:
         with open(index_path, "rb") as f:
-            raw = f.read()
+            raw = f.read(MAX_HF_INDEX_BYTES + 1)  # what is over the cap is never read
     except OSError as e:
         raise FlashFormatError(f"{index_path}: cannot read the weight index: {e.strerror}") from None
     shards = [os.path.join(os.path.dirname(index_path), name) for name in hf_shard_names(raw, index_path)]
     missing = [os.path.basename(p) for p in shards if not os.path.isfile(p)]
     if missing:
-        raise FlashFormatError(f"{index_path}: names missing weight file(s): {', '.join(missing)}")
+        raise FlashFormatError(f"{index_path}: names missing weight file(s): {', '.join(missing[:5])}"
+                               f"{' and more' if len(missing) > 5 else ''}")
     return shards
 
 
 def hf_shard_names(raw: bytes, where: str) -> list:
     """The file names a Hugging Face weight index (its raw bytes; ``where`` names it in
-    errors) maps tensors to, in first-use order. FlashFormatError if it is invalid or a
-    name is not a plain file name (shards lie beside the index, never elsewhere)."""
+    errors) maps tensors to, in first-use order. FlashFormatError if it is invalid, over
+    MAX_HF_INDEX_BYTES, names more than MAX_FILES files, or a name is not a plain file
+    name (shards lie beside the index, never elsewhere).
+
+    Parsed natively, keeping only the distinct names: however the file is made, memory
+    stays a small multiple of its size (``json.loads`` would build every object in it).
+
+    Example:
+        >>> hf_shard_names(b'{"weight_map": {"a": "m-1.safetensors", "b": "m-1.safetensors"}}', "idx")
+        ['m-1.safetensors']
+    """
+    if len(raw) > MAX_HF_INDEX_BYTES:
+        raise FlashFormatError(f"{where}: not a valid weight index (larger than {MAX_HF_INDEX_BYTES} bytes)")
+    native = _native.module()
     try:
-        names = list(dict.fromkeys(json.loads(raw)["weight_map"].values()))
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise FlashFormatError(f"{where}: not a valid weight index ({type(e).__name__}: {e})") from None
-    bad = [n for n in names if not isinstance(n, str) or os.path.basename(n) != n or n in ("", ".", "..")]
+        names = native.hf_weight_files(raw, MAX_FILES)
+    except native.FormatError as e:
+        raise FlashFormatError(f"{where}: not a valid weight index ({e.args[0]})") from None
+    except UnicodeDecodeError:  # a lone surrogate, escaped: no file has such a name
+        raise FlashFormatError(f"{where}: not a valid weight index (a file name is not valid UTF-8)") from None
+    bad = [n for n in names if os.path.basename(n) != n or n in ("", ".", "..") or "\0" in n]
     if bad:
         raise FlashFormatError(f"{where}: not a valid weight index (bad file name {bad[0]!r})")
     return names
