@@ -78,17 +78,66 @@ std::string JsonReader::key(std::string_view* raw) {
   return k;
 }
 
+namespace {
+
+// The keys of one object, to find a repeated one. The first few are compared as they
+// come. Past them every key is kept as an 8-byte reference, to its bytes in the input or,
+// when it has escapes, to its decoded form, and the references are sorted when the
+// object ends: memory stays below the input's size, where a hash set of copies costs
+// several times it (a safetensors header has a key per tensor).
+class KeySet {
+ public:
+  explicit KeySet(const char* input) : input_(input) {}
+
+  // The key if it repeats one of the first few, else null.
+  const std::string* add(const std::string& key, std::string_view raw) {
+    if (few_.size() < kFew) {
+      for (const auto& seen : few_)
+        if (seen == key) return &seen;
+      few_.push_back(key);
+    }
+    if (raw.data() != nullptr) {
+      refs_.push_back({static_cast<uint32_t>(raw.data() - input_), static_cast<uint32_t>(raw.size())});
+    } else {
+      refs_.push_back({static_cast<uint32_t>(decoded_.size()), static_cast<uint32_t>(key.size()) | kDecoded});
+      decoded_ += key;
+    }
+    return nullptr;
+  }
+
+  // Whether a key appears twice (found after the first few), and which.
+  bool repeated(std::string* key) {
+    if (refs_.size() <= kFew) return false;  // the scan saw them all
+    std::sort(refs_.begin(), refs_.end(), [&](Ref a, Ref b) { return view(a) < view(b); });
+    const auto at = std::adjacent_find(refs_.begin(), refs_.end(), [&](Ref a, Ref b) { return view(a) == view(b); });
+    if (at == refs_.end()) return false;
+    *key = std::string(view(*at));
+    return true;
+  }
+
+ private:
+  static constexpr size_t kFew = 16;
+  static constexpr uint32_t kDecoded = 1u << 31;
+  struct Ref {
+    uint32_t offset, length;  // length | kDecoded: in decoded_, else in the input
+  };
+  std::string_view view(Ref r) const {
+    const char* base = (r.length & kDecoded) ? decoded_.data() : input_;
+    return std::string_view(base + r.offset, r.length & ~kDecoded);
+  }
+
+  const char* input_;
+  std::vector<std::string> few_;
+  std::vector<Ref> refs_;
+  std::string decoded_;
+};
+
+}  // namespace
+
 void JsonReader::object(const std::function<void(const std::string&)>& on_member) {
   expect('{');
   enter();
-  // Small objects check duplicate keys at once, by scanning. Large ones (a safetensors
-  // header has a key per tensor) keep a view of each key, into the input where the key
-  // has no escapes, and sort them at the end: 16 bytes a key, where a hash set of
-  // copies would cost several times the input.
-  constexpr size_t kFew = 16;
-  std::vector<std::string> few;
-  std::vector<std::string_view> many;
-  std::vector<std::string> escaped;  // decoded keys that have no view into the input
+  KeySet keys(begin_);
   space();
   if (p_ < end_ && *p_ == '}') {
     ++p_;
@@ -98,15 +147,7 @@ void JsonReader::object(const std::function<void(const std::string&)>& on_member
   for (;;) {
     std::string_view raw;
     std::string k = key(&raw);
-    if (few.size() < kFew) {
-      for (const auto& seen : few)
-        if (seen == k) fail("duplicate key \"" + k + "\"");
-      few.push_back(k);
-    } else if (raw.data() != nullptr) {
-      many.push_back(raw);
-    } else {
-      escaped.push_back(k);
-    }
+    if (keys.add(k, raw) != nullptr) fail("duplicate key \"" + k + "\"");
     expect(':');
     on_member(k);
     space();
@@ -117,13 +158,8 @@ void JsonReader::object(const std::function<void(const std::string&)>& on_member
     expect('}');
     break;
   }
-  if (!many.empty() || !escaped.empty()) {
-    for (const auto& k : few) many.emplace_back(k);
-    for (const auto& k : escaped) many.emplace_back(k);
-    std::sort(many.begin(), many.end());
-    const auto repeat = std::adjacent_find(many.begin(), many.end());
-    if (repeat != many.end()) fail("duplicate key \"" + std::string(*repeat) + "\"");
-  }
+  std::string repeated;
+  if (keys.repeated(&repeated)) fail("duplicate key \"" + repeated + "\"");
   leave();
 }
 

@@ -3,7 +3,7 @@
 // Every error throws FormatError with the byte position; nesting is bounded, strings
 // must be valid UTF-8 (escaped lone surrogates are kept as WTF-8, as Python's json does).
 // Memory stays a small multiple of the input whatever it holds: the reader keeps only
-// the current string and, per object, one view of each key (to refuse duplicates).
+// the current string and, per object, 8 bytes for each key (to refuse duplicates).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -27,7 +27,11 @@ class JsonReader {
  public:
   enum class Kind { Null, Bool, Number, String, Array, Object };
 
-  JsonReader(const char* data, size_t size) : p_(data), begin_(data), end_(data + size) {}
+  // Documents are at most 2 GiB (kMaxDocument): positions fit in 32 bits.
+  JsonReader(const char* data, size_t size) : p_(data), begin_(data), end_(data + size) {
+    if (size > kMaxDocument) throw FormatError("not valid JSON: larger than 2 GiB");
+  }
+  static constexpr size_t kMaxDocument = (size_t{1} << 31) - 1;
 
   // The kind of the next value (after whitespace); throws at the end of input.
   Kind peek();

@@ -3,6 +3,7 @@
 // header both become one of these; nothing downstream knows which it was.
 #pragma once
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -37,13 +38,15 @@ struct TensorInfo {
 };
 
 // String pairs stored end to end (a checkpoint's metadata): a hostile index's millions
-// of tiny entries cost their bytes and 8 more per string, not a std::string pair each.
+// of tiny entries cost their bytes and 4 more per string, not a std::string pair each.
 class StringPairs {
  public:
+  // Throws std::length_error past 4 GiB (more than any index these come from holds).
   void add(std::string_view key, std::string_view value) {
     for (std::string_view s : {key, value}) {
+      if (bytes_.size() + s.size() > UINT32_MAX) throw std::length_error("metadata over 4 GiB");
       bytes_.append(s);
-      ends_.push_back(bytes_.size());
+      ends_.push_back(static_cast<uint32_t>(bytes_.size()));
     }
   }
   size_t size() const { return ends_.size() / 2; }
@@ -56,7 +59,7 @@ class StringPairs {
     return std::string_view(bytes_).substr(begin, ends_[j] - begin);
   }
   std::string bytes_;
-  std::vector<size_t> ends_;
+  std::vector<uint32_t> ends_;
 };
 
 struct DataFileInfo {
