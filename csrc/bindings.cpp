@@ -16,6 +16,7 @@
 #include "file_tee.h"
 #include "flash_index.h"
 #include "http_protocol.h"
+#include "hf_weight_index.h"
 #include "load_plan.h"
 #include "loader.h"
 #include "pinned_pool.h"
@@ -32,7 +33,7 @@ namespace {
 
 // Names are stored as UTF-8, with escaped lone surrogates kept as WTF-8, which
 // "surrogatepass" turns back into the str Python's json would have given.
-py::str to_str(const std::string& s) {
+py::str to_str(std::string_view s) {
   PyObject* o = PyUnicode_DecodeUTF8(s.data(), static_cast<Py_ssize_t>(s.size()), "surrogatepass");
   if (!o) throw py::error_already_set();
   return py::reinterpret_steal<py::str>(o);
@@ -99,7 +100,9 @@ flash::SafetensorsRules safetensors_rules(const py::dict& d) {
   flash::SafetensorsRules r;
   r.max_header_bytes = d["max_header_bytes"].cast<uint64_t>();
   r.max_ndim = d["max_ndim"].cast<uint64_t>();
-  r.dtypes = d["dtypes"].cast<std::vector<std::pair<std::string, uint32_t>>>();
+  r.max_tensors = d["max_tensors"].cast<uint64_t>();
+  for (const auto& [name, dtype, per_item] : d["dtypes"].cast<std::vector<std::tuple<std::string, uint32_t, uint32_t>>>())
+    r.dtypes.push_back({name, dtype, per_item});
   r.vocabulary.sizes = d["sizes"].cast<std::vector<uint32_t>>();
   return r;
 }
@@ -228,7 +231,10 @@ PYBIND11_MODULE(_C, m) {
           "metadata",
           [](const TensorTable& t) {
             py::dict out;
-            for (const auto& [k, v] : t.metadata) out[to_str(k)] = to_str(v);
+            for (size_t i = 0; i < t.metadata.size(); ++i) {
+              const auto [k, v] = t.metadata[i];
+              out[to_str(k)] = to_str(v);
+            }
             return out;
           })
       .def("find", [](const TensorTable& t, const std::string& name) { return t.find(name); },
@@ -406,6 +412,21 @@ PYBIND11_MODULE(_C, m) {
         return sum;
       },
       py::arg("ranges"), "Reads one byte per page of each (address, length) host range (benchmarks: fault mappings in).");
+  m.def(
+      "hf_weight_files",
+      [](const py::bytes& raw, uint64_t max_files) {
+        std::string_view bytes = raw;
+        std::vector<std::string> files;
+        {
+          py::gil_scoped_release nogil;
+          files = flash::hf_weight_files(bytes.data(), bytes.size(), max_files);
+        }
+        py::list out;
+        for (const auto& f : files) out.append(to_str(f));
+        return out;
+      },
+      py::arg("raw"), py::arg("max_files"),
+      "The distinct files a Hugging Face weight index maps tensors to, in first-use order (raises FormatError).");
   m.def(
       "dlpack_dtype",
       [](const py::capsule& cap) {

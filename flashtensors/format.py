@@ -41,6 +41,7 @@ DTYPE_SIZES = {
     "int8": 1, "int16": 2, "int32": 4, "int64": 8,
     "uint8": 1, "uint16": 2, "uint32": 4, "uint64": 8,
     "bool": 1, "complex64": 8, "complex128": 16,
+    "float4_e2m1fn_x2": 1,  # two 4-bit floats a byte; added after the first release (docs/format.md)
 }
 
 
@@ -110,15 +111,16 @@ class Index:
     headers of safetensors files read in place (``kind == "safetensors"``: no checksums,
     ``crc32c`` is None).
 
-    ``tensors`` maps names to :class:`TensorEntry` in saved order; for a read index it
-    is built on first use from ``table``, the native tensor table loads work from.
+    ``tensors`` maps names to :class:`TensorEntry` in saved order, and ``metadata`` is a
+    dict of strings; for a read index both are built on first use from ``table``, the
+    native tensor table loads work from.
     """
 
     def __init__(self, files: list, tensors: dict | None = None, metadata: dict | None = None,
                  version: int = FORMAT_VERSION, table=None, kind: str = "flash"):
         self.kind = kind  # "flash", or "safetensors" for plain safetensors files read in place
         self.files = files
-        self.metadata = metadata if metadata is not None else {}
+        self._metadata = metadata if metadata is not None or table is not None else {}
         self.version = version
         self.table = table
         self._tensors = tensors
@@ -126,7 +128,15 @@ class Index:
     @classmethod
     def from_table(cls, table, kind: str = "flash") -> Index:
         files = [DataFileEntry(name, size) for name, size in table.files()]
-        return cls(files=files, metadata=table.metadata(), version=table.version, table=table, kind=kind)
+        return cls(files=files, version=table.version, table=table, kind=kind)
+
+    @property
+    def metadata(self) -> dict:
+        """The saved string metadata; for a read index built on first use (loads never
+        need it, and a hostile index may hold millions of entries)."""
+        if self._metadata is None:
+            self._metadata = self.table.metadata()
+        return self._metadata
 
     @property
     def tensors(self) -> dict:

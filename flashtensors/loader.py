@@ -172,6 +172,7 @@ def _dlpack_dtypes() -> list:
             probe = torch.empty(1, dtype=dtype)
             code = native.dlpack_dtype(torch.utils.dlpack.to_dlpack(probe))
             ok = torch.from_dlpack(torch.utils.dlpack.to_dlpack(probe)).dtype == dtype
+            ok = ok and code[1] == 8 * probe.element_size()  # packed (fp4 pairs: 4 bits, 2 lanes): as bytes
         except (TypeError, RuntimeError, BufferError):
             code, ok = None, False
         out.append(code if ok else None)

@@ -34,7 +34,8 @@ json_values = st.recursive(
     st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
     | st.floats(allow_nan=True) | st.text(max_size=20)
     | st.sampled_from(["float32", "int16", "bool", "bfloat16", "../x.flash", "/etc/passwd", "a.flash", "crc32c",
-                       "flashtensors", "00000000", ".flash"]),
+                       "flashtensors", "00000000", ".flash", "float4_e2m1fn_x2", "float8_e4m3fnuz",
+                       "F4", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "F6_E2M3", "U8", "I16"]),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=8)
 
@@ -321,3 +322,77 @@ def test_proxy_settings(proxy, no_proxy, host, monkeypatch):
         return
     if proxy_host:
         assert 0 < int(port) < 65536
+# -- Hugging Face weight indexes: the native reader (which keeps only the distinct file
+# names) agrees with Python's json on every index Python reads strictly (no duplicate
+# keys, no NaN), and refuses the rest with a FlashFormatError. Objects of more than 16
+# keys, with keys written plainly or as escapes, exercise the sorted duplicate check.
+
+def _reference_shard_names(raw: bytes):
+    """What hf_shard_names must return for ``raw``, by Python's json; None if invalid."""
+    def unique(pairs):
+        keys = [k for k, _ in pairs]
+        if len(keys) != len(set(keys)):
+            raise ValueError("duplicate key")
+        return dict(pairs)
+
+    def no_constants(name):
+        raise ValueError(name)
+
+    try:
+        doc = json.loads(raw, object_pairs_hook=unique, parse_constant=no_constants)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("weight_map"), dict):
+        return None
+    names = doc["weight_map"].values()
+    if not all(isinstance(n, str) and os.path.basename(n) == n and n not in ("", ".", "..") and "\0" not in n
+               for n in names):
+        return None
+    return list(dict.fromkeys(names))
+
+
+def _json_key(key: str, escaped: bool) -> str:
+    if not escaped:
+        return json.dumps(key, ensure_ascii=False)
+    return '"' + "".join(f"\\u{ord(c):04x}" if ord(c) < 0x10000 else json.dumps(c)[1:-1] for c in key) + '"'
+
+
+@st.composite
+def hf_indexes(draw):
+    keys = draw(st.lists(st.text(alphabet="ab\u00e9\U0001F600", max_size=3), max_size=40))
+    n = len(keys)
+    values = draw(st.lists(st.sampled_from(["m-1.safetensors", "m-2.safetensors", "../m.safetensors", "", "a/b",
+                                            "m\u00e9.safetensors", 3, None, [1]]), min_size=n, max_size=n))
+    escaped = draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    members = ",".join(f"{_json_key(k, e)}:{json.dumps(v)}" for k, v, e in zip(keys, values, escaped))
+    weight_map = draw(st.sampled_from(["{%s}", "[%s]", '"%s"'])) % members if draw(st.booleans()) else "{%s}" % members
+    return f'{{"metadata":{json.dumps(draw(json_values))},"weight_map":{weight_map}}}'.encode()
+
+
+@FUZZ
+@given(raw=hf_indexes())
+def test_hf_weight_index_reads_as_python_json_does(raw):
+    from flashtensors.errors import FlashFormatError
+    from flashtensors.safetensors_format import hf_shard_names
+
+    want = _reference_shard_names(raw)
+    if want is None:
+        with pytest.raises(FlashFormatError, match="^idx: not a valid weight index"):
+            hf_shard_names(raw, "idx")
+    else:
+        assert hf_shard_names(raw, "idx") == want
+
+
+@FUZZ
+@given(raw=st.binary(max_size=600), cut=st.integers(0, 200))
+def test_garbage_and_truncated_hf_weight_index(raw, cut):
+    from flashtensors.errors import FlashFormatError
+    from flashtensors.safetensors_format import hf_shard_names
+
+    valid = b'{"metadata": {"total_size": 8}, "weight_map": {"a": "m-1.safetensors", "b": "m-2.safetensors"}}'
+    for content in (raw, valid[:cut], valid[:cut] + raw):
+        try:
+            got = hf_shard_names(content, "idx")
+        except FlashFormatError:
+            continue
+        assert got == _reference_shard_names(content)
