@@ -127,8 +127,9 @@ def holds_flash(location) -> bool:
 
 def checkpoint_files(location) -> tuple | None:
     """``(kind, data file paths or URLs)`` of the checkpoint at ``location`` ("flash" or
-    "safetensors"), chosen as every load chooses them; None when it holds none.
-    FlashFormatError for an invalid flash index or HF weight index.
+    "safetensors"), chosen as every load chooses them, each checked to exist; None when it
+    holds none. FlashFormatError for an invalid flash index or HF weight index, or one
+    naming a missing file (a remote store: FlashRemoteError).
 
     Example:
         >>> checkpoint_files("/models/Qwen3-8B")                           # doctest: +SKIP
@@ -138,4 +139,7 @@ def checkpoint_files(location) -> tuple | None:
     found = find_format(store)
     if found is None:
         return None
+    for name in found.names:
+        if store.stat(name) is None:
+            raise found.format.missing(store, name)
     return found.kind, [store.data_url(n) for n in found.names]

@@ -60,6 +60,9 @@ class Found:
 class FlashFormat:
     name, kind = "flash", "flash"
 
+    def missing(self, store, name: str):
+        return store.missing(name, "data file missing")
+
     def present(self, store) -> bool:
         """Whether ``store`` has a flash index (whatever its state): cheaper than ``find``."""
         try:

@@ -49,7 +49,7 @@ def scheme_of(location) -> str | None:
     """
     if not isinstance(location, str) or "://" not in location:
         return None
-    scheme = location.split("://", 1)[0].lower()
+    scheme = location.split("://", 1)[0]  # as written: "S3://" is not a location of ours
     return scheme if scheme in SCHEMES else None
 
 
