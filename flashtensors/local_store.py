@@ -8,6 +8,7 @@ that is a symlink must stay inside the directory.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
@@ -16,6 +17,8 @@ from .store_api import ObjectInfo
 
 # A whole-file read (an index) returns at most this much plus one byte; callers check the size.
 SMALL_FILE_CAP = 100_000_000
+# Errors that mean "no such file" (a name too long, or through a non-directory, cannot name one).
+_NO_SUCH_FILE = (errno.ENOENT, errno.ENAMETOOLONG, errno.ENOTDIR)
 
 
 class LocalStore:
@@ -54,9 +57,9 @@ class LocalStore:
         path = self.describe(name)
         try:
             st = os.stat(path)
-        except FileNotFoundError:
-            return None
         except OSError as e:
+            if e.errno in _NO_SUCH_FILE:
+                return None
             raise FlashFormatError(f"{path}: cannot stat: {e.strerror}") from None
         if not stat.S_ISREG(st.st_mode):
             raise FlashFormatError(f"{path}: not a regular file")
@@ -80,12 +83,12 @@ class LocalStore:
         path = self.describe(name)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except FileNotFoundError:
+        except OSError as e:
+            if e.errno not in _NO_SUCH_FILE:
+                raise FlashFormatError(f"{path}: cannot open: {e.strerror}") from None
             if missing_ok:
                 return None
             raise self.missing(name, "file missing") from None
-        except OSError as e:
-            raise FlashFormatError(f"{path}: cannot open: {e.strerror}") from None
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
