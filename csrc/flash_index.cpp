@@ -106,8 +106,8 @@ class Checker {
 
 std::string quoted(const Field& f) {
   if (!f.present) return "None";
-  if (f.is_string) return "'" + f.text + "'";
-  return f.text;
+  if (f.is_string) return "'" + abbreviated(f.text) + "'";
+  return abbreviated(f.text);
 }
 
 bool safe_file_name(const Field& f, const FlashIndexRules& rules) {

@@ -19,7 +19,8 @@ std::vector<std::string> hf_weight_files(const char* data, size_t size, uint64_t
     have_map = true;
     if (r.peek() != Kind::Object) throw FormatError("weight_map is not an object");
     r.object([&](const std::string& tensor) {
-      if (r.peek() != Kind::String) throw FormatError("weight_map maps tensor '" + tensor + "' to a non-string");
+      if (r.peek() != Kind::String)
+        throw FormatError("weight_map maps tensor '" + abbreviated(tensor) + "' to a non-string");
       std::string file = r.string();
       if (seen.count(file)) return;
       if (files.size() >= max_files)

@@ -147,7 +147,7 @@ void JsonReader::object(const std::function<void(const std::string&)>& on_member
   for (;;) {
     std::string_view raw;
     std::string k = key(&raw);
-    if (keys.add(k, raw) != nullptr) fail("duplicate key \"" + k + "\"");
+    if (keys.add(k, raw) != nullptr) fail("duplicate key \"" + abbreviated(k) + "\"");
     expect(':');
     on_member(k);
     space();
@@ -159,7 +159,7 @@ void JsonReader::object(const std::function<void(const std::string&)>& on_member
     break;
   }
   std::string repeated;
-  if (keys.repeated(&repeated)) fail("duplicate key \"" + repeated + "\"");
+  if (keys.repeated(&repeated)) fail("duplicate key \"" + abbreviated(repeated) + "\"");
   leave();
 }
 

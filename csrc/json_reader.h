@@ -23,6 +23,13 @@ struct JsonNumber {
   std::string_view text;
 };
 
+// `text` for an error message: as is when short, else its start and its length (a
+// hostile file's string may be the size of the file).
+inline std::string abbreviated(std::string_view text) {
+  if (text.size() <= 200) return std::string(text);
+  return std::string(text.substr(0, 60)) + "... (" + std::to_string(text.size()) + " bytes)";
+}
+
 class JsonReader {
  public:
   enum class Kind { Null, Bool, Number, String, Array, Object };

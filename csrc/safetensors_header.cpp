@@ -61,7 +61,7 @@ void read_entry(JsonReader& r, const std::string& name, const SafetensorsRules& 
   if (!offsets_ok) fail("missing or invalid data_offsets", name);
   const auto dtype = std::find_if(rules.dtypes.begin(), rules.dtypes.end(),
                                   [&](const SafetensorsDtype& d) { return d.name == dtype_name; });
-  if (dtype == rules.dtypes.end()) fail("dtype '" + dtype_name + "' has no torch equivalent", name);
+  if (dtype == rules.dtypes.end()) fail("dtype '" + abbreviated(dtype_name) + "' has no torch equivalent", name);
   const uint64_t begin = static_cast<uint64_t>(offsets[0]), end = static_cast<uint64_t>(offsets[1]);
   if (end < begin) fail("data_offsets end before they begin", name);
   if (dtype->per_item > 1) {  // torch's shape counts packed items

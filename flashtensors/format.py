@@ -225,6 +225,8 @@ def parse_index_bytes(raw: bytes, where: str) -> Index:
 
 def format_error(where: str, message: str, tensor: str | None = None) -> FlashFormatError:
     """The FlashFormatError for a native parser's complaint about ``where``."""
+    if tensor is not None and len(tensor) > 200:  # a hostile file's name may be the size of the file
+        tensor = f"{tensor[:60]}... ({len(tensor)} characters)"
     about = f" (tensor {tensor!r})" if tensor is not None else ""
     return FlashFormatError(f"{where}: {message}{about}")
 

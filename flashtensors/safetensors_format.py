@@ -60,9 +60,10 @@ def hf_shard_names(raw: bytes, where: str) -> list:
         raise FlashFormatError(f"{where}: not a valid weight index ({e.args[0]})") from None
     except UnicodeDecodeError:  # a lone surrogate, escaped: no file has such a name
         raise FlashFormatError(f"{where}: not a valid weight index (a file name is not valid UTF-8)") from None
-    bad = [n for n in names if os.path.basename(n) != n or n in ("", ".", "..") or "\0" in n]
+    bad = [n for n in names if os.path.basename(n) != n or n in ("", ".", "..") or "\0" in n or len(n) > 255]
     if bad:
-        raise FlashFormatError(f"{where}: not a valid weight index (bad file name {bad[0]!r})")
+        shown = bad[0] if len(bad[0]) <= 255 else bad[0][:60] + f"... ({len(bad[0])} characters)"
+        raise FlashFormatError(f"{where}: not a valid weight index (bad file name {shown!r})")
     return names
 
 

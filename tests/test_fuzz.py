@@ -346,7 +346,7 @@ def _reference_shard_names(raw: bytes):
         return None
     names = doc["weight_map"].values()
     if not all(isinstance(n, str) and os.path.basename(n) == n and n not in ("", ".", "..") and "\0" not in n
-               for n in names):
+               and len(n) <= 255 for n in names):
         return None
     return list(dict.fromkeys(names))
 
