@@ -152,8 +152,8 @@ def assemble(plan, buffers, mappings) -> dict:
             tensors[position] = _view(storage, offset, plan.entry(position))
     for position, t in enumerate(tensors):
         if t is None:
-            _, dtype, shape, *_ = plan.entry(position)
-            tensors[position] = torch.empty(shape, dtype=torch_dtype(DTYPE_NAMES[dtype]),
+            name, dtype, shape, *_ = plan.entry(position)
+            tensors[position] = torch.empty(shape, dtype=_torch_dtype_of(name, dtype),
                                             device=device_of_code(plan.device(position)))
     return dict(zip(plan.names(), tensors))
 
@@ -270,7 +270,15 @@ def _allocate(nbytes: int, device):
 
 def _view(storage, offset: int, entry):
     """A tensor inside a region handed back as bytes; ``entry`` as ``plan.entry`` gives it."""
-    _, dtype, shape, strides, _, _, length, _ = entry
-    data = storage[offset:offset + length].view(torch_dtype(DTYPE_NAMES[dtype]))
+    name, dtype, shape, strides, _, _, length, _ = entry
+    data = storage[offset:offset + length].view(_torch_dtype_of(name, dtype))
     return data.view(shape) if strides is None else data.as_strided(shape, strides)
 
+
+def _torch_dtype_of(name: str, dtype: int):
+    """The torch dtype of tensor ``name`` (spec dtype number ``dtype``); FlashFormatError
+    naming the tensor and the dtype where this torch lacks it."""
+    try:
+        return torch_dtype(DTYPE_NAMES[dtype])
+    except FlashFormatError as e:
+        raise FlashFormatError(f"tensor {name!r}: {e}") from None

@@ -110,3 +110,22 @@ def test_f4_needs_an_even_last_dimension_as_torch_packs_pairs(tmp_path, shape):
         flash.load_dict(path)
     with pytest.raises(SafetensorError):  # as safetensors refuses them
         load_file(str(path))
+
+
+def test_a_flash_dtype_this_torch_lacks_is_named_with_its_tensor(tmp_path, monkeypatch):
+    """A torch without a dtype the checkpoint holds (an older release) cannot be installed
+    beside this one: it is stood in for by taking the dtype away from the loader."""
+    from flashtensors import loader
+
+    flash.save_dict({"x": torch.zeros(4, dtype=torch.float8_e5m2fnuz), "y": torch.ones(2)}, tmp_path / "m")
+    real = loader.torch_dtype
+
+    def lacking(name):
+        if name == "float8_e5m2fnuz":
+            raise FlashFormatError(f"dtype {name!r} is not available in torch {torch.__version__}")
+        return real(name)
+
+    monkeypatch.setattr(loader, "torch_dtype", lacking)
+    monkeypatch.setattr(loader, "_dlpack_dtypes", lambda: [None] * 64)  # everything handed over as bytes
+    with pytest.raises(FlashFormatError, match="tensor 'x': dtype 'float8_e5m2fnuz' is not available"):
+        flash.load_dict(tmp_path / "m")
