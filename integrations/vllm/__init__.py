@@ -70,10 +70,14 @@ def register() -> None:
 
 def __getattr__(name):
     # Imported on first use so that the entry point's import of this package stays cheap.
-    if name in ("FlashWorkerExtension", "save_vllm_checkpoint"):
-        from . import per_rank
+    if name == "FlashWorkerExtension":
+        from .worker_extension import FlashWorkerExtension
 
-        return getattr(per_rank, name)
+        return FlashWorkerExtension
+    if name == "save_vllm_checkpoint":
+        from .per_rank import save_vllm_checkpoint
+
+        return save_vllm_checkpoint
     if name == "fetch_model_files":
         from flashtensors.remote.files import fetch_model_files
 

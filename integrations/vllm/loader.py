@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -57,6 +58,10 @@ from .config import FlashConfigError, FlashLoaderConfig
 
 # Under vLLM's logger, so that the messages appear in vLLM's log with its format.
 log = logging.getLogger("vllm.flashtensors")
+# Attributes kept on the model between loads: the model_config.model the engine started with
+# (a reload with another weights_path changes it), and what the latest (re)load read.
+_STARTED_FROM = "_flashtensors_started_from"
+LAST_LOAD = "_flashtensors_last_load"
 
 
 class FlashModelLoader(BaseModelLoader):
@@ -89,37 +94,81 @@ class FlashModelLoader(BaseModelLoader):
         """Loads the weights in ``model_config``'s directory, or at the URL of ``weights``,
         into ``model`` (see the module docstring)."""
         root = self._weights(model_config)
-        device = _model_device(model)
+        setattr(model, _STARTED_FROM, str(model_config.model))
         started = time.perf_counter()
         _, tp_size = per_rank.tp_rank_and_size()
         layout = _remote_layout(root, self.options.timeout) if is_url(root) else _layout(root, tp_size)
         if layout == "per-rank":
             per_rank.load_rank(model, root, verify=self.options.verify, threads=self.options.threads)
         else:
-            if layout == "safetensors" and self.options.verify:
-                raise _verify_needs_flash(root)
-            self._load_full(model, model_config, root, device)
-        shared = layout != "per-rank" and tp_size > 1 and self.options.distributed
-        log.info("flashtensors: loaded %s (%s layout%s) in %.2f s", root, layout,
-                 f", read once by the {tp_size} tensor-parallel ranks" if shared else "", time.perf_counter() - started)
+            loaded = model.load_weights(self._checkpoint_weights(model, root, layout))
+            if loaded is not None and model_config.quantization is None:
+                # vLLM's own check, with its exemptions (online quantization, KV-cache scales).
+                from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
 
-    def _load_full(self, model: nn.Module, model_config: ModelConfig, root: Path, device) -> None:
-        """Reads the full flash checkpoint (or else the safetensors) and feeds it to ``load_weights``."""
-        tensors = self._stage(root, device)
-        loaded = model.load_weights(tensors.items())
-        del tensors
-        if loaded is not None and model_config.quantization is None:
-            # vLLM's own check, with its exemptions (online quantization, KV-cache scales).
-            from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
+                try:
+                    DefaultModelLoader.track_weights_loading(self, model, set(loaded))
+                except ValueError as e:
+                    raise FlashFormatError(f"{root}: the checkpoint lacks weights the model needs: {e}") from None
+        _record_load(model, root, layout, "loaded", started, self._shared(layout, tp_size))
 
-            try:
-                DefaultModelLoader.track_weights_loading(self, model, set(loaded))
-            except ValueError as e:
-                raise FlashFormatError(f"{root}: the checkpoint lacks weights the model needs: {e}") from None
+    def get_all_weights(self, model_config: ModelConfig, model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+        """The checkpoint's tensors as ``(name, tensor)`` pairs in the checkpoint's own names, for
+        vLLM's in-place reload (``reload_weights``), which feeds them to the model's ``load_weights``.
+
+        The weights are read afresh from where the engine loaded them (the directory, or the URL
+        of ``weights``), or from ``reload_weights(weights_path=...)``'s directory or URL, which
+        vLLM puts in ``model_config.model``. Nothing is cached between reloads: a checkpoint
+        rewritten in place (``flash.save_dict(..., overwrite=True)``) is read as it is now. They
+        are read (by the tensor-parallel group once, as for the first load) before this returns,
+        so a missing or broken checkpoint fails before vLLM touches the model's weights.
+
+        Raises:
+            FlashFormatError: the weights are per-rank checkpoints only (already sharded into
+                vLLM's parameters, which ``load_weights`` cannot take), or unreadable.
+
+        Example:
+            >>> llm.collective_rpc("reload_weights", kwargs={"weights_path": "/ckpt/step-200"})
+            >>> llm.collective_rpc("reload_weights")   # the same place again, read afresh
+        """
+        root = self._reload_source(model_config, model)
+        started = time.perf_counter()
+        _, tp_size = per_rank.tp_rank_and_size()
+        layout = _remote_layout(root, self.options.timeout) if is_url(root) else _layout(root, tp_size, reload=True)
+        if layout == "per-rank":
+            raise FlashFormatError(
+                f"{root}: holds per-rank flash checkpoints only, which are already sharded into vLLM's "
+                f"parameters and cannot be reloaded in place; reload a full flash checkpoint or a "
+                f"safetensors directory (reload_weights(weights_path=DIR)), which load at any "
+                f"tensor-parallel size")
+        weights = self._checkpoint_weights(model, root, layout)
+        _record_load(model, root, layout, "read for reloading", started, self._shared(layout, tp_size))
+        return weights
+
+    def _checkpoint_weights(self, model: nn.Module, root: Path | str, layout: str) -> Iterator:
+        """Reads the full flash checkpoint (or else the safetensors) onto the model's device and
+        returns them as ``(name, tensor)`` pairs for ``load_weights``."""
+        if layout == "safetensors" and self.options.verify:
+            raise _verify_needs_flash(root)
+        return _hand_over(self._stage(root, _model_device(model)))
 
     def _weights(self, model_config: ModelConfig) -> Path | str:
         """Where the weights are read from: the URL of ``weights``, else the local directory."""
         return self.options.weights or _weights_dir(model_config)
+
+    def _reload_source(self, model_config: ModelConfig, model: nn.Module) -> Path | str:
+        """Where a reload reads: a URL vLLM put in ``model_config.model`` (``weights_path=URL``);
+        the ``weights`` URL while ``model_config.model`` is still the directory the engine
+        started with; else that directory (a ``weights_path``, or the starting one)."""
+        if is_url(model_config.model):
+            return model_config.model
+        if self.options.weights and getattr(model, _STARTED_FROM, None) in (None, str(model_config.model)):
+            return self.options.weights
+        return _weights_dir(model_config)
+
+    def _shared(self, layout: str, tp_size: int) -> int:
+        """How many tensor-parallel ranks read the checkpoint once together (1: each its own)."""
+        return tp_size if layout != "per-rank" and tp_size > 1 and self.options.distributed else 1
 
     def _stage(self, root: Path | str, device: torch.device) -> dict:
         """The full checkpoint's (or the safetensors') tensors on ``device``, or in host memory if
@@ -181,17 +230,34 @@ def _remote_layout(url: str, timeout: float | None) -> str:
     return "full" if open_checkpoint(url, timeout)[0].kind == "flash" else "safetensors"
 
 
-def _layout(root: Path, tp_size: int) -> str:
+def _layout(root: Path, tp_size: int, *, reload: bool = False) -> str:
     """Which weights of ``root`` this engine reads: ``"per-rank"`` (saved for ``tp_size``),
     ``"full"`` (a flash checkpoint) or ``"safetensors"``. With per-rank checkpoints for
-    other sizes only, ``"per-rank"`` too, so that loading names the sizes present."""
-    if tp_size in per_rank.saved_tp_sizes(root):
+    other sizes only, ``"per-rank"`` too, so that loading names the sizes present. A reload
+    (``reload=True``) prefers the full layouts, which ``load_weights`` takes."""
+    if not reload and tp_size in per_rank.saved_tp_sizes(root):
         return "per-rank"
     if flash.is_checkpoint(root):
         return "full"
     if weight_files(root) is not None:
         return "safetensors"
     return "per-rank"
+
+
+def _hand_over(tensors: dict) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yields ``tensors``' items, dropping each from the dict as it goes, so that a tensor's
+    memory can be freed as soon as ``load_weights`` has copied it (not only after the last)."""
+    for name in list(tensors):
+        yield name, tensors.pop(name)
+
+
+def _record_load(model: nn.Module, root, layout: str, what: str, started: float, shared: int) -> None:
+    """Logs a (re)load and keeps its facts on the model, for FlashWorkerExtension.flash_last_load."""
+    seconds = time.perf_counter() - started
+    setattr(model, LAST_LOAD, {"source": str(root), "layout": layout, "read_seconds": seconds,
+                               "ranks_sharing_the_read": shared})
+    log.info("flashtensors: %s %s (%s layout%s) in %.2f s", what, root, layout,
+             f", read once by the {shared} tensor-parallel ranks" if shared > 1 else "", seconds)
 
 
 def _model_device(model: nn.Module) -> torch.device:
