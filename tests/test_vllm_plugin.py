@@ -69,7 +69,7 @@ def test_remote_weight_options():
 
 
 @pytest.mark.parametrize("extra, message", [
-    ({"weights": "/models/qwen"}, "a local directory is served as --model DIR"),
+    ({"weights": "/models/qwen"}, "a local directory is served as the model directory"),
     ({"weights": "gs://bucket/qwen"}, "Google Cloud Storage answers the S3 API"),
     ({"weights": "S3://bucket/qwen"}, "URL schemes are lowercase"),
     ({"cache_dir": "/nvme/w"}, "'cache_dir' applies to weights streamed from a URL"),

@@ -48,13 +48,12 @@ from vllm.config.load import LoadConfig
 from vllm.model_executor.model_loader.base_loader import BaseModelLoader
 
 from flashtensors import flash
-from flashtensors.checkpoint import open_checkpoint
-from flashtensors.errors import FlashDeviceError, FlashFormatError
+from flashtensors.errors import FlashFormatError
 from flashtensors.remote import is_url
-from flashtensors.safetensors_format import weight_files
 
+from ..full_checkpoint import hand_over, layout_of, model_device, no_weights_error, stage, tp_group_for
+from ..loader_options import FlashLoaderConfig, verify_needs_flash
 from . import per_rank
-from .config import FlashConfigError, FlashLoaderConfig
 
 # Under vLLM's logger, so that the messages appear in vLLM's log with its format.
 log = logging.getLogger("vllm.flashtensors")
@@ -85,10 +84,10 @@ class FlashModelLoader(BaseModelLoader):
         whose index or headers are read) are checked here."""
         root = self._weights(model_config)
         if is_url(root):
-            if _remote_layout(root, self.options.timeout) != "full" and self.options.verify:
-                raise _verify_needs_flash(root)
+            if layout_of(root, self.options.timeout) != "full" and self.options.verify:
+                raise verify_needs_flash(root)
         elif self.options.verify and not flash.is_checkpoint(root) and not per_rank.saved_tp_sizes(root):
-            raise _verify_needs_flash(root)
+            raise verify_needs_flash(root)
 
     def load_weights(self, model: nn.Module, model_config: ModelConfig) -> None:
         """Loads the weights in ``model_config``'s directory, or at the URL of ``weights``,
@@ -97,7 +96,7 @@ class FlashModelLoader(BaseModelLoader):
         setattr(model, _STARTED_FROM, str(model_config.model))
         started = time.perf_counter()
         _, tp_size = per_rank.tp_rank_and_size()
-        layout = _remote_layout(root, self.options.timeout) if is_url(root) else _layout(root, tp_size)
+        layout = layout_of(root, self.options.timeout) if is_url(root) else _layout(root, tp_size)
         if layout == "per-rank":
             per_rank.load_rank(model, root, verify=self.options.verify, threads=self.options.threads)
         else:
@@ -134,7 +133,7 @@ class FlashModelLoader(BaseModelLoader):
         root = self._reload_source(model_config, model)
         started = time.perf_counter()
         _, tp_size = per_rank.tp_rank_and_size()
-        layout = _remote_layout(root, self.options.timeout) if is_url(root) else _layout(root, tp_size, reload=True)
+        layout = layout_of(root, self.options.timeout) if is_url(root) else _layout(root, tp_size, reload=True)
         if layout == "per-rank":
             raise FlashFormatError(
                 f"{root}: holds per-rank flash checkpoints only, which are already sharded into vLLM's "
@@ -148,9 +147,9 @@ class FlashModelLoader(BaseModelLoader):
     def _checkpoint_weights(self, model: nn.Module, root: Path | str, layout: str) -> Iterator:
         """Reads the full flash checkpoint (or else the safetensors) onto the model's device and
         returns them as ``(name, tensor)`` pairs for ``load_weights``."""
-        if layout == "safetensors" and self.options.verify:
-            raise _verify_needs_flash(root)
-        return _hand_over(self._stage(root, _model_device(model)))
+        _, tp_size = per_rank.tp_rank_and_size()
+        group_for = tp_group_for(tp_size, self.options.distributed, _vllm_tp_group)
+        return hand_over(stage(root, layout, model_device(model), self.options, group_for, log))
 
     def _weights(self, model_config: ModelConfig) -> Path | str:
         """Where the weights are read from: the URL of ``weights``, else the local directory."""
@@ -170,33 +169,6 @@ class FlashModelLoader(BaseModelLoader):
         """How many tensor-parallel ranks read the checkpoint once together (1: each its own)."""
         return tp_size if layout != "per-rank" and tp_size > 1 and self.options.distributed else 1
 
-    def _stage(self, root: Path | str, device: torch.device) -> dict:
-        """The full checkpoint's (or the safetensors') tensors on ``device``, or in host memory if
-        they do not fit there. ``flash.load_dict`` itself prefers a flash checkpoint."""
-        cpu = torch.device("cpu")
-        where = cpu if self.options.staging == "cpu" else device
-        remote = {"timeout": self.options.timeout, "cache_dir": self.options.cache_dir} if is_url(root) else {}
-        try:
-            return flash.load_dict(root, where, verify=self.options.verify, threads=self.options.threads,
-                                   group=self._group(where), **remote)
-        except FlashDeviceError as e:  # the whole checkpoint does not fit beside the model (on some rank)
-            if where == cpu:
-                raise
-            log.warning("flashtensors: %s; staging the checkpoint in host memory instead", e)
-            return flash.load_dict(root, cpu, threads=self.options.threads, group=self._group(cpu),  # verified
-                                   **remote)
-
-    def _group(self, where: torch.device):
-        """The tensor-parallel group that reads the checkpoint once and shares it, or None:
-        its NCCL group for GPU staging, its gloo group for host staging."""
-        _, tp_size = per_rank.tp_rank_and_size()
-        if tp_size == 1 or not self.options.distributed:
-            return None
-        from vllm.distributed import get_tp_group
-
-        tp = get_tp_group()
-        return tp.device_group if where.type == "cuda" else tp.cpu_group
-
 
 def _weights_dir(model_config: ModelConfig) -> Path:
     """The local directory the weights are read from (``model_weights`` overrides ``model``)."""
@@ -206,28 +178,9 @@ def _weights_dir(model_config: ModelConfig) -> Path:
             f"--load-format flash reads a local model directory, and {str(root)!r} is not one "
             f"(download it first, e.g. with `hf download`)"
         )
-    if not flash.is_checkpoint(root) and not per_rank.saved_tp_sizes(root) and weight_files(root) is None:
-        raise FlashFormatError(
-            f"{root}: holds no weights flashtensors reads (no flash_index.json, no "
-            f"{per_rank.RANK_DIR.format(rank='R', size='N')}/, no *.safetensors); convert "
-            f".bin or .pt weights with `flashtensors convert`, or save them with flash.save_dict"
-        )
+    if layout_of(root) == "none" and not per_rank.saved_tp_sizes(root):
+        raise no_weights_error(root, also=f"no {per_rank.RANK_DIR.format(rank='R', size='N')}/, ")
     return root
-
-
-def _verify_needs_flash(root: Path) -> FlashConfigError:
-    return FlashConfigError(
-        f"{root}: model_loader_extra_config 'verify' checks the CRC-32C checksums of a flash "
-        f"checkpoint, and this directory holds safetensors weights, which have none; drop "
-        f"'verify', or convert it with `flashtensors convert`"
-    )
-
-
-def _remote_layout(url: str, timeout: float | None) -> str:
-    """``"full"`` (a flash checkpoint) or ``"safetensors"``: what ``url`` holds, from its
-    index or headers. Raises FlashRemoteError (missing, forbidden, unreachable) naming the
-    URL, or FlashFormatError."""
-    return "full" if open_checkpoint(url, timeout)[0].kind == "flash" else "safetensors"
 
 
 def _layout(root: Path, tp_size: int, *, reload: bool = False) -> str:
@@ -237,18 +190,8 @@ def _layout(root: Path, tp_size: int, *, reload: bool = False) -> str:
     (``reload=True``) prefers the full layouts, which ``load_weights`` takes."""
     if not reload and tp_size in per_rank.saved_tp_sizes(root):
         return "per-rank"
-    if flash.is_checkpoint(root):
-        return "full"
-    if weight_files(root) is not None:
-        return "safetensors"
-    return "per-rank"
-
-
-def _hand_over(tensors: dict) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yields ``tensors``' items, dropping each from the dict as it goes, so that a tensor's
-    memory can be freed as soon as ``load_weights`` has copied it (not only after the last)."""
-    for name in list(tensors):
-        yield name, tensors.pop(name)
+    layout = layout_of(root)
+    return "per-rank" if layout == "none" else layout
 
 
 def _record_load(model: nn.Module, root, layout: str, what: str, started: float, shared: int) -> None:
@@ -260,9 +203,7 @@ def _record_load(model: nn.Module, root, layout: str, what: str, started: float,
              f", read once by the {shared} tensor-parallel ranks" if shared > 1 else "", seconds)
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    """Where the model's parameters were created (the worker's device, or CPU)."""
-    for p in model.parameters():
-        if p.device.type != "meta":
-            return p.device
-    return torch.device("cpu")
+def _vllm_tp_group():
+    from vllm.distributed import get_tp_group
+
+    return get_tp_group()
