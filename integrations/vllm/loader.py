@@ -24,6 +24,10 @@ flash checkpoint, otherwise the safetensors are read.
 (``flashtensors fetch URL`` fetches them). vLLM's own ``--model s3://...`` cannot be used:
 it pulls the config through its runai extra and then accepts only the runai load formats.
 
+**In-place reload**: vLLM's ``reload_weights`` gets the weights from :meth:`FlashModelLoader.get_all_weights`:
+the full or safetensors layout, read afresh (nothing cached), from ``weights_path`` or from
+where the engine's weights were last read.
+
 Example::
 
     vllm serve /models/qwen --load-format flash            # plain safetensors directory
