@@ -93,6 +93,7 @@ def test_reload_flash_weights_says_what_each_worker_read(run):
     assert all(f["reload_seconds"] >= f["read_seconds"] > 0 for f in again)
     local = run["steps"]["A flash"]["rpc"]
     assert [f["source"] for f in local] == [str(run["a_fl"])] * 2
+    assert all(f["layout"] == "full" and f["ranks_sharing_the_read"] == 2 for f in local)
 
 
 def test_a_reload_that_cannot_read_leaves_the_weights_as_they_were(run):
