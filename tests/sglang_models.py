@@ -42,9 +42,11 @@ def load_cases(cases: list[dict], workdir: Path, *, tp_size: int = 1, env: dict 
                timeout: float = 900) -> list[Run]:
     """Runs ``cases`` in fresh processes, one per tensor-parallel rank (``tp_size``; the
     ranks form SGLang's process groups over gloo). A case: ``argv`` (SGLang server arguments;
-    the device and tensor-parallel size are added) and ``reference`` (a safetensors directory
-    of the same weights). Returns one Run per rank; each result: ``{"equal": bool, "names":
-    n, "differ": [...], "loader": class name, "shapes": {name: shape}}`` or ``{"error": str}``."""
+    the device and tensor-parallel size are added), optionally ``update`` (a directory or URL
+    then loaded in place by SGLang's ``update_weights_from_disk``), and ``reference`` (a
+    safetensors directory of the weights the model should end up with). Returns one Run per
+    rank; each result: ``{"equal": bool, "names": n, "differ": [...], "loader": class name,
+    "shapes": {name: shape}}`` or ``{"error": str}``."""
     import subprocess
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -102,7 +104,23 @@ def _load(place: tuple, argv: list[str] | None, reference: str | None = None):
     model_config = ModelConfig.from_server_args(args)
     load_config = LoadConfig(load_format=args.load_format, model_loader_extra_config=args.model_loader_extra_config)
     loader = type(get_model_loader(load_config, model_config)).__name__
-    return get_model(model_config=model_config, load_config=load_config, device_config=DeviceConfig("cpu")), loader
+    model = get_model(model_config=model_config, load_config=load_config, device_config=DeviceConfig("cpu"))
+    return model, loader, model_config
+
+
+def _update_from_disk(model, model_config, path: str) -> tuple[bool, str]:
+    """SGLang's own in-place reload (``update_weights_from_disk``, the code behind the server's
+    ``/update_weights_from_disk``) with ``load_format="flash"``, on ``model``. The model runner
+    around it is absent: its bookkeeping callbacks do nothing here."""
+    from sglang.srt.model_executor.model_runner_components.weight_updater import WeightUpdater
+
+    def nothing(*args, **kwargs):
+        return None
+
+    updater = WeightUpdater(tp_rank=0, device="cpu", gpu_id=0, model_config=model_config, custom_weight_loaders={},
+                            get_model=lambda: model, update_model_fields=nothing, recapture_cuda_graph=nothing,
+                            get_model_runner=nothing)
+    return updater.update_weights_from_disk(model_path=path, load_format="flash")
 
 
 def _init_process_groups(rank: int, tp_size: int, init: str) -> None:
@@ -120,10 +138,14 @@ def _run_case(place: tuple, case: dict) -> dict:
     import torch
 
     try:
-        model, loader = _load(place, case["argv"])
+        model, loader, model_config = _load(place, case["argv"])
+        if "update" in case:
+            ok, message = _update_from_disk(model, model_config, case["update"])
+            if not ok:
+                return {"error": message}
     except Exception as e:  # noqa: BLE001 -- the test checks the message
         return {"error": f"{type(e).__name__}: {e}"}
-    reference, _ = _load(place, None, case["reference"])
+    reference, _, _ = _load(place, None, case["reference"])
     got, want = model.state_dict(), reference.state_dict()
     differ = sorted(n for n in set(got) | set(want)
                     if n not in got or n not in want or not torch.equal(got[n], want[n]))

@@ -37,16 +37,17 @@ def flash_args(model, **extra) -> list[str]:
 def models(tmp_path_factory, s3_server):
     root = tmp_path_factory.mktemp("sglang")
     dirs = {arch: make_model_pair(arch, root) for arch in ARCHS}
-    _, other = make_model_pair("qwen2", root / "other", seed=1)
+    other_st, other = make_model_pair("qwen2", root / "other", seed=1)
     bucket, aws = upload_to_s3(s3_server, {"qwen2-flash": dirs["qwen2"][1], "qwen2-st": dirs["qwen2"][0]})
     with aws_environment(aws):
         fetched = fetch_model_files(f"s3://{bucket}/qwen2-st", root / "fetched")
-    return {"dirs": dirs, "other": other, "bucket": bucket, "aws": aws, "fetched": fetched, "root": root}
+    return {"dirs": dirs, "other": other, "other_st": other_st, "bucket": bucket, "aws": aws, "fetched": fetched,
+            "root": root}
 
 
 @pytest.fixture(scope="module")
 def tp1(models):
-    dirs, bucket = models["dirs"], models["bucket"]
+    dirs, bucket, other_st = models["dirs"], models["bucket"], models["other_st"]
     cases = {}
     for arch, (st, fl) in dirs.items():
         cases[f"{arch}/flash"] = {"argv": flash_args(fl), "reference": st}
@@ -57,6 +58,8 @@ def tp1(models):
                            "reference": dirs["qwen2"][0]},
         "qwen2/s3 safetensors": {"argv": flash_args(models["fetched"], weights=f"s3://{bucket}/qwen2-st", timeout=20),
                                  "reference": dirs["qwen2"][0]},
+        # Started on one qwen2, updated in place (SGLang's update_weights_from_disk) to the other.
+        "update from disk": {"argv": flash_args(dirs["qwen2"][1]), "update": models["other"], "reference": other_st},
         "unknown option": {"argv": flash_args(dirs["qwen2"][1], thread=2), "reference": dirs["qwen2"][0]},
         # The fetched directory (config and tokenizer) without the URL of its weights.
         "no weights": {"argv": flash_args(models["fetched"]), "reference": dirs["qwen2"][0]},
@@ -87,6 +90,13 @@ def test_weights_streamed_from_s3(tp1, models, case, layout):
     assert got["equal"], got["differ"]
     url = f"s3://{models['bucket']}/qwen2-{'flash' if layout == 'full' else 'st'}"
     assert f"flashtensors: read {url} ({layout} layout)" in tp1["log"]
+
+
+def test_sglangs_update_weights_from_disk_reads_through_the_flash_loader(tp1, models):
+    got = tp1["results"]["update from disk"]
+    assert "error" not in got, got
+    assert got["equal"], got["differ"]  # the other weights, not the ones it started with
+    assert f"flashtensors: read {models['other']} (full layout)" in tp1["log"]
 
 
 def test_bad_input_is_a_clear_error(tp1, models):
