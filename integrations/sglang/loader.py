@@ -62,16 +62,18 @@ class FlashModelLoader(DefaultModelLoader):
 
     def download_model(self, model_config: ModelConfig) -> None:
         """Nothing to download: checks that the weights are there (a URL's index or headers are read)."""
-        self._layout(self._root(model_config.model_path))
+        self._layout(self._root(model_config.model_path, primary=True))
 
     def resolve_model_weights(self, model_config: ModelConfig, model: torch.nn.Module):
+        """SGLang's startup-overlap path (``--startup-weight-load-mode overlap``): refused."""
         raise FlashConfigError("--startup-weight-load-mode overlap prefetches safetensors files itself; "
                                "it does not combine with --load-format flash")
 
     def _get_weights_iterator(self, source: DefaultModelLoader.Source, **_startup_prefetch) -> Iterator:
         """``source``'s weights as ``(prefix + name, tensor)``, read before this returns (so that a
         missing or broken checkpoint fails before any weight is loaded), freed as they are consumed."""
-        root = self._root(source.model_or_path)
+        primary = source.model_config is not None and source.model_or_path == source.model_config.model_path
+        root = self._root(source.model_or_path, primary)
         layout = self._layout(root)
         started = time.perf_counter()
         tensors = stage(root, layout, _current_device(), self.options, self._group_for(), log)
@@ -85,9 +87,10 @@ class FlashModelLoader(DefaultModelLoader):
             return self._filter_mtp_weights(weights, source.prefix, self.load_config.draft_model_idx)
         return ((source.prefix + name, tensor) for name, tensor in weights)
 
-    def _root(self, model_path: str) -> Path | str:
-        """The URL of ``weights``, a URL given as the model path, or the local directory."""
-        if self.options.weights:
+    def _root(self, model_path: str, primary: bool) -> Path | str:
+        """The URL of ``weights`` (for the model's own weights, not a model's secondary
+        sources), a URL given as the model path, or the local directory."""
+        if self.options.weights and primary:
             return self.options.weights
         if is_url(model_path):
             return model_path
