@@ -14,6 +14,7 @@ from .checkpoint import open_checkpoint, opened_for_load
 from .device_map import device_codes, device_of_code, normalize_device_map, uncovered_error
 from .errors import FlashDeviceError, FlashError, FlashFormatError, FlashRemoteError
 from .format import ALIGNMENT, DTYPE_NAMES, INDEX_FILENAME, torch_dtype
+from .memory import allocate_host
 from .remote import is_url, resolve_timeout
 from .remote.tier import resolve_cache_dir
 
@@ -305,8 +306,7 @@ def _allocate(nbytes: int, device):
     import torch
 
     if device.type == "cpu":
-        buffer = torch.empty(nbytes + ALIGNMENT, dtype=torch.uint8)
-        return -(-buffer.data_ptr() // ALIGNMENT) * ALIGNMENT, buffer
+        return allocate_host(nbytes, ALIGNMENT)
     buffer = torch.empty(nbytes, dtype=torch.uint8, device=device)
     synchronize_before_copies(device)
     return buffer.data_ptr(), buffer
