@@ -33,11 +33,13 @@ S3_CLIENT_ENV = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
                  "RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING": "0"}
 
 
-def http_source(url: str, label: str = "remote", *, s3_safetensors=None, endpoint=None, expected=None) -> dict:
+def http_source(url: str, label: str = "remote", *, s3_safetensors=None, endpoint=None, expected=None,
+                capped: bool = False) -> dict:
     """What the peers need to read the checkpoint at ``url`` (fetches its index):
     ``label`` names the table's column; ``s3_safetensors`` lists the checkpoint's
     safetensors files as ``s3://`` URLs for runai and s5cmd (at ``endpoint``, if not
-    AWS); ``expected`` ({name: crc32c}) checks the first run of each peer."""
+    AWS); ``expected`` ({name: crc32c}) checks the first run of each peer; ``capped``:
+    the server caps each connection (one-connection downloads are then skipped)."""
     from ..remote import resolve_timeout
     from ..remote.checkpoint import open_remote
 
@@ -49,7 +51,7 @@ def http_source(url: str, label: str = "remote", *, s3_safetensors=None, endpoin
             "bytes": sum(o.size for o in ckpt.objects),
             "data_files": list(zip(ckpt.names, ckpt.data_urls)),
             "index_files": {n: raw.decode() for n, raw in ckpt.index_bytes.items()},
-            "s3_safetensors": s3_safetensors, "endpoint": endpoint, "expected": expected}
+            "s3_safetensors": s3_safetensors, "endpoint": endpoint, "expected": expected, "capped": capped}
 
 
 def bench_sources(sources: list, device="cpu", *, runs: int = 5, connections=None, only=None, log=print) -> dict:

@@ -54,6 +54,12 @@ def _needs_curl(source: dict) -> str:
     return "" if curl_binary() else "curl is not installed"
 
 
+def _needs_curl_one_connection(source: dict) -> str:
+    if source.get("capped"):
+        return "one connection at the per-connection cap is the curl row again; s5cmd is the download peer"
+    return _needs_curl(source)
+
+
 def _needs_runai(source: dict) -> str:
     if importlib.util.find_spec("runai_model_streamer") is None:
         return "runai-model-streamer is not installed"
@@ -134,7 +140,7 @@ PEERS = [
     RemotePeer("flashtensors", "flashtensors load_dict(url)", "flashtensors.flash", lambda s: "", _stream),
     RemotePeer("runai", "runai-model-streamer (s3://)", "runai_model_streamer", _needs_runai, _runai),
     RemotePeer("s5cmd", "s5cmd cp, then load_file", "safetensors.torch", _needs_s5cmd, _s5cmd_then_load),
-    RemotePeer("curl+load", "curl download, then load_dict(dir)", "flashtensors.flash", _needs_curl,
+    RemotePeer("curl+load", "curl download, then load_dict(dir)", "flashtensors.flash", _needs_curl_one_connection,
                _curl_then_load),
 ]
 

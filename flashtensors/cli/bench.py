@@ -149,7 +149,8 @@ def _nginx(args, flash_dir, st_files, expected, device, log) -> int:
             server = stack.enter_context(Nginx(os.path.dirname(root), limit_rate=cap))
             rel = os.path.relpath(flash_dir, os.path.dirname(root))
             sources.append(http_source(f"{server.url}/{rel}", label, endpoint=server.url, expected=expected,
-                                       s3_safetensors=[f"s3://{bucket}/{k}" for k in st_keys] or None))
+                                       s3_safetensors=[f"s3://{bucket}/{k}" for k in st_keys] or None,
+                                       capped=cap is not None))
         return _remote(args, sources, device, log)
 
 
