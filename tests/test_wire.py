@@ -7,6 +7,7 @@ import json
 import os
 
 import pytest
+import test_cuda_path_async
 import torch
 
 from flashtensors import FlashError, flash, loader, memory
@@ -155,3 +156,44 @@ def test_bench_times_the_peers_on_a_plain_and_a_capped_server(tmp_path):
         assert source["peers"]["flashtensors"]["peak_rss"] > source["bytes"]
     assert "loopback: streaming reaches" in r.stdout and "capped 50m/conn: streaming reaches" in r.stdout
     assert doc["stream_s"] > 0 and doc["curl_s"] > 0
+
+
+async_cudart = test_cuda_path_async.async_cudart  # the stand-in CUDA runtime, built once per module
+
+RING_UNDER_ASYNC_CUDA = """
+import random, sys
+sys.path.insert(0, sys.argv[1])
+import async_cuda_driver as d
+d.connect()
+url, data, chunk = sys.argv[2], open(sys.argv[3], "rb").read(), 1 << 16
+for seed in range(1, 9):
+    d.cuda.acu_configure(seed, 200)
+    rng = random.Random(seed)
+    plan = d.random_plan(rng, data, chunk, rng.choice(["packed", "each"]))
+    threads = rng.randint(1, 4)
+    d.C.release_pinned()
+    d.load(url, plan, threads, chunk, f"seed {seed}")
+    # the ring holds what `threads` local pieces would (plus one alignment block per buffer)
+    assert d.C.pinned_bytes() <= 2 * threads * chunk + 2 * 12 * 4096, (d.C.pinned_bytes(), threads)
+    plan.free()
+print("ok")
+"""
+
+
+def test_remote_pieces_through_the_pinned_ring_under_async_cuda(tmp_path, async_cudart):
+    # The GPU path of a remote load, more connections than threads, under the stand-in
+    # runtime that keeps CUDA's asynchrony (tests/async_cudart.cpp): bit-exact bytes on
+    # both "devices" and the host, no violation, the pinned ring within its budget.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    data = tmp_path / "data.bin"
+    data.write_bytes(os.urandom((1 << 20) + 4096 * 3 + 123))
+    env = dict(os.environ, FLASHTENSORS_CUDART=str(async_cudart), FLASHTENSORS_CONNECTIONS="12")
+    with nginx(tmp_path) as server:
+        proc = subprocess.run([sys.executable, "-c", RING_UNDER_ASYNC_CUDA, str(Path(__file__).parent),
+                               f"{server.url}/data.bin", str(data)], env=env, capture_output=True, text=True,
+                              timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.strip() == "ok"
