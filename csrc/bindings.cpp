@@ -338,6 +338,15 @@ PYBIND11_MODULE(_C, m) {
       .def("written", &flash::FileTee::written, "Bytes written so far, each counted once.")
       .def("error", &flash::FileTee::error, "The first write error ('' if none); writes stop after one.")
       .def(
+          "write",
+          [](flash::FileTee& t, uint64_t address, uint64_t offset, uint64_t length) {
+            py::gil_scoped_release nogil;
+            t.write(reinterpret_cast<const void*>(address), offset, length);
+          },
+          py::arg("address"), py::arg("offset"), py::arg("length"),
+          "Writes `length` bytes of host memory at `address` at `offset` (bytes a load received some other "
+          "way, such as from its group); never raises: a failure shows in error().")
+      .def(
           "close",
           [](flash::FileTee& t, bool sync) {
             py::gil_scoped_release nogil;

@@ -1,80 +1,145 @@
-"""What a path holds, whatever the format: the one place that tells a flash checkpoint
-from plain safetensors. Everything downstream gets the same index (a native tensor
-table) and the paths of its data files."""
+"""Opening a checkpoint: location -> store -> format -> index. The one function every load,
+check and adapter uses to learn what a location holds; what comes back is the same for
+every format and every place (the native tensor table, and per data file what the native
+reader reads).
+"""
 
 from __future__ import annotations
 
-import os
-from contextlib import contextmanager
+from dataclasses import dataclass
 
-from .errors import FlashFormatError
-from .format import INDEX_FILENAME, data_file_paths, read_index
-from .remote import is_url, resolve_timeout
-from .safetensors_format import read_safetensors_index, weight_files
+from .format import Index
+from .formats import FLASH, FORMATS, Found, detect, find_format
+from .locations import open_store
 
 
-def open_checkpoint(path, timeout=None) -> tuple:
-    """``(index, data file paths)`` of the checkpoint at ``path``: a flash checkpoint
-    directory (preferred where a directory holds both), a ``.safetensors`` file, or a
-    directory of safetensors weights (Hugging Face layout). ``path`` may be an
-    ``http(s)://`` or ``s3://`` URL of any of them: the data "paths" are then URLs the
-    native reader fetches (``timeout``: see :func:`flashtensors.remote.resolve_timeout`).
+@dataclass
+class Checkpoint:
+    """An opened checkpoint.
 
-    Raises FlashFormatError when ``path`` holds none of them or what it holds is invalid,
-    FlashRemoteError when a URL cannot be read.
+    Attributes:
+        location: what the caller named (a path or URL).
+        store: where its files live (flashtensors/store_api.py).
+        found: the format that applied (``.name``: "flash", "hf-index", ...).
+        index: the validated index (``.kind``: "flash" or "safetensors").
+        names: per data file, its name in the store.
+        objects: per data file, its identity (size, ETag) when opened.
+        sources: per data file, what the native reader reads (a path, or a URL; with a
+            local tier, the up-to-date local copy where there is one).
+        here: per data file, whether its source is a file of this machine (the page
+            cache, mapping and O_DIRECT apply to it).
+    """
+
+    location: object
+    store: object
+    found: Found
+    index: Index
+    names: list
+    objects: list
+    sources: list
+    here: list
+
+    @property
+    def kind(self) -> str:
+        return self.index.kind
+
+    @property
+    def local(self) -> bool:
+        """Whether the data files are files of this machine (not read over the network)."""
+        return self.store.local
+
+    def described(self, file: int) -> str:
+        """Data file ``file`` as messages name it."""
+        return self.store.describe(self.names[file])
+
+    def tensor_at(self, file: int, offset: int) -> str | None:
+        """The name of the tensor whose bytes include ``offset`` of data file ``file``."""
+        for t in self.index.tensors.values():
+            if t.file == file and t.offset <= offset < t.offset + max(t.length, 1):
+                return t.name
+        return None
+
+
+def open_checkpoint(location, *, timeout=None, cache_dir=None, formats=None) -> Checkpoint:
+    """Opens the checkpoint at ``location``: a flash checkpoint directory (preferred where a
+    directory holds both), a ``.safetensors`` file, or a directory of safetensors weights
+    (Hugging Face layout), on this machine or at an ``http(s)://`` or ``s3://`` URL
+    (``timeout``: see :func:`flashtensors.locations.resolve_timeout`; ``cache_dir``: the
+    local tier for a URL). ``formats``: the formats to consider (default: all, see
+    flashtensors/formats.py).
+
+    Raises FlashFormatError when ``location`` holds none of them or what it holds is
+    invalid, FlashRemoteError when a URL cannot be read.
 
     Example:
-        >>> index, paths = open_checkpoint("/models/Qwen3-8B")  # doctest: +SKIP
-        >>> index, urls = open_checkpoint("s3://bucket/Qwen3-8B")  # doctest: +SKIP
+        >>> ckpt = open_checkpoint("/models/Qwen3-8B")                  # doctest: +SKIP
+        >>> ckpt.found.name, ckpt.sources[0]
+        ('hf-index', '/models/Qwen3-8B/model-00001-of-00005.safetensors')
     """
-    if is_url(path):
-        from .remote.checkpoint import open_remote
-
-        ckpt = open_remote(path, resolve_timeout(timeout))
-        return ckpt.index, ckpt.data_urls
-    if is_flash_checkpoint(path):
-        index = read_index(path)
-        return index, data_file_paths(path, index)
-    files = weight_files(path)
-    if files is None:
-        index_path = os.path.join(os.fspath(path), INDEX_FILENAME)
-        raise FlashFormatError(f"{index_path}: no flash checkpoint here (index file missing), "
-                               "and no safetensors weights either")
-    return read_safetensors_index(files, os.fspath(path))
+    store = open_store(location, timeout, cache_dir)
+    found = detect(store, formats)
+    index, objects = found.format.index(store, found)
+    names = list(found.names)
+    return Checkpoint(location, store, found, index, names, objects, [store.data_url(n) for n in names],
+                      [store.is_here(n) for n in names])
 
 
-@contextmanager
-def opened_for_load(path, timeout, cache_dir, threads: int, wanted=None):
-    """Opens the checkpoint at ``path`` for one load: yields ``(index, paths, tees)``,
-    where ``tees`` (None, or per data file a native FileTee or None) are for the native
-    reads. With a URL and a ``cache_dir`` (the local tier, docs/remote.md), ``paths`` are
-    the up-to-date local copies where there are some, and the files streamed are copied
-    there: committed when the block ends normally, removed when it raises. ``wanted``:
-    names of the tensors the load reads (None: all).
+def holds_checkpoint(location) -> bool:
+    """Whether ``location`` holds a checkpoint of any registered format (cheaply: the
+    index is not validated). Never raises for a missing or unreadable location.
 
     Example:
-        >>> with opened_for_load("s3://b/m", 30, "/cache", 8) as (index, paths, tees):  # doctest: +SKIP
-        ...     plan.execute(paths, bases, 8, CHUNK_BYTES, tees=tees)
+        >>> holds_checkpoint("/models/Qwen3-8B"), holds_checkpoint("/tmp")   # doctest: +SKIP
+        (True, False)
     """
-    if not is_url(path) or cache_dir is None:
-        index, paths = open_checkpoint(path, timeout)
-        yield index, paths, None
-        return
-    from .remote.cached import CachedLoad
-    from .remote.checkpoint import open_remote
+    from .errors import FlashError
 
-    timeout = resolve_timeout(timeout)
-    load = CachedLoad(open_remote(path, timeout, cache_dir), wanted)
     try:
-        yield load.ckpt.index, load.paths, load.tees
-    except BaseException:
-        load.abort()
-        raise
-    load.commit(threads, timeout)
-
-
-def is_flash_checkpoint(path) -> bool:
-    """Whether ``path`` is a directory with a flash index (whatever its state)."""
-    if is_url(path):
+        store = open_store(location)
+        for fmt in FORMATS:
+            try:
+                if fmt.find(store) is not None:
+                    return True
+            except FlashError:
+                if fmt.name == "flash":  # an index is there, whatever its state
+                    return True
+                raise
         return False
-    return os.path.lexists(os.path.join(os.fspath(path), INDEX_FILENAME))
+    except (FlashError, OSError):
+        return False
+
+
+def holds_flash(location) -> bool:
+    """Whether ``location`` holds a flash checkpoint, which every load of it then reads
+    (whatever else is there). Cheap: the index is not read. Never raises.
+
+    Example:
+        >>> holds_flash("/models/m"), holds_flash("/models/Qwen3-8B")          # doctest: +SKIP
+        (True, False)
+    """
+    from .errors import FlashError
+
+    try:
+        return FLASH.present(open_store(location))
+    except (FlashError, OSError):
+        return False
+
+
+def checkpoint_files(location) -> tuple | None:
+    """``(kind, data file paths or URLs)`` of the checkpoint at ``location`` ("flash" or
+    "safetensors"), chosen as every load chooses them, each checked to exist; None when it
+    holds none. FlashFormatError for an invalid flash index or HF weight index, or one
+    naming a missing file (a remote store: FlashRemoteError).
+
+    Example:
+        >>> checkpoint_files("/models/Qwen3-8B")                           # doctest: +SKIP
+        ('safetensors', ['/models/Qwen3-8B/model-00001-of-00005.safetensors', ...])
+    """
+    store = open_store(location)
+    found = find_format(store)
+    if found is None:
+        return None
+    for name in found.names:
+        if store.stat(name) is None:
+            raise found.format.missing(store, name)
+    return found.kind, [store.data_url(n) for n in found.names]

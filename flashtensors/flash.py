@@ -9,15 +9,13 @@ Example:
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from .cache.client import try_load
-from .checkpoint import open_checkpoint
+from .checkpoint import holds_checkpoint, open_checkpoint
 from .checksums import verify as _verify
-from .format import INDEX_FILENAME, Index
+from .format import Index
 from .inplace import load_into as _load_into
 from .loader import load as _load
-from .remote import is_url
+from .options import LoadOptions
 from .writer import CheckpointWriter
 
 __all__ = ["save_dict", "load_dict", "load_into", "verify", "read_index", "is_checkpoint"]
@@ -75,13 +73,17 @@ def load_dict(path, device_map=None, *, verify: bool = False, threads: int | Non
             starts with ``k + "."``; ``""`` matches all; the longest key wins), or one
             device for everything. Devices are a GPU index, ``"cuda:N"``, ``"cpu"`` or a
             ``torch.device``. Default: everything on ``"cpu"``.
-        verify: check every tensor's CRC-32C before loading (reads the data twice;
-            flash checkpoints only: safetensors files carry no checksums).
+        verify: check every tensor's CRC-32C over the bytes loaded, before returning
+            (local copies of the local tier included; in a group, each byte once by the
+            group, and every rank raises the same FlashChecksumError). Flash checkpoints
+            only: safetensors files carry no checksums, and asking raises FlashError.
         threads: I/O threads (default: between 4 and 16, by CPU count).
         server: the cache daemon (``flashtensors serve``) to map CPU tensors from: its
             socket path, or ``False`` for none. Default: ``$FLASHTENSORS_SERVER``, else
             the default socket, if a daemon listens there; without one (or if it fails)
-            the checkpoint is loaded directly. See docs/cache.md.
+            the checkpoint is loaded directly. The daemon serves local flash checkpoints
+            to one process: naming a server together with ``group``, ``verify=True`` or
+            a URL raises FlashError (by default it is just not used then). See docs/cache.md.
         group: a ``torch.distributed`` process group: a collective call (every rank of
             the group must make it, with the same checkpoint). Each rank gets what its
             own call asks for (its device_map), while the group reads each byte from
@@ -90,7 +92,7 @@ def load_dict(path, device_map=None, *, verify: bool = False, threads: int | Non
         timeout: remote checkpoints: seconds a read may go without receiving a byte,
             retries included, before the load fails (default ``$FLASHTENSORS_TIMEOUT``,
             else 30).
-        cache_dir: remote checkpoints: the local tier, a directory where the data files
+        cache_dir: remote checkpoints (a FlashError for a local one): the local tier, a directory where the data files
             streamed are also written as they arrive (default ``$FLASHTENSORS_CACHE_DIR``;
             ``False``: none). A later load of the same URL reads the local copy of every
             data file whose remote object is unchanged (same size and ETag) as it reads
@@ -112,19 +114,16 @@ def load_dict(path, device_map=None, *, verify: bool = False, threads: int | Non
         >>> sd = flash.load_dict("s3://bucket/models/Qwen3-8B", {"": 0})
         >>> sd = flash.load_dict("s3://bucket/models/Qwen3-8B", {"": 0}, cache_dir="/nvme/weights")
     """
-    if verify:
-        # Checks the files on disk, so the tensors must come from them, not from the daemon.
-        _verify(path, threads=threads, timeout=timeout)
-        return _load(path, device_map, threads=threads, group=group, timeout=timeout, cache_dir=cache_dir)
-    if group is not None or is_url(path):
-        return _load(path, device_map, threads=threads, group=group, timeout=timeout, cache_dir=cache_dir)
-    cached = try_load(path, device_map, server)
-    if cached is not None:
-        return cached
-    return _load(path, device_map, threads=threads)
+    options = LoadOptions.resolve(path, verify=verify, threads=threads, server=server, group=group,
+                                  timeout=timeout, cache_dir=cache_dir)
+    if options.server is not False:
+        cached = try_load(path, device_map, options.server)
+        if cached is not None:
+            return cached
+    return _load(path, device_map, options)
 
 
-def load_into(path, tensors: dict, *, threads: int | None = None, group=None,
+def load_into(path, tensors: dict, *, verify: bool = False, threads: int | None = None, group=None,
               timeout: float | None = None, cache_dir=None) -> None:
     """Reads checkpoint tensors straight into existing tensors, such as a model's
     parameters, with no intermediate copy and no new allocation.
@@ -133,6 +132,8 @@ def load_into(path, tensors: dict, *, threads: int | None = None, group=None,
         path: a checkpoint, as for :func:`load_dict`.
         tensors: ``{name: tensor}`` to fill, on the CPU or a CUDA device; each must have
             the checkpoint's dtype and shape. Checkpoint tensors not named are skipped.
+        verify: check the CRC-32C of every tensor filled, over the bytes filled in
+            (flash checkpoints only), as for :func:`load_dict`.
         threads: I/O threads (default: between 4 and 16, by CPU count).
         group: a ``torch.distributed`` process group, as for :func:`load_dict`: ranks may
             fill different tensors; each byte is read from storage once by the group.
@@ -150,7 +151,8 @@ def load_into(path, tensors: dict, *, threads: int | None = None, group=None,
         >>> flash.load_into("/models/m", {n: p.data for n, p in params.items()})
         >>> flash.load_into("https://weights.example.com/m", {n: p.data for n, p in params.items()})
     """
-    _load_into(path, tensors, threads=threads, group=group, timeout=timeout, cache_dir=cache_dir)
+    _load_into(path, tensors, LoadOptions.resolve(path, verify=verify, threads=threads, group=group,
+                                                  timeout=timeout, cache_dir=cache_dir, server=False))
 
 
 def verify(path, *, threads: int | None = None, timeout: float | None = None) -> int:
@@ -180,14 +182,17 @@ def read_index(path) -> Index:
         >>> flash.read_index("/models/m").tensors["weight"].shape
         (3, 3)
     """
-    return open_checkpoint(path)[0]  # a URL too
+    return open_checkpoint(path).index  # a URL too
 
 
 def is_checkpoint(path) -> bool:
-    """Whether directory ``path`` holds a flash checkpoint (has an index file).
+    """Whether ``path`` holds a checkpoint :func:`load_dict` loads: a flash checkpoint, a
+    ``.safetensors`` file or a directory of safetensors weights (the same formats, in the
+    same order, as every load: flashtensors/formats.py). A local path or a URL; never
+    raises for a missing or unreadable one.
 
     Example:
-        >>> flash.is_checkpoint("/models/m")
-        True
+        >>> flash.is_checkpoint("/models/m"), flash.is_checkpoint("/models/Qwen3-8B")
+        (True, True)
     """
-    return (Path(path) / INDEX_FILENAME).is_file()
+    return holds_checkpoint(path)

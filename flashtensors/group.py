@@ -7,7 +7,9 @@ group then agrees on the checkpoint (the same tables on every rank, or every ran
 raises before a byte moves), cuts the union of the byte ranges the ranks need into
 pieces of PIECE_BYTES, and gives each piece an owner. Owners read their pieces with the
 native engine, a few ahead, while the group broadcasts the pieces already read; each
-rank copies out of every piece the bytes it asked for.
+rank copies out of every piece the bytes it asked for. As the pieces pass, the read step
+(flashtensors/reading.py) can have them checked (each tensor by one rank) and written to
+the local tier (by one rank per machine).
 
 Failures are collective too: a rank that cannot plan or read tells the others, and
 all raise FlashError naming it; a rank that dies or stops answering makes the others
@@ -109,17 +111,26 @@ class Collective:
 
     # -- the exchange -----------------------------------------------------------------
 
-    def exchange(self, paths, ranges, needs, threads: int, io: str, timeout: float) -> None:
-        """Reads the owned pieces of ``ranges`` and broadcasts every piece; copies each
-        piece's bytes into the ``needs`` that overlap it. A piece that lies inside one
-        need is read and received in place, with no copy."""
+    def exchange(self, paths, ranges, needs, threads: int, io: str, timeout: float, *, chunk_bytes: int,
+                 tees=None, checks=None) -> list:
+        """Reads the owned pieces of ``ranges`` (in native reads of ``chunk_bytes``) and
+        broadcasts every piece; copies each piece's bytes into the ``needs`` that overlap
+        it. A piece that lies inside one need is read and received in place, with no copy.
+
+        ``tees``: per data file, a native FileTee every piece of that file is written to
+        (the local tier; this rank writes what the whole group read), or None.
+        ``checks``: index entries, sorted by (file, offset), of the tensors to check:
+        each is checked by one rank (the owner of the piece where it starts) as its
+        pieces pass, so each byte is checked once by the group. Returns the entries whose
+        checksum differs, the same list on every rank."""
         import torch
 
         pieces = _pieces(ranges)
         needs = sorted(needs, key=lambda n: (n.file, n.offset))
         targets = [_inside(needs, piece, self.device) for piece in pieces]
         mine = [i for i in range(len(pieces)) if i % self.size == self.rank]
-        reader = _Reader(paths, [(pieces[i], targets[i]) for i in mine], threads, io, timeout)
+        checker = _Checker(checks, pieces, self.rank, self.size) if checks is not None else None
+        reader = _Reader(paths, [(pieces[i], targets[i]) for i in mine], threads, io, timeout, chunk_bytes)
         staging = torch.empty(PIECE_BYTES, dtype=torch.uint8, device=self.device)
         cursor, error = 0, None
         try:
@@ -135,27 +146,24 @@ class Collective:
                 # and every rank learns of the failure below.
                 self._wait(self.dist.broadcast(buffer, self.dist.get_global_rank(self.group, owner),
                                                group=self.group, async_op=True), "sharing the checkpoint")
+                tee = tees[file] if tees else None
+                if checker is not None or tee is not None:
+                    host = buffer if buffer.device.type == "cpu" else buffer.cpu()
+                    if tee is not None:
+                        tee.write(host.data_ptr(), start, end - start)
+                    if checker is not None:
+                        checker.piece(i, host)
                 if targets[i] is None:
                     cursor = _deliver(buffer, file, start, end, needs, cursor)
         finally:
             reader.close()
-        errors = self.gather(error)
-        failed = [(r, e) for r, e in enumerate(errors) if e is not None]
+        reports = self.gather((error, checker.bad() if checker is not None else []))
+        failed = [(r, e) for r, (e, _) in enumerate(reports) if e is not None]
         if failed:
             rank, message = failed[0]
             raise GroupError(f"{self.path}: rank {rank} of {self.size} could not read its share: {message}")
-
-    def reader(self, index, timeout: float):
-        """A ``read`` for :func:`flashtensors.loader.load_index` that shares the reading
-        of its laid-out plan with the group (``timeout``: for remote reads)."""
-        def read(path, plan, paths, sizes, buffers, n_threads, io):
-            owners = {code: buffer for (code, _), buffer in zip(sizes, buffers)}
-            needs = needs_of_ops(plan.read_ops([address for address, _ in buffers]), owners)
-            agreed = self.agree(index.table.fingerprint(), needs, None)
-            self.exchange(paths, agreed["ranges"], needs, n_threads, io, timeout)
-            return self.is_host_leader(agreed["hosts"])
-
-        return read
+        bad = {name for _, names in reports for name in names}
+        return [t for t in checks or [] if t.name in bad]
 
     def _wait(self, work, doing: str) -> None:
         try:
@@ -174,7 +182,7 @@ class _Reader:
     native reads release the GIL, so they overlap the broadcasts): straight into the
     piece's target where it has one in host memory, else into a staging buffer."""
 
-    def __init__(self, paths, pieces, threads: int, io: str, timeout: float):
+    def __init__(self, paths, pieces, threads: int, io: str, timeout: float, chunk_bytes: int):
         import torch
 
         self._free: queue.Queue = queue.Queue()
@@ -183,14 +191,12 @@ class _Reader:
         self._ready: queue.Queue = queue.Queue()
         self._ahead = threading.Semaphore(READ_AHEAD)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(paths, pieces, threads, io, timeout), daemon=True,
-                                        name="flashtensors-group-reader")
+        self._thread = threading.Thread(target=self._run, args=(paths, pieces, threads, io, timeout, chunk_bytes),
+                                        daemon=True, name="flashtensors-group-reader")
         self._thread.start()
         self._held = None
 
-    def _run(self, paths, pieces, threads, io, timeout):
-        from .loader import CHUNK_BYTES
-
+    def _run(self, paths, pieces, threads, io, timeout, chunk_bytes):
         execute = _native.module().execute_plan
         for (file, start, end), target in pieces:
             while not self._ahead.acquire(timeout=0.1):
@@ -204,7 +210,7 @@ class _Reader:
                 shift = -buf.data_ptr() % _BLOCK  # O_DIRECT wants aligned memory
                 data = buf[shift:shift + end - start]
             try:
-                execute(paths, [(file, start, end - start, data.data_ptr(), -1)], threads, CHUNK_BYTES, io, timeout)
+                execute(paths, [(file, start, end - start, data.data_ptr(), -1)], threads, chunk_bytes, io, timeout)
                 self._ready.put((buf, data, None))
             except Exception as e:  # reported to the group after the exchange, never a hang
                 self._ready.put((buf, None, f"{type(e).__name__}: {e}"))
@@ -220,6 +226,41 @@ class _Reader:
     def close(self):
         self._stop.set()
         self._thread.join()
+
+
+class _Checker:
+    """The checksums this rank computes in a collective read: of the tensors (index
+    entries) that start in a piece it owns, over every piece they span, as the pieces
+    pass (in order, so each checksum is extended front to back)."""
+
+    def __init__(self, tensors, pieces, rank: int, size: int):
+        starts = [(f, s) for f, s, _ in pieces]
+        self.tensors, self.by_piece = [], {}
+        for t in tensors:
+            first = bisect.bisect_right(starts, (t.file, t.offset)) - 1
+            if first < 0 or first % size != rank:
+                continue
+            last = bisect.bisect_right(starts, (t.file, t.offset + max(t.length, 1) - 1)) - 1
+            for p in range(first, last + 1):
+                self.by_piece.setdefault(p, []).append(len(self.tensors))
+            self.tensors.append(t)
+        self.crcs = [0] * len(self.tensors)
+        self.pieces = pieces
+        self.crc = _native.module().crc32c
+
+    def piece(self, i: int, data) -> None:
+        """Extends the checksums of this rank's tensors with piece ``i`` (``data``: its
+        bytes, a host tensor)."""
+        _, start, end = self.pieces[i]
+        for j in self.by_piece.get(i, ()):
+            t = self.tensors[j]
+            lo, hi = max(start, t.offset), min(end, t.offset + t.length)
+            if lo < hi:
+                self.crcs[j] = self.crc(data.data_ptr() + lo - start, hi - lo, self.crcs[j])
+
+    def bad(self) -> list:
+        """Names of this rank's tensors whose checksum differs from the index."""
+        return [t.name for t, crc in zip(self.tensors, self.crcs) if crc != t.crc32c]
 
 
 def _merge(ranges) -> list:

@@ -1,86 +1,67 @@
 """Loading checkpoint tensors straight into tensors that already exist (a model's
-parameters): one read per tensor into its memory, no buffer of our own."""
+parameters, ``flash.load_into``): one read per tensor into its memory, no buffer of our
+own. The same path as :mod:`flashtensors.loader` (open, read, checks), with the targets'
+memory as the destination."""
 
 from __future__ import annotations
 
-from . import _native
-from .checkpoint import open_checkpoint, opened_for_load
+from . import reading
+from .checkpoint import open_checkpoint
 from .errors import FlashDeviceError, FlashFormatError
 from .format import torch_dtype
-from .loader import (
-    CHUNK_BYTES,
-    execute,
-    load_index,
-    resolve_threads,
-    synchronize_before_copies,
-    with_retry,
-)
-from .remote import resolve_timeout
-from .remote.tier import resolve_cache_dir
+from .loader import load_checkpoint, run_load
+from .options import LoadOptions
 
 
-def load_into(path, targets: dict, *, threads: int | None = None, group=None, timeout=None,
-              cache_dir=None) -> None:
-    """See :func:`flashtensors.flash.load_into`."""
-    n_threads = resolve_threads(threads)
-    timeout = resolve_timeout(timeout)
-    if group is not None:
-        from . import group as collective
-
-        return collective.run(group, path, lambda c: _load_into_collectively(c, path, targets, n_threads, timeout))
-
-    cache_dir = resolve_cache_dir(cache_dir)
-
-    def once():
-        with opened_for_load(path, timeout, cache_dir, n_threads, wanted=set(targets)) as (index, paths, tees):
-            _read(path, index, paths, targets, n_threads, timeout, tees)
-
-    with_retry(path, once)
+def load_into(location, targets: dict, options: LoadOptions | None = None) -> None:
+    """See :func:`flashtensors.flash.load_into`; ``options`` resolved for ``location``."""
+    options = options or LoadOptions.resolve(location)
+    run_load(location, options, lambda c: _load_into(location, targets, options, c))
 
 
-def _read(path, index, paths, targets: dict, n_threads: int, timeout, tees) -> None:
-    """Reads ``targets`` from the opened checkpoint (``tees``: see load_index)."""
-    direct, strided = _plan(path, index, targets)
+def _load_into(location, targets: dict, options: LoadOptions, collective) -> None:
+    import torch
+
+    ckpt = open_checkpoint(location, timeout=options.timeout, cache_dir=options.cache_dir)
+    options.check_kind(location, ckpt.kind)
+    direct, strided = _plan(location, ckpt.index, targets)
     ops = [(e.file, e.offset, e.length, targets[name].data_ptr(), _device_code(targets[name]))
            for name, e in direct]
-    gpus = {t.device for t in targets.values() if t.device.type == "cuda"}
-    for device in gpus:
-        synchronize_before_copies(device)
-    execute(path, lambda threads: _native.module().execute_plan(paths, ops, threads, CHUNK_BYTES,
-                                                                timeout=timeout, tees=tees),
-            n_threads, to_gpu=bool(gpus), index=index, paths=paths)
+    owners = {}
+    if collective is not None:
+        # Each target is its own destination; strided ones are staged as saved bytes and copied after.
+        staged = {name: torch.empty(e.length, dtype=torch.uint8) for name, e in strided if e.length}
+        owners = {("t", name): (targets[name].data_ptr(), targets[name].view(-1).view(torch.uint8))
+                  for name, _ in direct}
+        owners.update({("t", name): (raw.data_ptr(), raw) for name, raw in staged.items()})
+        ops = [(e.file, e.offset, e.length, owners[("t", name)][0], ("t", name)) for name, e in direct]
+        ops += [(e.file, e.offset, e.length, staged[name].data_ptr(), ("t", name)) for name, e in strided
+                if e.length]
+        reading.read(ckpt, ops, owners, options, collective=collective, wanted=set(targets))
+        for name, e in strided:
+            targets[name].copy_(_saved_view(staged.get(name), e))
+        return
+    for device in {t.device for t in targets.values() if t.device.type == "cuda"}:
+        reading.synchronize_before_copies(device)
+    reading.read(ckpt, ops, owners, options, wanted=set(targets), checked={name for name, _ in direct})
     if strided:
-        # Not one run of bytes on both sides: load just those (same index, same
-        # files) and copy them over.
-        loaded = load_index(path, index, paths, "cpu", n_threads, only={name for name, _ in strided},
-                            timeout=timeout, tees=tees)
+        # Not one run of bytes on both sides: load just those (same checkpoint, same
+        # options, checks included) and copy them over.
+        loaded = load_checkpoint(ckpt, "cpu", options, only={name for name, _ in strided})
         for name, _ in strided:
             targets[name].copy_(loaded[name])
 
 
-def _load_into_collectively(c, path, targets: dict, n_threads: int, timeout: float) -> None:
+def _saved_view(raw, e):
+    """A tensor's saved bytes (``raw``, None when empty) viewed with its saved dtype, shape and strides."""
     import torch
 
-    from .group import Need
-
-    index, paths = open_checkpoint(path, timeout)
-    direct, strided = _plan(path, index, targets)
-    needs = [Need(e.file, e.offset, e.length, targets[name].view(-1).view(torch.uint8)) for name, e in direct]
-    staged = [(name, e, torch.empty(e.length, dtype=torch.uint8)) for name, e in strided]
-    needs += [Need(e.file, e.offset, e.length, raw) for _, e, raw in staged if e.length]
-    agreed = c.agree(index.table.fingerprint(), needs, None)
-    for device in {t.device for t in targets.values() if t.device.type == "cuda"}:
-        synchronize_before_copies(device)
-    c.exchange(paths, agreed["ranges"], needs, n_threads, "auto", timeout)
-    for name, e, raw in staged:  # bytes as saved, then viewed with the saved strides
-        dtype = torch_dtype(e.dtype)
-        if not e.length:
-            saved = torch.empty(e.shape, dtype=dtype)
-        elif e.strides is None:
-            saved = raw.view(dtype).view(e.shape)
-        else:
-            saved = raw.view(dtype).as_strided(e.shape, e.strides)
-        targets[name].copy_(saved)
+    dtype = torch_dtype(e.dtype)
+    if raw is None:
+        return torch.empty(e.shape, dtype=dtype)
+    if e.strides is None:
+        return raw.view(dtype).view(e.shape)
+    return raw.view(dtype).as_strided(e.shape, e.strides)
 
 
 def _device_code(tensor) -> int:

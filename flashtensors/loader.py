@@ -1,5 +1,11 @@
-"""Loading a flash checkpoint: resolve devices, plan, allocate once per device, read
-with the native core, hand back tensors as views."""
+"""Loading a checkpoint into new memory (``flash.load_dict``), in one screen:
+
+    location --open-->  Checkpoint   store + format + index (flashtensors/checkpoint.py)
+    index    --plan-->  LoadPlan     devices, regions, read ops (native)
+    plan     --alloc--> buffers      one allocation per device; cached local files mapped instead
+    plan     --read-->  bytes        here or shared with a group, checked, teed (flashtensors/reading.py)
+    buffers  --views--> {name: tensor}
+"""
 
 from __future__ import annotations
 
@@ -9,127 +15,66 @@ import threading
 import time
 from functools import lru_cache
 
-from . import _native
-from .checkpoint import open_checkpoint, opened_for_load
+from . import _native, reading
+from .checkpoint import open_checkpoint
 from .device_map import device_codes, device_of_code, normalize_device_map, uncovered_error
-from .errors import FlashDeviceError, FlashError, FlashFormatError, FlashRemoteError
+from .errors import FlashDeviceError, FlashError, FlashFormatError
 from .format import ALIGNMENT, DTYPE_NAMES, INDEX_FILENAME, torch_dtype
 from .memory import allocate_host
-from .remote import is_url, resolve_timeout
-from .remote.tier import resolve_cache_dir
+from .options import LoadOptions
 
 log = logging.getLogger("flashtensors")
 
-CHUNK_BYTES = 16 << 20
-# Pinned staging memory for GPU loads: two CHUNK_BYTES buffers (and a block) per thread, pinned once per
-# process, so GPU loads use at most PINNED_RING_BYTES // (2 * CHUNK_BYTES) threads.
-PINNED_RING_BYTES = 512 << 20
-MAX_THREADS = 256
 # After a load that read files from the disk (O_DIRECT leaves nothing in the page cache),
 # have the kernel read them into the cache in the background, so that the next load of
 # the same checkpoint (a restarted or second replica) is warm. The benchmark turns it off
-# to keep its cold runs cold.
+# to keep its cold runs cold. Read when a load runs.
 CACHE_AFTER_COLD_LOAD = True
-# How bytes reach host memory. "auto" maps cached files and reads the rest, choosing
-# the page cache or O_DIRECT per piece; the others force one way (for benchmarks).
-IO_MODES = ("auto", "mmap", "buffered", "direct")
 
 
-@lru_cache(maxsize=None)
-def default_threads() -> int:
-    """I/O threads per load: enough to keep a disk queue and the copy engines busy."""
-    return max(4, min(16, os.cpu_count() or 4))
+def load(location, device_map=None, options: LoadOptions | None = None, **settings) -> dict:
+    """See :func:`flashtensors.flash.load_dict`: ``options`` resolved for ``location``, or
+    ``settings`` to resolve (``io``: one of options.IO_MODES, for benchmarks and tests)."""
+    options = options or LoadOptions.resolve(location, **settings)
+    return run_load(location, options, lambda c: _load(location, device_map, options, c))
 
 
-def resolve_threads(threads) -> int:
-    """The I/O thread count to use: ``threads`` checked, or the default for None."""
-    if threads is None:
-        return default_threads()
-    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
-        raise FlashError(f"threads must be an integer from 1 to {MAX_THREADS}, not {threads!r}")
-    return threads
-
-
-def load(path, device_map=None, *, threads: int | None = None, io: str = "auto", group=None,
-         timeout=None, cache_dir=None) -> dict:
-    """See :func:`flashtensors.flash.load_dict`."""
-    if io not in IO_MODES:
-        raise ValueError(f"io must be one of {IO_MODES}, not {io!r}")
-    n_threads = resolve_threads(threads)
-    timeout = resolve_timeout(timeout)
-    if group is not None:
+def run_load(location, options: LoadOptions, body):
+    """Runs ``body(collective or None)``, one load of ``location``: collectively when
+    ``options.group`` is set (every rank raises when one fails), else again when the
+    checkpoint was replaced by a save while it was read (:func:`with_retry`)."""
+    if options.group is not None:
         from . import group as collective
 
-        def body(c):
-            index, paths = open_checkpoint(path, timeout)
-            return load_index(path, index, paths, device_map, n_threads, io, read=c.reader(index, timeout))
-
-        return collective.run(group, path, body)
-
-    cache_dir = resolve_cache_dir(cache_dir)
-
-    def once():
-        with opened_for_load(path, timeout, cache_dir, n_threads) as (index, paths, tees):
-            return load_index(path, index, paths, device_map, n_threads, io, timeout=timeout, tees=tees)
-
-    return with_retry(path, once)
+        return collective.run(options.group, location, body)
+    return with_retry(location, lambda: body(None))
 
 
-def _local_read(path, plan, paths, sizes, buffers, n_threads, io, timeout=None, index=None, tees=None) -> bool:
-    """Reads a laid-out plan into its buffers (``(address, owner)`` per device of
-    ``sizes``) here, from files or URLs; True: this process may fill the page cache.
-    ``io`` is a native mode; ``tees``: per path, a native FileTee the pieces read are
-    also written to (the local tier), or None."""
-    bases = [address for address, _ in buffers]
-    timeout = resolve_timeout(timeout)
-    execute(path, lambda threads: plan.execute(paths, bases, threads, CHUNK_BYTES, io, timeout, tees), n_threads,
-            to_gpu=any(code >= 0 for code, _ in sizes), index=index, paths=paths)
-    return True
+def _load(location, device_map, options: LoadOptions, collective) -> dict:
+    ckpt = open_checkpoint(location, timeout=options.timeout, cache_dir=options.cache_dir)
+    options.check_kind(location, ckpt.kind)
+    return load_checkpoint(ckpt, device_map, options, collective=collective)
 
 
-def with_retry(path, once):
-    """Runs ``once()``, the reading of one checkpoint version, again (up to 3 times) when
-    a save into the same directory replaced the checkpoint while it read: the files its
-    index named can vanish. Errors of a checkpoint that did not change are raised."""
-    for attempt in range(3):
-        version = _index_identity(path)
-        try:
-            return once()
-        except (FlashFormatError, OSError) as e:
-            if attempt == 2 or _index_identity(path) == version:
-                if isinstance(e, FlashError):
-                    raise
-                raise FlashFormatError(f"{path}: reading the checkpoint failed: {e}") from None
-            log.debug("%s changed while loading; loading the new version", path)
-
-
-def _index_identity(path):
-    try:
-        st = os.stat(os.path.join(path, INDEX_FILENAME))
-    except OSError:
-        return None
-    return st.st_ino, st.st_mtime_ns, st.st_size
-
-
-def load_index(path, index, paths, device_map, n_threads: int, io: str = "auto", only=None, read=None,
-               timeout=None, tees=None) -> dict:
-    """Loads the tensors of a read index (those named in ``only``, or all) from ``paths``
-    (files or URLs); ``read`` (default: here, with the native engine, writing what it
-    reads to ``tees`` too) fills the laid-out buffers."""
+def load_checkpoint(ckpt, device_map, options: LoadOptions, only=None, collective=None) -> dict:
+    """Loads the tensors of an opened checkpoint (those named in ``only``, or all)."""
     started = time.perf_counter()
-    plan = new_plan(index, device_map, only)
-    residency = _residency(plan, paths, io)
-    mapped = _files_to_map(plan, paths, residency, index, io)
+    plan = new_plan(ckpt.index, device_map, only)
+    io = options.io
+    residency = _residency(plan, ckpt, io)
+    # A group that checks reads everything through its exchange (each byte checked once by the group).
+    mapped = _files_to_map(plan, ckpt, residency, io) if collective is None or not options.verify else {}
     sizes = plan.layout(list(mapped), ALIGNMENT)
-    _check_capacity(sizes, path)
+    _check_capacity(sizes, ckpt.location)
     buffers = [_allocate(nbytes, device_of_code(code)) for code, nbytes in sizes]
-    native_io = "auto" if io == "mmap" else io  # mapping was decided above; the rest is read
-    if read is None:
-        def read(*args):
-            return _local_read(*args, timeout=timeout, index=index, tees=tees)
-    may_fill_cache = read(path, plan, paths, sizes, buffers, n_threads, native_io)
+    owners = {code: buffer for (code, _), buffer in zip(sizes, buffers)}
+    ops = plan.read_ops([address for address, _ in buffers])
+    native_options = options if io != "mmap" else _with_io(options, "auto")  # mapping was decided above
+    may_fill_cache = reading.read(ckpt, ops, owners, native_options, collective=collective,
+                                  wanted=only, mapped={f: m.data_ptr() for f, m in mapped.items()})
 
-    cold = [paths[f] for f in plan.files_used(False) if f not in mapped and residency.get(f, 1.0) < 0.5]
+    cold = [ckpt.sources[f] for f in plan.files_used(False)
+            if f not in mapped and residency.get(f, 1.0) < 0.5 and ckpt.here[f]]
     if cold and CACHE_AFTER_COLD_LOAD and may_fill_cache:
         threading.Thread(target=_read_into_page_cache, args=(cold,), daemon=True,
                          name="flashtensors-cache").start()
@@ -137,9 +82,43 @@ def load_index(path, index, paths, device_map, n_threads: int, io: str = "auto",
     if log.isEnabledFor(logging.DEBUG):
         total = sum(t.nbytes for t in out.values())
         seconds = time.perf_counter() - started
-        log.debug("loaded %d tensors, %.2f GB from %s in %.3f s (%.2f GB/s)", len(out), total / 1e9, path,
-                  seconds, total / 1e9 / max(seconds, 1e-9))
+        log.debug("loaded %d tensors, %.2f GB from %s in %.3f s (%.2f GB/s)", len(out), total / 1e9,
+                  ckpt.location, seconds, total / 1e9 / max(seconds, 1e-9))
     return out
+
+
+def _with_io(options: LoadOptions, io: str) -> LoadOptions:
+    import dataclasses
+
+    return dataclasses.replace(options, io=io)
+
+
+def with_retry(location, once):
+    """Runs ``once()``, the reading of one checkpoint version, again (up to 3 times) when
+    a save into the same local directory replaced the checkpoint while it read: the
+    files its index named can vanish. Errors of a checkpoint that did not change are
+    raised."""
+    for attempt in range(3):
+        version = _index_identity(location)
+        try:
+            return once()
+        except (FlashFormatError, OSError) as e:
+            if attempt == 2 or _index_identity(location) == version:
+                if isinstance(e, FlashError):
+                    raise
+                raise FlashFormatError(f"{location}: reading the checkpoint failed: {e}") from None
+            log.debug("%s changed while loading; loading the new version", location)
+
+
+def _index_identity(location):
+    """The flash index file's identity, for a local directory (None otherwise)."""
+    if not isinstance(location, (str, os.PathLike)):
+        return None
+    try:
+        st = os.stat(os.path.join(location, INDEX_FILENAME))
+    except (OSError, TypeError, ValueError):
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def new_plan(index, device_map, only=None):
@@ -200,43 +179,18 @@ def _dlpack_dtypes() -> list:
     return out
 
 
-def execute(path, read, threads: int, *, to_gpu: bool, index=None, paths=None) -> None:
-    """Runs ``read(threads)``, a native read of checkpoint ``path`` in CHUNK_BYTES pieces,
-    turning the core's errors into FlashErrors (a remote one names the tensor it was
-    reading when ``index`` and ``paths`` are given). Reads to a GPU stage through the
-    pinned ring, which bounds the thread count."""
-    if to_gpu:
-        threads = min(threads, PINNED_RING_BYTES // (2 * CHUNK_BYTES))
-    native = _native.module()
-    try:
-        read(threads)
-    except native.RemoteError as e:
-        raise FlashRemoteError(str(e) + _tensor_named(index, paths, e.url, e.offset), e.status, e.url) from None
-    except OSError as e:
-        raise FlashFormatError(f"{path}: reading the checkpoint failed: {e}") from None
-    except RuntimeError as e:
-        raise FlashError(f"{path}: copying the checkpoint to the GPU failed: {e}") from None
-
-
-def _tensor_named(index, paths, url: str, offset: int) -> str:
-    """`` (tensor 'name')`` for the tensor at ``offset`` of the data file at ``url``."""
-    if index is None or paths is None:
-        return ""
-    from .remote.checkpoint import tensor_at
-    from .remote.http import shown
-
-    files = [f for f, p in enumerate(paths) if shown(p) == url]
-    name = tensor_at(index, files[0], offset) if files else None
-    return f" (tensor {name!r})" if name is not None else ""
-
-
-def _residency(plan, paths, io: str) -> dict:
-    """Fraction of each used local data file in the page cache (sampled), when io is
-    "auto" (remote files are not in it: they are read)."""
+def _residency(plan, ckpt, io: str) -> dict:
+    """Fraction of each used data file in the page cache (sampled), when io is "auto" and
+    the files are local (remote ones are read; local-tier copies are local files)."""
     if io != "auto":
         return {}
     resident = _native.module().resident_fraction
-    return {f: resident(paths[f]) for f in plan.files_used(False) if not is_url(paths[f])}
+    return {f: resident(ckpt.sources[f]) for f in plan.files_used(False) if _is_file(ckpt, f)}
+
+
+def _is_file(ckpt, f: int) -> bool:
+    """Whether data file ``f`` is read from a file of this machine (local, or a local-tier copy)."""
+    return ckpt.here[f]
 
 
 def _read_into_page_cache(paths, window: int = 2 << 20) -> None:
@@ -256,7 +210,7 @@ def _read_into_page_cache(paths, window: int = 2 << 20) -> None:
             os.close(fd)
 
 
-def _files_to_map(plan, paths, residency: dict, index, io: str) -> dict:
+def _files_to_map(plan, ckpt, residency: dict, io: str) -> dict:
     """Data files whose host-bound tensors become zero-copy views of a private mapping.
 
     Worth it when the file is in the page cache: mapping costs no copy and no fresh
@@ -271,13 +225,14 @@ def _files_to_map(plan, paths, residency: dict, index, io: str) -> dict:
         return {}
     out = {}
     for f in plan.files_used(True):
-        if is_url(paths[f]):
+        if not _is_file(ckpt, f):
             continue
         if io == "mmap" or residency[f] >= 0.5:
             try:
-                storage = torch.UntypedStorage.from_file(paths[f], shared=False, nbytes=index.files[f].size)
+                storage = torch.UntypedStorage.from_file(ckpt.sources[f], shared=False,
+                                                         nbytes=ckpt.index.files[f].size)
             except RuntimeError as e:
-                raise FlashFormatError(f"{paths[f]}: cannot map the data file: {e}") from None
+                raise FlashFormatError(f"{ckpt.sources[f]}: cannot map the data file: {e}") from None
             out[f] = torch.empty(0, dtype=torch.uint8).set_(storage)
     return out
 
@@ -308,16 +263,8 @@ def _allocate(nbytes: int, device):
     if device.type == "cpu":
         return allocate_host(nbytes, ALIGNMENT)
     buffer = torch.empty(nbytes, dtype=torch.uint8, device=device)
-    synchronize_before_copies(device)
+    reading.synchronize_before_copies(device)
     return buffer.data_ptr(), buffer
-
-
-def synchronize_before_copies(device) -> None:
-    """Our copies run on the core's own streams: work already queued on torch's stream,
-    which may still use the target memory (or recycled memory), must finish first."""
-    import torch
-
-    torch.cuda.current_stream(device).synchronize()
 
 
 def _view(storage, offset: int, entry):

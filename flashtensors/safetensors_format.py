@@ -1,9 +1,8 @@
-"""Plain safetensors checkpoints, read where they lie, with no conversion.
-
-What a path may hold: one ``.safetensors`` file, or a directory of them in the Hugging
-Face layout: shards named by ``model.safetensors.index.json``, else ``model.safetensors``,
-else every ``*.safetensors`` file. Snapshot directories of the Hugging Face cache, whose
-files are symlinks into its blobs directory, are read through the links.
+"""Plain safetensors checkpoints, read where they lie, with no conversion: the dtype
+table, the limits, the Hugging Face weight index, and the headers made into an index.
+Which files of a location are read is the format registry's choice
+(flashtensors/formats.py). Snapshot directories of the Hugging Face cache, whose files are
+symlinks into its blobs directory, are read through the links.
 
 Each file's header is untrusted input, parsed and validated natively
 (csrc/safetensors_header.cpp) into the same tensor table a flash index becomes, so the
@@ -14,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from functools import lru_cache
 
 from . import _native
@@ -33,48 +31,6 @@ DTYPES = {
 }
 
 
-def weight_files(path) -> list | None:
-    """The safetensors files ``path`` holds, in load order, or None if it holds none.
-
-    Raises FlashFormatError for a Hugging Face weight index that is invalid or names
-    files that are missing.
-
-    Example:
-        >>> weight_files("/models/Qwen3-8B")                   # doctest: +SKIP
-        ['/models/Qwen3-8B/model-00001-of-00005.safetensors', ...]
-    """
-    path = os.fspath(path)
-    if os.path.isfile(path):
-        return [path] if path.endswith(SUFFIX) else None
-    if not os.path.isdir(path):
-        return None
-    index = os.path.join(path, HF_INDEX_FILENAME)
-    if os.path.isfile(index):
-        return hf_index_shards(index)
-    single = os.path.join(path, SINGLE_FILENAME)
-    if os.path.isfile(single):
-        return [single]
-    found = sorted(e.path for e in os.scandir(path) if e.name.endswith(SUFFIX) and e.is_file())
-    return found or None
-
-
-def hf_index_shards(index_path) -> list:
-    """The files named by a Hugging Face weight index (``*.index.json``), in first-use
-    order, as paths beside it. FlashFormatError if it is invalid, names a file elsewhere,
-    or names a missing file."""
-    index_path = os.fspath(index_path)
-    try:
-        with open(index_path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise FlashFormatError(f"{index_path}: cannot read the weight index: {e.strerror}") from None
-    shards = [os.path.join(os.path.dirname(index_path), name) for name in hf_shard_names(raw, index_path)]
-    missing = [os.path.basename(p) for p in shards if not os.path.isfile(p)]
-    if missing:
-        raise FlashFormatError(f"{index_path}: names missing weight file(s): {', '.join(missing)}")
-    return shards
-
-
 def hf_shard_names(raw: bytes, where: str) -> list:
     """The file names a Hugging Face weight index (its raw bytes; ``where`` names it in
     errors) maps tensors to, in first-use order. FlashFormatError if it is invalid or a
@@ -87,14 +43,6 @@ def hf_shard_names(raw: bytes, where: str) -> list:
     if bad:
         raise FlashFormatError(f"{where}: not a valid weight index (bad file name {bad[0]!r})")
     return names
-
-
-def read_safetensors_index(files: list, where: str) -> tuple:
-    """``(index, paths)`` of safetensors ``files`` read as one checkpoint: every header
-    validated, tensors in file order. ``where`` names the whole in error messages."""
-    paths = [os.path.abspath(f) for f in files]
-    headers = [(os.path.basename(path), *_read_header(path), path) for path in paths]
-    return index_of_headers(headers, where), paths
 
 
 def index_of_headers(headers, where: str) -> Index:
@@ -113,36 +61,6 @@ def index_of_headers(headers, where: str) -> Index:
     except native.FormatError as e:
         raise format_error(where, *e.args) from None
     return Index.from_table(table, kind="safetensors")
-
-
-def _read_header(path: str) -> tuple:
-    """The JSON header of a safetensors file and the file's size."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as e:
-        raise FlashFormatError(f"{path}: cannot open: {e.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise FlashFormatError(f"{path}: not a regular file")
-        prefix = os.pread(fd, 8, 0)
-        if len(prefix) < 8:
-            raise FlashFormatError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
-        n = int.from_bytes(prefix, "little")
-        if n > MAX_HEADER_BYTES:
-            raise FlashFormatError(f"{path}: header of {n} bytes is larger than safetensors allows "
-                                   f"({MAX_HEADER_BYTES})")
-        if 8 + n > st.st_size:
-            raise FlashFormatError(f"{path}: header of {n} bytes does not fit in the file "
-                                   f"({st.st_size} bytes; truncated?)")
-        header = os.pread(fd, n, 8)
-        if len(header) != n:
-            raise FlashFormatError(f"{path}: the file ended inside its header (truncated?)")
-        return header, st.st_size
-    except OSError as e:
-        raise FlashFormatError(f"{path}: cannot read the header: {e.strerror}") from None
-    finally:
-        os.close(fd)
 
 
 @lru_cache(maxsize=None)

@@ -8,10 +8,12 @@ A *source* is what a user names as SRC:
 - an ``http(s)://`` or ``s3://`` URL of a checkpoint (flash, safetensors, or a Hugging Face
   directory: see :mod:`flashtensors.remote.convert_source`);
 - a directory of weight files, such as a Hugging Face model directory. Its weights are the
-  files named by ``model.safetensors.index.json``, else every ``*.safetensors``, else the files
-  named by ``pytorch_model.bin.index.json``, else ``pytorch_model*.bin``, else every
-  ``*.bin``/``*.pt``/``*.pth``. Its other top-level files (config, tokenizer, ...; not hidden
-  files) are *extras*.
+  safetensors files a load of the directory reads (the same choice as ``load_dict``, from
+  the format registry in flashtensors/formats.py: the shards of
+  ``model.safetensors.index.json``, else ``model.safetensors``, else every ``*.safetensors``),
+  else the files named by ``pytorch_model.bin.index.json``, else ``pytorch_model*.bin``, else
+  every ``*.bin``/``*.pt``/``*.pth``. Its other top-level files (config, tokenizer, ...; not
+  hidden files) are *extras*.
 
 Tensors come back lazily: safetensors files and zip-format PyTorch files are memory-mapped,
 so holding one file's tensors costs page cache, not process memory.
@@ -36,14 +38,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from flashtensors import INDEX_FILENAME, FlashError, FlashFormatError
-from flashtensors.safetensors_format import hf_index_shards
-
-SAFETENSORS_SUFFIXES = (".safetensors",)
-TORCH_SUFFIXES = (".bin", ".pt", ".pth")
-OTHER_WEIGHT_SUFFIXES = (".ckpt", ".h5", ".msgpack", ".gguf", ".onnx", ".flash")
-# Weight files of any framework: never copied as extras, since DST holds the weights in flash format.
-WEIGHT_SUFFIXES = SAFETENSORS_SUFFIXES + TORCH_SUFFIXES + OTHER_WEIGHT_SUFFIXES
-INDEX_SUFFIX = ".index.json"
+from flashtensors.formats import find_format, safetensors_formats
+from flashtensors.local_store import LocalStore
+from flashtensors.locations import is_remote
+from flashtensors.safetensors_format import HF_INDEX_FILENAME, hf_shard_names
+from flashtensors.weight_names import SAFETENSORS_SUFFIXES, TORCH_SUFFIXES, is_weight_file
 
 
 class SourceError(FlashError):
@@ -111,9 +110,7 @@ def open_source(path: str | Path):
         >>> open_source("model.safetensors").shards         # doctest: +SKIP
         (PosixPath('model.safetensors'),)
     """
-    from flashtensors.remote import is_url
-
-    if is_url(path):
+    if is_remote(path):
         from flashtensors.remote.convert_source import open_remote_source
 
         return open_remote_source(path)
@@ -150,22 +147,11 @@ def _accepted() -> str:
     return "a .safetensors file, a .bin/.pt/.pth PyTorch state dict, or a directory of them"
 
 
-def is_weight_file(path: Path) -> bool:
-    """Whether ``path`` holds weights (of any framework, flash included) or a weight index."""
-    name = path.name
-    if name == INDEX_FILENAME:
-        return True
-    if name.endswith(INDEX_SUFFIX):  # model.safetensors.index.json, pytorch_model.bin.index.json, ...
-        name = name[: -len(INDEX_SUFFIX)]
-    return name.endswith(WEIGHT_SUFFIXES)
-
-
 def _open_dir(path: Path) -> Source:
     entries = sorted(path.iterdir())
     files = [p for p in entries if p.is_file()]
     shards = (
-        _shards_from_index(path / "model.safetensors.index.json")
-        or [p for p in files if p.name.endswith(SAFETENSORS_SUFFIXES)]
+        _safetensors_shards(path)
         or _shards_from_index(path / "pytorch_model.bin.index.json")
         or [p for p in files if p.name.startswith("pytorch_model") and p.name.endswith(".bin")]
         or [p for p in files if p.name.endswith(TORCH_SUFFIXES)]
@@ -182,14 +168,36 @@ def _open_dir(path: Path) -> Source:
     )
 
 
+def _safetensors_shards(path: Path) -> list[Path]:
+    """The safetensors files a load of directory ``path`` reads (the format registry's
+    choice), or []."""
+    try:
+        found = find_format(LocalStore(str(path)), safetensors_formats())
+    except FlashFormatError as e:
+        raise SourceError(str(e)) from None
+    if found is None:
+        return []
+    return _existing(path / HF_INDEX_FILENAME, found.names) if found.name == "hf-index" else \
+        [path / n for n in found.names]
+
+
 def _shards_from_index(index_path: Path) -> list[Path]:
     """The files named by a Hugging Face weight index, in first-use order; [] if there is no index."""
     if not index_path.is_file():
         return []
     try:
-        return [Path(p) for p in hf_index_shards(index_path)]
+        return _existing(index_path, hf_shard_names(index_path.read_bytes(), str(index_path)))
     except FlashFormatError as e:
         raise SourceError(str(e)) from None
+
+
+def _existing(index_path: Path, names: list) -> list[Path]:
+    """``names`` (named by the weight index ``index_path``) as paths beside it; SourceError
+    naming those that are missing."""
+    missing = [n for n in names if not (index_path.parent / n).is_file()]
+    if missing:
+        raise SourceError(f"{index_path}: names missing weight file(s): {', '.join(missing)}")
+    return [index_path.parent / n for n in names]
 
 
 def _read_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:

@@ -60,7 +60,7 @@ def s3_server():
 def s3(s3_server, monkeypatch):
     """``(botocore client, bucket)``: a fresh bucket on the moto server, with the AWS
     environment pointing flashtensors at it, and remote reads in 8 KiB pieces."""
-    from flashtensors import loader
+    from flashtensors import reading
     from flashtensors.benchmark.nginx import free_port
 
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
@@ -69,7 +69,7 @@ def s3(s3_server, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_REGION", "us-east-1")
-    monkeypatch.setattr(loader, "CHUNK_BYTES", 8 << 10)
+    monkeypatch.setattr(reading, "CHUNK_BYTES", 8 << 10)
     from flashtensors.remote.s3 import client
 
     c = client()

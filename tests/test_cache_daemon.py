@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from flashtensors import FlashFormatError, flash
+from flashtensors import FlashChecksumError, FlashError, flash
 from flashtensors.cache.protocol import CacheError
 from flashtensors.cache.store import Store
 from flashtensors.cli import main
@@ -181,8 +181,11 @@ def test_a_data_file_rewritten_in_place_is_reloaded_and_verify_reads_the_disk(da
     served = flash.load_dict(ckpt, server=daemon.socket)
     direct = flash.load_dict(ckpt, server=False)
     assert same_tensors(served, direct) and not same_tensors(served, sd)
-    # verify=True checks the files on disk, so it loads from them, not from the daemon.
+    # verify=True checks the bytes loaded from the files on disk, never the daemon's: naming
+    # the daemon with it is refused, and by default the daemon is not asked.
     before = daemon.client.ls()["entries"][0]["served"]
-    with pytest.raises(FlashFormatError):
+    with pytest.raises(FlashError, match="server= .*cannot be combined with verify=True"):
         flash.load_dict(ckpt, verify=True, server=daemon.socket)
+    with pytest.raises(FlashChecksumError):
+        flash.load_dict(ckpt, verify=True)
     assert daemon.client.ls()["entries"][0]["served"] == before

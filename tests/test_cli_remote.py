@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from flashtensors import FlashError, FlashRemoteError, flash, loader
+from flashtensors import FlashError, FlashRemoteError, flash, reading
 from flashtensors.remote.upload import upload_checkpoint
 
 from helpers import assert_same, flashtensors
@@ -116,7 +116,7 @@ def test_upload_of_a_hugging_face_directory_converts_it_first(s3, tmp_path):
 
 def test_multipart_upload_and_a_failed_upload_is_no_checkpoint(s3, tmp_path, monkeypatch):
     c, bucket = s3
-    monkeypatch.setattr(loader, "CHUNK_BYTES", 4 << 20)  # moto is slow at many range GETs
+    monkeypatch.setattr(reading, "CHUNK_BYTES", 4 << 20)  # moto is slow at many range GETs
     sd = {"big": torch.randn(3 << 20), "small": torch.randn(5)}  # a 12 MiB data file: 3 parts of 5 MiB
     flash.save_dict(sd, tmp_path / "m")
     sent = []

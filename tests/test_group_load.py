@@ -1,9 +1,8 @@
 """Collective loads over real gloo process groups of spawned processes: the same tensors
-as a plain load, each byte read from storage once by the group, failures raised on
-every rank."""
+as a plain load, failures raised on every rank. (Each byte read once by the group:
+tests/test_load_matrix.py, counted by the server.)"""
 
 import multiprocessing as mp
-import os
 import queue as queue_module
 import time
 
@@ -62,23 +61,20 @@ def checkpoints(tmp_path_factory):
 def _data_files(path) -> list:
     from flashtensors.checkpoint import open_checkpoint
 
-    return open_checkpoint(path)[1]
+    return open_checkpoint(path).sources
 
 
 @pytest.mark.parametrize("world", [2, 4])
 @pytest.mark.parametrize("kind", ["flash", "safetensors"])
-def test_every_rank_gets_the_checkpoint_and_reads_its_share(checkpoints, tmp_path, world, kind):
+def test_every_rank_gets_the_checkpoint(checkpoints, tmp_path, world, kind):
+    # That the group reads each byte once is counted exactly, in nginx's access log
+    # (test_load_matrix.py::test_a_group_reads_each_byte_once): a process's read_bytes
+    # also counts the library files a load imports or pages in, which a machine short of
+    # page cache reads again (this test failed that way, and always after drop_caches).
     path = checkpoints[kind]
-    files = _data_files(path)
-    total = sum(os.path.getsize(f) for f in files)
-    assert drop_from_cache(files), "could not evict the data files from the page cache"
+    assert drop_from_cache(_data_files(path)), "could not evict the data files from the page cache"
     reports = _run_group(group_workers.full_load, world, tmp_path, str(path))
     assert {r: s for r, (s, _) in reports.items()} == {r: "ok" for r in range(world)}
-    read = [reports[r][1]["read_bytes"] for r in range(world)]
-    # Each rank reads about 1/world of the data (whole 16 MiB pieces, so not exactly),
-    # and the group about the checkpoint once (plus headers and block rounding).
-    assert sum(read) <= 1.1 * total + world * 64 * 1024, (read, total)
-    assert max(read) <= total / world + (16 << 20), (read, total)
     if kind == "flash":
         facts = reports[0][1]
         assert facts["storages"] == facts["tensors"] - 2  # tied shares; the empty tensor has none

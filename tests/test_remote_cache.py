@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from flashtensors import FlashRemoteError, flash, loader
+from flashtensors import FlashRemoteError, flash, reading
 from flashtensors.remote.tier import META_SUFFIX, PART_SUFFIX
 
 from helpers import assert_same
@@ -32,10 +32,7 @@ def state(seed=0):
 
 @pytest.fixture(autouse=True)
 def small_pieces(monkeypatch):
-    monkeypatch.setattr(loader, "CHUNK_BYTES", 8 << 10)
-    import flashtensors.inplace as inplace
-
-    monkeypatch.setattr(inplace, "CHUNK_BYTES", 8 << 10)
+    monkeypatch.setattr(reading, "CHUNK_BYTES", 8 << 10)  # every path reads it when a load runs
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from flashtensors import FlashChecksumError, FlashError, FlashRemoteError, flash, loader
+from flashtensors import FlashChecksumError, FlashError, FlashRemoteError, flash, reading
 
 from helpers import assert_same
 from remote_servers import FaultServer, nginx
@@ -31,10 +31,7 @@ def state(n=6, big=0):
 @pytest.fixture
 def small_pieces(monkeypatch):
     """Pieces of 8 KiB, so that every tensor is read in many range requests."""
-    monkeypatch.setattr(loader, "CHUNK_BYTES", 8 << 10)
-    import flashtensors.inplace as inplace
-
-    monkeypatch.setattr(inplace, "CHUNK_BYTES", 8 << 10)
+    monkeypatch.setattr(reading, "CHUNK_BYTES", 8 << 10)  # every path reads it when a load runs
 
 
 @pytest.fixture

@@ -185,11 +185,11 @@ def test_a_cold_load_leaves_the_files_cached_for_the_next(ckpt):
     import time
 
     from flashtensors import _native
-    from flashtensors.format import data_file_paths
+    from flashtensors.checkpoint import open_checkpoint
 
     sd = {"a": torch.randn(4 << 20)}
     flash.save_dict(sd, ckpt)
-    (path,) = data_file_paths(ckpt, flash.read_index(ckpt))
+    (path,) = open_checkpoint(ckpt).sources
     fd = os.open(path, os.O_RDONLY)
     os.fdatasync(fd)
     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)

@@ -10,7 +10,7 @@ import pytest
 import test_cuda_path_async
 import torch
 
-from flashtensors import FlashError, flash, loader, memory
+from flashtensors import FlashError, flash, loader, memory, reading
 
 from helpers import assert_same, flashtensors
 from remote_servers import nginx
@@ -38,7 +38,7 @@ def test_many_connections_through_a_capped_server(tmp_path, monkeypatch):
     # keeps many requests in flight, each on a connection of its own.
     sd = state(n_tensors=4, numel=128 << 10)
     flash.save_dict(sd, tmp_path / "m")
-    monkeypatch.setattr(loader, "CHUNK_BYTES", 64 << 10)
+    monkeypatch.setattr(reading, "CHUNK_BYTES", 64 << 10)
     monkeypatch.setenv("FLASHTENSORS_CONNECTIONS", "16")
     log = tmp_path / "access.log"
     with nginx(tmp_path, access_log=log, log_connections=True, limit_rate="32k") as server:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import FlashError
-from ..safetensors_format import weight_files
+from ..checkpoint import open_checkpoint
 from .shapes import QWEN3, digest, make_checkpoint, moe_shapes, shape_for_size, tensor_shapes
 
 
@@ -34,8 +33,9 @@ def _from_path(path: Path, work: Path, log):
     from .. import flash
     from ..writer import CheckpointWriter
 
-    if flash.is_checkpoint(path):
-        index = flash.read_index(path)
+    ckpt = open_checkpoint(path)
+    if ckpt.kind == "flash":
+        index = ckpt.index
         out = work / (path.name + "-safetensors")
         out.mkdir(parents=True, exist_ok=True)
         target = out / "model.safetensors"
@@ -45,9 +45,7 @@ def _from_path(path: Path, work: Path, log):
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(target))
         expected = {n: e.crc32c for n, e in index.tensors.items() if e.strides is None}
         return path, [target], expected
-    files = [Path(f) for f in weight_files(path) or []]
-    if not files:
-        raise FlashError(f"{path}: neither a flash checkpoint nor safetensors files")
+    files = [Path(f) for f in ckpt.sources]
     flash_dir = work / (path.stem + "-flash")
     from safetensors.torch import load_file
 

@@ -40,17 +40,16 @@ def http_source(url: str, label: str = "remote", *, s3_safetensors=None, endpoin
     safetensors files as ``s3://`` URLs for runai and s5cmd (at ``endpoint``, if not
     AWS); ``expected`` ({name: crc32c}) checks the first run of each peer; ``capped``:
     the server caps each connection (one-connection downloads are then skipped)."""
-    from ..remote import resolve_timeout
-    from ..remote.checkpoint import open_remote
+    from ..checkpoint import open_checkpoint
 
-    ckpt = open_remote(url, resolve_timeout(None))
+    ckpt = open_checkpoint(url)
     if s3_safetensors is None and url.startswith("s3://") and ckpt.index.kind != "flash":
         s3_safetensors = [url.rstrip("/") + "/" + n if not url.endswith(".safetensors") else url
                           for n in ckpt.names]
     return {"label": label, "url": url, "kind": ckpt.index.kind,
             "bytes": sum(o.size for o in ckpt.objects),
-            "data_files": list(zip(ckpt.names, ckpt.data_urls)),
-            "index_files": {n: raw.decode() for n, raw in ckpt.index_bytes.items()},
+            "data_files": list(zip(ckpt.names, ckpt.sources)),
+            "index_files": {n: raw.decode() for n, raw in ckpt.found.small.items()},
             "s3_safetensors": s3_safetensors, "endpoint": endpoint, "expected": expected, "capped": capped}
 
 

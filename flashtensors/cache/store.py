@@ -30,8 +30,11 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from .. import _native
+from ..checkpoint import open_checkpoint
 from ..errors import FlashFormatError
-from ..format import INDEX_FILENAME, data_file_paths, parse_index_bytes, read_index_bytes
+from ..format import INDEX_FILENAME
+from ..formats import FLASH
+from ..options import resolve_threads
 from .protocol import CacheError
 
 log = logging.getLogger("flashtensors.cache")
@@ -67,8 +70,6 @@ def index_identity(path: str) -> tuple:
     """What identifies the checkpoint's current version: (device, inode, size, mtime_ns,
     ctime_ns) of its index and of every data file the index names, so that a data file
     replaced or rewritten in place is noticed too. FlashFormatError if it has no index."""
-    from ..format import read_index
-
     def stamp(p):
         st = os.stat(p)
         return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
@@ -78,7 +79,7 @@ def index_identity(path: str) -> tuple:
     except OSError as e:
         raise FlashFormatError(f"{path}: no flash checkpoint here ({e.strerror})") from None
     try:
-        files = tuple(stamp(os.path.join(path, f.name)) for f in read_index(path).files)
+        files = tuple(stamp(p) for p in open_checkpoint(path, formats=[FLASH]).sources)
     except (OSError, FlashFormatError):
         files = ()  # the load that follows reports what is wrong
     return own, files
@@ -200,9 +201,8 @@ class Store:
     def _load(self, path: str) -> Entry:
         started = time.perf_counter()
         identity = index_identity(path)  # before reading: a save in between only causes a reload
-        index_bytes = read_index_bytes(path)
-        index = parse_index_bytes(index_bytes, os.path.join(path, INDEX_FILENAME))
-        paths = data_file_paths(path, index)
+        ckpt = open_checkpoint(path, formats=[FLASH])
+        index, paths, index_bytes = ckpt.index, ckpt.sources, ckpt.found.small[INDEX_FILENAME]
         offsets, nbytes = [], 0
         for f in index.files:
             offsets.append(nbytes)
@@ -230,8 +230,6 @@ class Store:
 def _fill(paths: list, files: list, offsets: list, nbytes: int, threads: int | None) -> int:
     """A sealed memfd holding every data file at its offset, read by the native core."""
     import torch
-
-    from ..loader import resolve_threads
 
     fd = os.memfd_create("flashtensors-cache", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:

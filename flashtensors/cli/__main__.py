@@ -1,3 +1,5 @@
+"""`python -m flashtensors.cli`: the same as the `flashtensors` command."""
+
 import sys
 
 from . import main

@@ -77,11 +77,11 @@ def run(args) -> int:
         args.size = 1.0
     device = normalize_device_map(args.device or ("cuda:0" if torch.cuda.is_available() else "cpu"))[""]
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    from ..remote import is_url
+    from ..locations import is_remote
 
     if args.limit_rate and not args.nginx:
         raise SystemExit("flashtensors bench: --limit-rate needs --nginx")
-    if args.path and is_url(args.path):
+    if args.path and is_remote(args.path):
         from ..benchmark.remote import http_source
 
         return _remote(args, [http_source(args.path)], device, log)

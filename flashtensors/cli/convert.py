@@ -113,12 +113,12 @@ def convert(
     import torch
     from tqdm import tqdm
 
-    from flashtensors.flash import is_checkpoint
-    from flashtensors.remote import is_url
+    from flashtensors.checkpoint import holds_flash
+    from flashtensors.locations import is_remote
     from flashtensors.sources import open_source
     from flashtensors.writer import CheckpointWriter
 
-    if is_url(dst):
+    if is_remote(dst):
         from .upload import upload
 
         return upload(src, dst, dtype=dtype, overwrite=overwrite, copy_files=copy_files, progress=progress,
@@ -127,7 +127,7 @@ def convert(
     dst = Path(dst)
     if dst.exists() and not dst.is_dir():
         raise DestinationError(f"{dst}: exists and is not a directory")
-    if is_checkpoint(dst) and not overwrite:
+    if holds_flash(dst) and not overwrite:
         raise DestinationError(f"{dst}: already holds a flash checkpoint; pass --overwrite to replace it")
     extras = _extras_to_copy(source, dst, overwrite) if copy_files else []
     cast_to = getattr(torch, dtype) if dtype else None

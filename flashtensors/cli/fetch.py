@@ -35,10 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``flashtensors fetch`` with parsed ``args``; returns the exit code."""
     from ..errors import FlashError
-    from ..remote import is_url
+    from ..locations import is_remote
     from ..remote.files import fetch_model_files
 
-    if not is_url(args.url):
+    if not is_remote(args.url):
         raise FlashError(f"{args.url}: not a URL (s3://, http://, https://); a local directory needs no fetching")
     directory = fetch_model_files(args.url, args.dir)
     print(directory)  # alone on stdout, for $(flashtensors fetch URL)

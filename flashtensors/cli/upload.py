@@ -25,12 +25,13 @@ def upload(src, dst: str, *, dtype=None, overwrite: bool = False, copy_files: bo
     """
     from tqdm import tqdm
 
-    from flashtensors.flash import is_checkpoint, read_index
-    from flashtensors.remote import is_url
+    from flashtensors.checkpoint import holds_flash
+    from flashtensors.flash import read_index
+    from flashtensors.locations import is_remote
     from flashtensors.remote.upload import upload_checkpoint
-    from flashtensors.sources import is_weight_file
+    from flashtensors.weight_names import is_weight_file
 
-    if is_url(src) or dtype or not is_checkpoint(src):
+    if is_remote(src) or dtype or not holds_flash(src):
         with tempfile.TemporaryDirectory(prefix="flashtensors-upload-") as tmp:
             local = Path(tmp) / "checkpoint"
             convert(src, local, dtype=dtype, copy_files=copy_files, progress=progress)

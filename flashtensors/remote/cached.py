@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 
 from .. import _native
-from .checkpoint import RemoteCheckpoint
 
 log = logging.getLogger("flashtensors")
 
@@ -26,28 +25,27 @@ FILL_BATCH_BYTES = 64 << 20
 
 
 class CachedLoad:
-    """What one load of ``ckpt`` reads (``.paths``: per data file its local copy or its
-    URL) and writes (``.tees``: per data file a native FileTee, or None).
+    """What one load of ``ckpt`` (opened through a TieredStore: flashtensors/remote/tiered.py)
+    writes to the local tier: ``.tees``, per data file a native FileTee or None (None when
+    it writes nothing).
 
     ``wanted``: the names of the tensors the load reads (None: all).
 
     Example:
-        >>> c = CachedLoad(open_remote(url, 30, "/cache"), None)      # doctest: +SKIP
-        >>> plan.execute(c.paths, bases, 8, CHUNK_BYTES, tees=c.tees)  # doctest: +SKIP
-        >>> c.commit(threads=8, timeout=30)                            # doctest: +SKIP
+        >>> c = CachedLoad(open_checkpoint(url, cache_dir="/cache"), None)    # doctest: +SKIP
+        >>> execute_plan(ckpt.sources, ops, 8, CHUNK_BYTES, tees=c.tees)      # doctest: +SKIP
+        >>> c.commit(threads=8, timeout=30)                                   # doctest: +SKIP
     """
 
-    def __init__(self, ckpt: RemoteCheckpoint, wanted=None):
+    def __init__(self, ckpt, wanted=None):
         self.ckpt = ckpt
-        self.paths = ckpt.sources()
+        self.tier = ckpt.store.tier
         self.tees = None
-        if ckpt.tier is None:
-            return
         whole = whole_files(ckpt.index, wanted)
-        tees = [None] * len(self.paths)
-        for f, (name, info, local) in enumerate(zip(ckpt.names, ckpt.objects, ckpt.local)):
-            if local is None and f in whole and info.etag and info.size:
-                tees[f] = ckpt.tier.start(name, info.size)
+        tees = [None] * len(ckpt.names)
+        for f, (name, info, here) in enumerate(zip(ckpt.names, ckpt.objects, ckpt.here)):
+            if not here and f in whole and info.etag and info.size:
+                tees[f] = self.tier.start(name, info.size)
         if any(tees):
             self.tees = tees
 
@@ -68,8 +66,8 @@ class CachedLoad:
             problem = tee.error() or ("bytes missing" if tee.missing() else "")
             if problem:
                 log.warning("not keeping a local copy of %s: %s", self.ckpt.store.describe(name), problem)
-                self.ckpt.tier.discard(tee)
-            elif self.ckpt.tier.commit(tee, name, self.ckpt.objects[f]):
+                self.tier.discard(tee)
+            elif self.tier.commit(tee, name, self.ckpt.objects[f]):
                 kept += 1
         self.tees = None
         return kept
@@ -78,14 +76,14 @@ class CachedLoad:
         """After a failed load: removes every part file (nothing partial is kept)."""
         for tee in self.tees or []:
             if tee is not None:
-                self.ckpt.tier.discard(tee)
+                self.tier.discard(tee)
         self.tees = None
 
     def _fill(self, f: int, tee, threads: int, timeout: float) -> None:
         import numpy as np
 
         gaps = merge_gaps(tee.missing(), MERGE_GAPS_BYTES)
-        url = self.ckpt.data_urls[f]
+        url = self.ckpt.sources[f]
         for batch in batches(gaps, FILL_BATCH_BYTES):
             scratch = np.empty(sum(length for _, length in batch), dtype=np.uint8)
             ops, at = [], scratch.ctypes.data

@@ -13,8 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from . import resolve_timeout
-from .checkpoint import RemoteCheckpoint, open_remote
+from ..checkpoint import Checkpoint, open_checkpoint
 from .files import fetch_files, other_files
 
 # Tensors are fetched in batches of about this many bytes (the memory a conversion holds).
@@ -27,7 +26,7 @@ class RemoteSource:
     (``extras``: names, as PurePosixPath)."""
 
     path: str
-    ckpt: RemoteCheckpoint
+    ckpt: Checkpoint
     shards: tuple
     extras: tuple = ()
     skipped_dirs: tuple = ()
@@ -45,15 +44,17 @@ class RemoteSource:
         """The tensors of data file ``shard`` as dicts of about ``limit`` bytes, in file
         order, each fetched with one native load. Tensors sharing bytes (ties) stay in
         one batch, so they stay tied."""
-        from ..loader import load_index
+        from ..loader import load_checkpoint
+        from ..options import LoadOptions
 
+        options = LoadOptions.resolve(self.path, threads=self.threads, timeout=self.ckpt.store.timeout,
+                                      cache_dir=False)
         f = self.ckpt.names.index(shard)
         entries = sorted((t for t in self.ckpt.index.tensors.values() if t.file == f), key=lambda t: t.offset)
         batch, size, end = set(), 0, 0
         for t in entries + [None]:
             if batch and (t is None or (size + t.length > limit and t.offset >= end)):
-                yield load_index(self.path, self.ckpt.index, self.ckpt.data_urls, "cpu", self.threads,
-                                 only=batch, timeout=self.ckpt.store.timeout)
+                yield load_checkpoint(self.ckpt, "cpu", options, only=batch)
                 batch, size = set(), 0
             if t is not None:
                 batch.add(t.name)
@@ -67,7 +68,6 @@ class RemoteSource:
 def open_remote_source(url: str, timeout=None, threads: int = 8) -> RemoteSource:
     """The checkpoint at ``url`` (flash, safetensors, or a Hugging Face directory) as a
     conversion source; FlashRemoteError / FlashFormatError as for loading it."""
-    ckpt = open_remote(url, resolve_timeout(timeout))
-    single = url.split("?", 1)[0].endswith(".safetensors")
-    extras = () if single else tuple(PurePosixPath(n) for n in other_files(ckpt.store))
+    ckpt = open_checkpoint(url, timeout=timeout)
+    extras = () if ckpt.store.single else tuple(PurePosixPath(n) for n in other_files(ckpt.store))
     return RemoteSource(url, ckpt, tuple(ckpt.names), extras, threads=threads)

@@ -3,7 +3,7 @@ fetching them into a local directory. On S3 they are listed; a web server cannot
 listed, so there the usual Hugging Face names are asked for one by one.
 
 Example:
-    >>> store, _ = open_store("s3://bucket/models/qwen3", 30)         # doctest: +SKIP
+    >>> store = open_store("s3://bucket/models/qwen3", 30)            # doctest: +SKIP
     >>> fetch_files(store, other_files(store), "/tmp/qwen3")
     ['config.json', 'tokenizer.json', 'tokenizer_config.json']
 """
@@ -14,6 +14,7 @@ import os
 from pathlib import PurePosixPath
 
 from ..errors import FlashError
+from ..weight_names import is_weight_file
 
 # What a model directory on a web server is asked for (it cannot be listed).
 WELL_KNOWN = (
@@ -30,11 +31,9 @@ def other_files(store) -> list:
     """Names of the non-weight, non-hidden files directly in the store's directory.
 
     Example:
-        >>> other_files(open_store("http://h/m", 30)[0])              # doctest: +SKIP
+        >>> other_files(open_store("http://h/m", 30))                 # doctest: +SKIP
         ['config.json', 'tokenizer.json']
     """
-    from ..sources import is_weight_file
-
     if store.listable:
         names = store.list()
     else:
@@ -102,11 +101,10 @@ def fetch_model_files(url: str, directory=None, timeout=None) -> str:
         >>> fetch_model_files("s3://bucket/models/qwen3")                 # doctest: +SKIP
         '/root/.cache/flashtensors/models/qwen3-1f3a9c0d2b4e6f70'
     """
-    from . import resolve_timeout
-    from .store import open_store
+    from ..locations import open_store
 
-    store, single = open_store(url, resolve_timeout(timeout))
-    if single is not None:
+    store = open_store(url, timeout)
+    if store.single is not None:
         raise FlashError(f"{url}: names one weight file; give the URL of the model's directory")
     names = other_files(store)
     if "config.json" not in names:

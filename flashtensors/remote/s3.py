@@ -16,7 +16,7 @@ import os
 from functools import lru_cache
 
 from ..errors import FlashError, FlashRemoteError
-from .store import ObjectInfo
+from ..store_api import ObjectInfo
 
 PRESIGN_SECONDS = 6 * 3600  # a load finishes well within this; credentials may cap it lower
 
@@ -53,13 +53,15 @@ class S3Store:
     """Objects below ``s3://bucket/prefix``."""
 
     listable = True
+    local = False
 
-    def __init__(self, bucket: str, prefix: str, timeout: float):
+    def __init__(self, bucket: str, prefix: str, timeout: float, single: str | None = None):
         if not bucket:
             raise FlashRemoteError("s3:// URL without a bucket name")
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.timeout = timeout
+        self.single = single
         self.s3 = client(timeout)
 
     def key(self, name: str) -> str:
@@ -76,6 +78,9 @@ class S3Store:
     def data_url(self, name: str) -> str:
         return self.s3.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": self.key(name)},
                                               ExpiresIn=PRESIGN_SECONDS)
+
+    def is_here(self, name: str) -> bool:
+        return False
 
     def stat(self, name: str) -> ObjectInfo | None:
         try:
@@ -115,6 +120,11 @@ class S3Store:
             raise self.error("", e) from None
         return names
 
+    def missing(self, name: str, message: str) -> FlashRemoteError:
+        """The error for an object a checkpoint needs and the bucket lacks."""
+        where = self.describe(name).rstrip("/")
+        return FlashRemoteError(f"{where}: {message} (HTTP 404)", 404, where)
+
     def error(self, name: str, e: Exception) -> FlashRemoteError:
         status = _status(e)
         what = f"HTTP {status} " if status else ""
@@ -127,3 +137,13 @@ def _status(e: Exception) -> int:
         return int(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
     except (TypeError, ValueError):
         return 0
+
+
+def open_s3(url: str, timeout: float) -> S3Store:
+    """The store of an ``s3://bucket/prefix`` location, or of one ``.safetensors`` object
+    (then ``single`` names it)."""
+    bucket, _, key = url[5:].partition("/")
+    if key.endswith(".safetensors"):
+        prefix, _, name = key.rpartition("/")
+        return S3Store(bucket, prefix, timeout, single=name)
+    return S3Store(bucket, key.rstrip("/"), timeout)

@@ -1,22 +1,14 @@
-"""Where a remote checkpoint's objects live: a web server directory (HTTP range GETs) or
-an S3 prefix (botocore). A store answers by object name, relative to the checkpoint:
-its size and ETag, a byte range of it, and the URL the native reader gets for it."""
+"""Web servers as stores: a checkpoint directory (or one ``.safetensors`` file) under an
+``http(s)://`` URL, read with small range GETs; the native reader fetches the tensor
+bytes from ``data_url(name)``. See flashtensors/store_api.py for what a store answers."""
 
 from __future__ import annotations
 
 import urllib.parse
-from dataclasses import dataclass
 
 from ..errors import FlashRemoteError
+from ..store_api import ObjectInfo
 from . import http
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    """An object's identity as the local cache tier compares it."""
-
-    size: int
-    etag: str | None
 
 
 class HttpStore:
@@ -25,11 +17,13 @@ class HttpStore:
     names to full URLs (a presigned URL of one file)."""
 
     listable = False
+    local = False
 
-    def __init__(self, base: str, timeout: float, urls: dict | None = None):
+    def __init__(self, base: str, timeout: float, urls: dict | None = None, single: str | None = None):
         self.base = base.rstrip("/")
         self.timeout = timeout
         self.urls = urls or {}
+        self.single = single
 
     def describe(self, name: str) -> str:
         return http.shown(self.data_url(name))
@@ -40,6 +34,9 @@ class HttpStore:
 
     def data_url(self, name: str) -> str:
         return self.urls.get(name) or f"{self.base}/{urllib.parse.quote(name)}"
+
+    def is_here(self, name: str) -> bool:
+        return False
 
     def stat(self, name: str) -> ObjectInfo | None:
         # A one-byte GET, not HEAD: presigned URLs are signed for GET only.
@@ -55,29 +52,25 @@ class HttpStore:
     def list(self) -> list:
         raise FlashRemoteError(f"{self.base}: a web server cannot be listed", url=self.base)
 
+    def missing(self, name: str, message: str) -> FlashRemoteError:
+        """The error for an object a checkpoint needs and the server lacks."""
+        where = self.describe(name).rstrip("/")
+        return FlashRemoteError(f"{where}: {message} (HTTP 404)", 404, where)
 
-def open_store(url: str, timeout: float):
-    """``(store, file name or None)`` for a checkpoint URL: a directory, or one
-    ``.safetensors`` file (then the name of that file in the store).
+
+def open_http(url: str, timeout: float) -> HttpStore:
+    """The store of an ``http(s)://`` location: a directory, or one ``.safetensors`` file
+    (a presigned URL of one file included; then ``single`` names it).
 
     Example:
-        >>> store, single = open_store("http://h:8080/m/model.safetensors", 30)  # doctest: +SKIP
-        >>> single
+        >>> open_http("http://h:8080/m/model.safetensors", 30).single   # doctest: +SKIP
         'model.safetensors'
     """
-    if url.startswith("s3://"):
-        from .s3 import S3Store
-
-        bucket, _, key = url[5:].partition("/")
-        if key.endswith(".safetensors"):
-            prefix, _, name = key.rpartition("/")
-            return S3Store(bucket, prefix, timeout), name
-        return S3Store(bucket, key.rstrip("/"), timeout), None
     path = http.shown(url)
     if path.endswith(".safetensors"):
         parent, _, name = path.rpartition("/")
         name = urllib.parse.unquote(name)
-        return HttpStore(parent, timeout, {name: url}), name
+        return HttpStore(parent, timeout, {name: url}, single=name)
     if "?" in url:
         raise FlashRemoteError(f"{path}: a URL with a query string must name one .safetensors file", url=path)
-    return HttpStore(url, timeout), None
+    return HttpStore(url, timeout)

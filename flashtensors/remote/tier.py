@@ -31,25 +31,9 @@ from .store import ObjectInfo
 
 log = logging.getLogger("flashtensors")
 
-CACHE_DIR_ENV = "FLASHTENSORS_CACHE_DIR"
 META_SUFFIX = ".meta.json"
 PART_SUFFIX = ".part"
 LOCK_NAME = ".lock"
-
-
-def resolve_cache_dir(cache_dir) -> str | None:
-    """The local tier's directory: ``cache_dir``, else ``$FLASHTENSORS_CACHE_DIR``, else
-    None (no local tier). ``cache_dir=False`` turns it off whatever the environment says.
-
-    Example:
-        >>> resolve_cache_dir("/var/cache/weights"), resolve_cache_dir(False)
-        ('/var/cache/weights', None)
-    """
-    if cache_dir is False:
-        return None
-    if cache_dir is None:
-        cache_dir = os.environ.get(CACHE_DIR_ENV) or None
-    return None if cache_dir is None else os.path.abspath(os.fspath(cache_dir))
 
 
 class LocalTier:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..errors import FlashError
 from ..format import DATA_SUFFIX, INDEX_FILENAME, data_file_paths, read_index, read_index_bytes
-from .store import open_store
+from ..locations import open_store
 
 # Multipart part size: S3 allows at most 10,000 parts (640 GB files at this size) and at
 # least 5 MiB per part but the last.
@@ -53,8 +53,8 @@ def upload_checkpoint(src, url: str, *, overwrite: bool = False, extras=(), thre
     index = read_index(src)
     raw_index = read_index_bytes(src)
     paths = data_file_paths(src, index)
-    store, single = open_store(url.rstrip("/"), 60.0)
-    if single is not None:
+    store = open_store(url.rstrip("/"), 60.0)
+    if store.single is not None:
         raise FlashError(f"{url}: names a .safetensors file; give the prefix (directory) to upload to")
     existing = store.stat(INDEX_FILENAME)
     if existing is not None and not overwrite:

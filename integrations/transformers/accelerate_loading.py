@@ -35,11 +35,15 @@ import os
 import sys
 
 from flashtensors import INDEX_FILENAME, flash
-from flashtensors.checkpoint import is_flash_checkpoint
-from flashtensors.format import data_file_paths
+from flashtensors.checkpoint import checkpoint_files, open_checkpoint
 
 from . import loading
 from .compat import check_accelerate
+
+
+def is_flash_checkpoint(directory) -> bool:
+    """Whether ``directory`` holds a flash checkpoint (what every load of it would read)."""
+    return (checkpoint_files(directory) or (None,))[0] == "flash"
 
 
 def flash_checkpoint_dir(checkpoint) -> str | None:
@@ -87,7 +91,7 @@ def load_checkpoint_in_model(original, *args, **kwargs):
     directory = flash_checkpoint_dir(bound.arguments.get("checkpoint"))
     if directory is None:
         return original(*args, **kwargs)
-    paths = data_file_paths(directory, flash.read_index(directory))  # FlashFormatError if broken
+    paths = open_checkpoint(directory).sources  # FlashFormatError if broken
     if not paths:  # an empty checkpoint: accelerate says what it expects
         return original(*args, **kwargs)
     bound.arguments["checkpoint"] = paths[0]

@@ -28,11 +28,11 @@ import torch
 from transformers import modeling_utils
 
 from flashtensors import INDEX_FILENAME, flash
-from flashtensors.checkpoint import is_flash_checkpoint, open_checkpoint
+from flashtensors.checkpoint import checkpoint_files, holds_flash, open_checkpoint
 from flashtensors.device_map import normalize_device_map
 from flashtensors.errors import FlashDeviceError, FlashFormatError
 from flashtensors.format import torch_dtype
-from flashtensors.safetensors_format import SUFFIX, weight_files
+from flashtensors.safetensors_format import SUFFIX
 
 # Set by patching.patch(): ``verify`` is passed to flash.load_dict; ``safetensors`` says
 # whether safetensors files are read by flashtensors too (else left to transformers).
@@ -70,10 +70,9 @@ def safetensors_sources(files: list) -> list:
     directories = {os.path.dirname(os.path.abspath(f)) for f in files}
     if len(files) > 1 and len(directories) == 1:
         directory = directories.pop()
-        if not is_flash_checkpoint(directory):
-            found = weight_files(directory) or []
-            if sorted(map(os.path.abspath, found)) == sorted(map(os.path.abspath, files)):
-                return [directory]
+        kind, found = checkpoint_files(directory) or (None, [])
+        if kind == "safetensors" and sorted(map(os.path.abspath, found)) == sorted(map(os.path.abspath, files)):
+            return [directory]
     return list(files)
 
 
@@ -117,7 +116,7 @@ def resolve_checkpoint_files(original, *args, **kwargs):
     ):
         subfolder = (arguments["download_kwargs"] or {}).get("subfolder") or ""
         directory = os.path.join(str(path), subfolder)
-        if os.path.isdir(directory) and flash.is_checkpoint(directory):
+        if os.path.isdir(directory) and holds_flash(directory):
             return [os.path.join(directory, INDEX_FILENAME)], None
     return original(*args, **kwargs)
 
@@ -137,7 +136,7 @@ def get_dtype(original, *args, **kwargs):
         and arguments["dtype"] == "auto"
         and getattr(arguments["config"], "dtype", None) is None
     ):
-        index = flash.read_index(directory) if directory is not None else open_checkpoint(safetensors[0])[0]
+        index = flash.read_index(directory) if directory is not None else open_checkpoint(safetensors[0]).index
         arguments["state_dict"] = {
             name: torch.empty(entry.shape, dtype=torch_dtype(entry.dtype), device="meta")
             for name, entry in index.tensors.items()
@@ -204,7 +203,7 @@ def load_pretrained_model(original, *args, **kwargs):
             return original(*args, **kwargs)
         _refuse_verify(safetensors)
         sources = safetensors_sources(safetensors)
-        names = [name for source in sources for name in open_checkpoint(source)[0].tensors]
+        names = [name for source in sources for name in open_checkpoint(source).index.tensors]
         placement = device_placement(arguments["model"], arguments["load_config"], names)
         if not _engine_places(placement):  # e.g. "mps": transformers can read there, flashtensors cannot
             return original(*args, **kwargs)

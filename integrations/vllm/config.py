@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from flashtensors.errors import FlashError
-from flashtensors.remote import SCHEMES, is_url
+from flashtensors.locations import SCHEMES, is_remote
 
 STAGING_CHOICES = ("device", "cpu")
 MAX_TIMEOUT_S = 86400
@@ -99,10 +99,10 @@ class FlashLoaderConfig:
             raise FlashConfigError(
                 f"model_loader_extra_config 'distributed' must be true or false, got {distributed!r}")
         weights = extra.get("weights")
-        if weights is not None and not is_url(weights):
+        if weights is not None and not is_remote(weights):
             raise FlashConfigError(
                 f"model_loader_extra_config 'weights' must be the URL of the weights "
-                f"({', '.join(s + '...' for s in SCHEMES)}), got {weights!r}{_url_hint(weights)}")
+                f"({', '.join(s + '://...' for s in SCHEMES)}), got {weights!r}{_url_hint(weights)}")
         cache_dir = extra.get("cache_dir")
         if cache_dir is not None and (not isinstance(cache_dir, str) or not cache_dir):
             raise FlashConfigError(f"model_loader_extra_config 'cache_dir' must be a directory path, got {cache_dir!r}")
@@ -125,6 +125,6 @@ def _url_hint(value) -> str:
     if value.lower().startswith(("gs://", "az://")):
         return ("; Google Cloud Storage answers the S3 API (s3://bucket/prefix with AWS_ENDPOINT_URL="
                 "https://storage.googleapis.com and HMAC keys); Azure Blob Storage is not supported")
-    if value.lower().startswith(SCHEMES):
+    if value.lower().startswith(tuple(s + "://" for s in SCHEMES)):
         return "; URL schemes are lowercase (s3://, http://, https://)"
     return "; a local directory is served as --model DIR, with no 'weights'"

@@ -47,10 +47,9 @@ from vllm.config.load import LoadConfig
 from vllm.model_executor.model_loader.base_loader import BaseModelLoader
 
 from flashtensors import flash
-from flashtensors.checkpoint import open_checkpoint
+from flashtensors.checkpoint import checkpoint_files, holds_flash, open_checkpoint
 from flashtensors.errors import FlashDeviceError, FlashFormatError
-from flashtensors.remote import is_url
-from flashtensors.safetensors_format import weight_files
+from flashtensors.locations import is_remote
 
 from . import per_rank
 from .config import FlashConfigError, FlashLoaderConfig
@@ -79,10 +78,10 @@ class FlashModelLoader(BaseModelLoader):
         """Nothing to download: the weights (a local directory, or the URL of ``weights``,
         whose index or headers are read) are checked here."""
         root = self._weights(model_config)
-        if is_url(root):
+        if is_remote(root):
             if _remote_layout(root, self.options.timeout) != "full" and self.options.verify:
                 raise _verify_needs_flash(root)
-        elif self.options.verify and not flash.is_checkpoint(root) and not per_rank.saved_tp_sizes(root):
+        elif self.options.verify and not holds_flash(root) and not per_rank.saved_tp_sizes(root):
             raise _verify_needs_flash(root)
 
     def load_weights(self, model: nn.Module, model_config: ModelConfig) -> None:
@@ -92,7 +91,7 @@ class FlashModelLoader(BaseModelLoader):
         device = _model_device(model)
         started = time.perf_counter()
         _, tp_size = per_rank.tp_rank_and_size()
-        layout = _remote_layout(root, self.options.timeout) if is_url(root) else _layout(root, tp_size)
+        layout = _remote_layout(root, self.options.timeout) if is_remote(root) else _layout(root, tp_size)
         if layout == "per-rank":
             per_rank.load_rank(model, root, verify=self.options.verify, threads=self.options.threads)
         else:
@@ -126,7 +125,7 @@ class FlashModelLoader(BaseModelLoader):
         they do not fit there. ``flash.load_dict`` itself prefers a flash checkpoint."""
         cpu = torch.device("cpu")
         where = cpu if self.options.staging == "cpu" else device
-        remote = {"timeout": self.options.timeout, "cache_dir": self.options.cache_dir} if is_url(root) else {}
+        remote = {"timeout": self.options.timeout, "cache_dir": self.options.cache_dir} if is_remote(root) else {}
         try:
             return flash.load_dict(root, where, verify=self.options.verify, threads=self.options.threads,
                                    group=self._group(where), **remote)
@@ -157,7 +156,7 @@ def _weights_dir(model_config: ModelConfig) -> Path:
             f"--load-format flash reads a local model directory, and {str(root)!r} is not one "
             f"(download it first, e.g. with `hf download`)"
         )
-    if not flash.is_checkpoint(root) and not per_rank.saved_tp_sizes(root) and weight_files(root) is None:
+    if not holds_flash(root) and not per_rank.saved_tp_sizes(root) and checkpoint_files(root) is None:
         raise FlashFormatError(
             f"{root}: holds no weights flashtensors reads (no flash_index.json, no "
             f"{per_rank.RANK_DIR.format(rank='R', size='N')}/, no *.safetensors); convert "
@@ -178,7 +177,7 @@ def _remote_layout(url: str, timeout: float | None) -> str:
     """``"full"`` (a flash checkpoint) or ``"safetensors"``: what ``url`` holds, from its
     index or headers. Raises FlashRemoteError (missing, forbidden, unreachable) naming the
     URL, or FlashFormatError."""
-    return "full" if open_checkpoint(url, timeout)[0].kind == "flash" else "safetensors"
+    return "full" if open_checkpoint(url, timeout=timeout).kind == "flash" else "safetensors"
 
 
 def _layout(root: Path, tp_size: int) -> str:
@@ -187,9 +186,9 @@ def _layout(root: Path, tp_size: int) -> str:
     other sizes only, ``"per-rank"`` too, so that loading names the sizes present."""
     if tp_size in per_rank.saved_tp_sizes(root):
         return "per-rank"
-    if flash.is_checkpoint(root):
+    if holds_flash(root):
         return "full"
-    if weight_files(root) is not None:
+    if checkpoint_files(root) is not None:
         return "safetensors"
     return "per-rank"
 

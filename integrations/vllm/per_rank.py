@@ -35,8 +35,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from flashtensors import flash
+from flashtensors.checkpoint import holds_flash
 from flashtensors.errors import FlashError, FlashFormatError
-from flashtensors.sources import is_weight_file
+from flashtensors.weight_names import is_weight_file
 
 RANK_DIR = "flash-rank-{rank}-of-{size}"
 _RANK_DIR_RE = re.compile(r"flash-rank-(\d+)-of-(\d+)")
@@ -64,7 +65,7 @@ def saved_tp_sizes(root) -> list[int]:
     sizes = set()
     for child in root.iterdir():
         m = _RANK_DIR_RE.fullmatch(child.name)
-        if m and flash.is_checkpoint(child):
+        if m and holds_flash(child):
             sizes.add(int(m.group(2)))
     return sorted(sizes)
 
@@ -95,7 +96,7 @@ def load_rank(model, root, *, verify: bool = False, threads: int | None = None) 
     _refuse_pipeline_parallelism()
     rank, size = tp_rank_and_size()
     path = rank_dir(root, rank, size)
-    if not flash.is_checkpoint(path):
+    if not holds_flash(path):
         sizes = saved_tp_sizes(root)
         raise FlashFormatError(
             f"{root}: no per-rank flash checkpoint for tensor-parallel size {size} "

@@ -1,0 +1,98 @@
+"""Ranks of a real gloo group for tests/test_load_matrix.py: each rank runs a list of
+collective loads and reports, per case, "ok", or the error it raised and how long the
+case took. Rank r loads with its own device map, and load_into fills its own tensors."""
+
+import multiprocessing as mp
+import os
+import queue as queue_module
+import time
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+
+from flashtensors import flash, group
+
+
+def device_map(rank: int):
+    # Different device maps per rank (one machine has only the CPU: different keys, same device).
+    return "cpu" if rank == 0 else {"layers.0": "cpu", "": "cpu"}
+
+
+def run_case(rank: int, world: int, case: dict, expected: dict, group_=None):
+    """One load as the case says; raises AssertionError when the tensors differ."""
+    location, method, options = case["location"], case["method"], case.get("options", {})
+    if method == "load_dict":
+        got = flash.load_dict(location, device_map(rank), group=group_, **options)
+        assert sorted(got) == sorted(expected), (sorted(got), sorted(expected))
+    else:
+        names = [n for i, n in enumerate(sorted(expected)) if group_ is None or i % world == rank]
+        got = {n: torch.zeros_like(expected[n]) for n in names}
+        flash.load_into(location, got, group=group_, **options)
+    for name, t in got.items():
+        want = expected[name]
+        assert t.dtype == want.dtype and t.shape == want.shape, name
+        assert torch.equal(t.view(-1).view(torch.uint8), want.view(-1).view(torch.uint8)), name
+
+
+def rank_main(rank, world, rdv, queue, cases, expected_file):
+    group.TIMEOUT_S = 20.0
+    results = []
+    try:
+        dist.init_process_group("gloo", init_method=f"file://{rdv}", rank=rank, world_size=world)
+        expected = load_file(expected_file)
+        for case in cases:
+            if case.get("before"):  # a file to corrupt, by the rank that owns the machine's files
+                if rank == 0:
+                    flip_byte(*case["before"])
+                dist.barrier()
+            started = time.monotonic()
+            try:
+                run_case(rank, world, case, expected, dist.group.WORLD)
+                results.append(("ok", time.monotonic() - started))
+            except Exception as e:  # reported per case: the next case still runs, in step
+                results.append((f"{type(e).__name__}: {e}", time.monotonic() - started))
+        queue.put((rank, results))
+    except BaseException as e:
+        queue.put((rank, f"{type(e).__name__}: {e}"))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def flip_byte(path: str, offset: int) -> None:
+    """Inverts the byte at ``offset`` of file ``path`` (keeping its size and times)."""
+    st = os.stat(path)
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def run_group(scratch, expected_file: str, cases: list, world_size: int = 2, timeout: float = 600) -> dict:
+    """Runs ``cases`` on ``world_size`` spawned ranks (rendezvous in directory ``scratch``);
+    returns ``{rank: [(status, seconds) per case]}``, every rank having reported."""
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    rdv = os.path.join(scratch, f"rdv-{time.monotonic_ns()}")
+    procs = [ctx.Process(target=rank_main, args=(rank, world_size, rdv, results, cases, expected_file))
+             for rank in range(world_size)]
+    for p in procs:
+        p.start()
+    reports, deadline = {}, time.monotonic() + timeout
+    while len(reports) < world_size and time.monotonic() < deadline:
+        try:
+            rank, report = results.get(timeout=1)
+            reports[rank] = report
+        except queue_module.Empty:
+            if all(p.exitcode is not None for p in procs):
+                break
+    for p in procs:
+        p.join(timeout=30)
+        if p.is_alive():
+            p.kill()
+    assert set(reports) == set(range(world_size)), reports
+    assert all(isinstance(r, list) for r in reports.values()), reports
+    return reports
