@@ -17,6 +17,7 @@
 #include "flash_index.h"
 #include "http_protocol.h"
 #include "hf_weight_index.h"
+#include "host_memory.h"
 #include "load_plan.h"
 #include "loader.h"
 #include "pinned_pool.h"
@@ -123,9 +124,10 @@ flash::IoMode parse_io(const std::string& io) {
 }
 
 flash::LoadOptions load_options(int threads, uint64_t chunk_bytes, const std::string& io, double timeout,
-                                const TeeList& tees) {
+                                const TeeList& tees, int connections = 0) {
   flash::LoadOptions options;
   options.threads = threads;
+  options.connections = connections;
   options.chunk_bytes = chunk_bytes;
   options.source.io = parse_io(io);
   options.source.timeout_s = timeout;
@@ -281,17 +283,19 @@ PYBIND11_MODULE(_C, m) {
       .def(
           "execute",
           [](const LoadPlan& p, const std::vector<std::string>& paths, const std::vector<uint64_t>& bases,
-             int threads, uint64_t chunk_bytes, const std::string& io, double timeout, const TeeList& tees) {
-            const flash::LoadOptions options = load_options(threads, chunk_bytes, io, timeout, tees);
+             int threads, uint64_t chunk_bytes, const std::string& io, double timeout, const TeeList& tees,
+             int connections) {
+            const flash::LoadOptions options = load_options(threads, chunk_bytes, io, timeout, tees, connections);
             auto ops = p.read_ops(bases);
             py::gil_scoped_release nogil;
             flash::execute_plan(paths, ops, options);
           },
           py::arg("paths"), py::arg("bases"), py::arg("threads"), py::arg("chunk_bytes"), py::arg("io") = "auto",
-          py::arg("timeout") = 30.0, py::arg("tees") = py::none(),
+          py::arg("timeout") = 30.0, py::arg("tees") = py::none(), py::arg("connections") = 0,
           "Reads every unmapped region into the device buffers at `bases`. Paths may be http(s) URLs; "
           "`timeout`: seconds a remote piece may go without a byte, retries included; `tees`: per path, "
-          "a FileTee each piece read is also written to, or None.")
+          "a FileTee each piece read is also written to, or None; `connections`: remote requests in "
+          "flight (0: $FLASHTENSORS_CONNECTIONS, else 32).")
       .def(
           "views",
           [](const LoadPlan& p, const std::vector<std::tuple<uint64_t, py::object>>& buffers,
@@ -319,16 +323,16 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "execute_plan",
       [](const std::vector<std::string>& paths, const std::vector<OpTuple>& ops, int threads,
-         uint64_t chunk_bytes, const std::string& io, double timeout, const TeeList& tees) {
-        const flash::LoadOptions options = load_options(threads, chunk_bytes, io, timeout, tees);
+         uint64_t chunk_bytes, const std::string& io, double timeout, const TeeList& tees, int connections) {
+        const flash::LoadOptions options = load_options(threads, chunk_bytes, io, timeout, tees, connections);
         auto plan = to_ops(ops);
         py::gil_scoped_release nogil;
         flash::execute_plan(paths, plan, options);
       },
       py::arg("paths"), py::arg("ops"), py::arg("threads"), py::arg("chunk_bytes"), py::arg("io") = "auto",
-      py::arg("timeout") = 30.0, py::arg("tees") = py::none(),
+      py::arg("timeout") = 30.0, py::arg("tees") = py::none(), py::arg("connections") = 0,
       "Read each (file, offset, length, dest_address, device) op; device -1 is host memory. Paths may be "
-      "http(s) URLs; `tees` as for LoadPlan.execute.");
+      "http(s) URLs; `tees` and `connections` as for LoadPlan.execute.");
 
   py::class_<flash::FileTee, std::shared_ptr<flash::FileTee>>(
       m, "FileTee",
@@ -402,6 +406,11 @@ PYBIND11_MODULE(_C, m) {
       py::arg("fd"), py::arg("regions"), py::arg("ranges"), py::arg("alignment"),
       "Appends (address, length) host regions to fd, each padded with zeros to `alignment`; "
       "returns the CRC-32C of each (region, offset, length) range.");
+  m.def(
+      "advise_huge_pages",
+      [](uint64_t address, uint64_t length) { return flash::advise_huge_pages(address, length); },
+      py::arg("address"), py::arg("length"),
+      "Marks the whole 2 MiB pages inside a host range MADV_HUGEPAGE; returns the bytes advised.");
   m.def(
       "touch_pages",
       [](const std::vector<std::pair<uint64_t, uint64_t>>& ranges) {

@@ -20,6 +20,7 @@ from .checkpoint import open_checkpoint
 from .device_map import device_codes, device_of_code, normalize_device_map, uncovered_error
 from .errors import FlashDeviceError, FlashError, FlashFormatError
 from .format import ALIGNMENT, DTYPE_NAMES, INDEX_FILENAME, torch_dtype
+from .memory import allocate_host
 from .options import LoadOptions
 
 log = logging.getLogger("flashtensors")
@@ -261,8 +262,7 @@ def _allocate(nbytes: int, device):
     import torch
 
     if device.type == "cpu":
-        buffer = torch.empty(nbytes + ALIGNMENT, dtype=torch.uint8)
-        return -(-buffer.data_ptr() // ALIGNMENT) * ALIGNMENT, buffer
+        return allocate_host(nbytes, ALIGNMENT)
     buffer = torch.empty(nbytes, dtype=torch.uint8, device=device)
     reading.synchronize_before_copies(device)
     return buffer.data_ptr(), buffer
