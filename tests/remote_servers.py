@@ -318,6 +318,17 @@ class MotoServer:
         self.server.server_close()
 
 
+def point_aws_at(monkeypatch, url: str) -> None:
+    """Sets the AWS environment (through ``monkeypatch``) so that botocore, flashtensors and
+    the ranks a test spawns talk to the S3 server at ``url`` with test keys."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+
+
 def upload(c, bucket, local_dir, prefix):
     """Puts every file of ``local_dir`` at ``s3://bucket/prefix/<name>`` (botocore client ``c``)."""
     for f in sorted(os.listdir(local_dir)):

@@ -151,17 +151,10 @@ def peak_rss() -> int:
 
 
 def main(argv) -> int:
-    with open(argv[1]) as f:
-        spec = json.load(f)
-    import torch
-
-    from .. import loader as flash_loader
     from .runner import check
+    from .worker import prepare_process
 
-    device = torch.device(spec["device"])
-    if device.type == "cuda":
-        torch.empty(1, device=device)
-    flash_loader.CACHE_AFTER_COLD_LOAD = False
+    spec, device = prepare_process(argv[1])
     peer = next(p for p in PEERS if p.key == spec["peer"])
     if peer.module:
         importlib.import_module(peer.module)

@@ -70,8 +70,8 @@ def run(args) -> int:
     from ..benchmark.prepare import prepare
     from ..benchmark.runner import run as run_loaders
     from ..benchmark.runner import table
+    from ..checkpoint import open_checkpoint
     from ..device_map import normalize_device_map
-    from ..format import data_file_paths, read_index
 
     if not (args.model or args.size or args.path or args.tensors):
         args.size = 1.0
@@ -89,15 +89,15 @@ def run(args) -> int:
     flash_dir, st_files, expected = prepare(args, log=log)
     if args.nginx:
         return _nginx(args, flash_dir, st_files, expected, device, log)
-    flash_files = [str(p) for p in data_file_paths(flash_dir, read_index(flash_dir))]
-    data_files = flash_files + [str(f) for f in st_files]
-    nbytes = read_index(flash_dir).total_bytes
+    flash_ckpt = open_checkpoint(flash_dir)
+    data_files = flash_ckpt.sources + [str(f) for f in st_files]
+    nbytes = flash_ckpt.index.total_bytes
     if device.type == "cuda":
         torch.empty(1, device=device)  # CUDA init stays out of every timing
 
     machine = system.describe(device)
     log("measuring the machine's ceilings")
-    ceilings = {"odirect_read_GBps": system.odirect_read_rate(flash_files)}
+    ceilings = {"odirect_read_GBps": system.odirect_read_rate(flash_ckpt.sources)}
     if device.type == "cuda":
         ceilings["pinned_h2d_GBps"] = system.pinned_h2d_rate(device)
     only = set(args.loaders.split(",")) if args.loaders else None
