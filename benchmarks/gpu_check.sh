@@ -18,3 +18,8 @@ python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_roundtrip
 # safetensors files in place (issue 11: within 10% of each other), load_file, and the peers.
 python3 -m flashtensors.cli bench --model "${MODEL:-8b}" --device cuda:0 --runs 3 --dir /tmp/ftb \
   --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | tail -14
+# Serving stacks where installed (SGLang's server with --load-format flash; vLLM's sleep
+# level 2 reloading through flashtensors); each is skipped cleanly when its package is absent.
+python3 benchmarks/serving_check.py "$OUT/serving" 2>&1 | tee "$OUT/serving.log" | tail -4
+# Still unmeasured on a GPU: load times through SGLang and vLLM at real model sizes, and
+# tensor-parallel group reads over NCCL through either engine (the CPU tests cover gloo).

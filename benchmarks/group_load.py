@@ -49,7 +49,7 @@ def run_once(path, world: int, collective: bool, scratch: str) -> tuple:
     from flashtensors.benchmark.system import drop_from_cache
     from flashtensors.checkpoint import open_checkpoint
 
-    if not drop_from_cache(open_checkpoint(path)[1]):
+    if not drop_from_cache(open_checkpoint(path).sources):
         print("  warning: the files stayed in the page cache; this run is not cold")
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
@@ -82,7 +82,7 @@ def main() -> None:
         root = Path(args.dir) / f"qwen3-{args.size}gb"
         make_checkpoint(tensor_shapes(shape_for_size(args.size)), root)
         path = root / "flash"
-    total = sum(os.path.getsize(f) for f in open_checkpoint(path)[1])
+    total = sum(os.path.getsize(f) for f in open_checkpoint(path).sources)
     seconds = {False: [], True: []}
     read = {False: [], True: []}
     with tempfile.TemporaryDirectory() as scratch:

@@ -15,6 +15,9 @@
 #include "errors.h"
 #include "file_tee.h"
 #include "flash_index.h"
+#include "http_protocol.h"
+#include "hf_weight_index.h"
+#include "host_memory.h"
 #include "load_plan.h"
 #include "loader.h"
 #include "pinned_pool.h"
@@ -31,7 +34,7 @@ namespace {
 
 // Names are stored as UTF-8, with escaped lone surrogates kept as WTF-8, which
 // "surrogatepass" turns back into the str Python's json would have given.
-py::str to_str(const std::string& s) {
+py::str to_str(std::string_view s) {
   PyObject* o = PyUnicode_DecodeUTF8(s.data(), static_cast<Py_ssize_t>(s.size()), "surrogatepass");
   if (!o) throw py::error_already_set();
   return py::reinterpret_steal<py::str>(o);
@@ -98,7 +101,9 @@ flash::SafetensorsRules safetensors_rules(const py::dict& d) {
   flash::SafetensorsRules r;
   r.max_header_bytes = d["max_header_bytes"].cast<uint64_t>();
   r.max_ndim = d["max_ndim"].cast<uint64_t>();
-  r.dtypes = d["dtypes"].cast<std::vector<std::pair<std::string, uint32_t>>>();
+  r.max_tensors = d["max_tensors"].cast<uint64_t>();
+  for (const auto& [name, dtype, per_item] : d["dtypes"].cast<std::vector<std::tuple<std::string, uint32_t, uint32_t>>>())
+    r.dtypes.push_back({name, dtype, per_item});
   r.vocabulary.sizes = d["sizes"].cast<std::vector<uint32_t>>();
   return r;
 }
@@ -119,9 +124,10 @@ flash::IoMode parse_io(const std::string& io) {
 }
 
 flash::LoadOptions load_options(int threads, uint64_t chunk_bytes, const std::string& io, double timeout,
-                                const TeeList& tees) {
+                                const TeeList& tees, int connections = 0) {
   flash::LoadOptions options;
   options.threads = threads;
+  options.connections = connections;
   options.chunk_bytes = chunk_bytes;
   options.source.io = parse_io(io);
   options.source.timeout_s = timeout;
@@ -227,7 +233,10 @@ PYBIND11_MODULE(_C, m) {
           "metadata",
           [](const TensorTable& t) {
             py::dict out;
-            for (const auto& [k, v] : t.metadata) out[to_str(k)] = to_str(v);
+            for (size_t i = 0; i < t.metadata.size(); ++i) {
+              const auto [k, v] = t.metadata[i];
+              out[to_str(k)] = to_str(v);
+            }
             return out;
           })
       .def("find", [](const TensorTable& t, const std::string& name) { return t.find(name); },
@@ -274,17 +283,19 @@ PYBIND11_MODULE(_C, m) {
       .def(
           "execute",
           [](const LoadPlan& p, const std::vector<std::string>& paths, const std::vector<uint64_t>& bases,
-             int threads, uint64_t chunk_bytes, const std::string& io, double timeout, const TeeList& tees) {
-            const flash::LoadOptions options = load_options(threads, chunk_bytes, io, timeout, tees);
+             int threads, uint64_t chunk_bytes, const std::string& io, double timeout, const TeeList& tees,
+             int connections) {
+            const flash::LoadOptions options = load_options(threads, chunk_bytes, io, timeout, tees, connections);
             auto ops = p.read_ops(bases);
             py::gil_scoped_release nogil;
             flash::execute_plan(paths, ops, options);
           },
           py::arg("paths"), py::arg("bases"), py::arg("threads"), py::arg("chunk_bytes"), py::arg("io") = "auto",
-          py::arg("timeout") = 30.0, py::arg("tees") = py::none(),
+          py::arg("timeout") = 30.0, py::arg("tees") = py::none(), py::arg("connections") = 0,
           "Reads every unmapped region into the device buffers at `bases`. Paths may be http(s) URLs; "
           "`timeout`: seconds a remote piece may go without a byte, retries included; `tees`: per path, "
-          "a FileTee each piece read is also written to, or None.")
+          "a FileTee each piece read is also written to, or None; `connections`: remote requests in "
+          "flight (0: $FLASHTENSORS_CONNECTIONS, else 32).")
       .def(
           "views",
           [](const LoadPlan& p, const std::vector<std::tuple<uint64_t, py::object>>& buffers,
@@ -312,16 +323,16 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "execute_plan",
       [](const std::vector<std::string>& paths, const std::vector<OpTuple>& ops, int threads,
-         uint64_t chunk_bytes, const std::string& io, double timeout, const TeeList& tees) {
-        const flash::LoadOptions options = load_options(threads, chunk_bytes, io, timeout, tees);
+         uint64_t chunk_bytes, const std::string& io, double timeout, const TeeList& tees, int connections) {
+        const flash::LoadOptions options = load_options(threads, chunk_bytes, io, timeout, tees, connections);
         auto plan = to_ops(ops);
         py::gil_scoped_release nogil;
         flash::execute_plan(paths, plan, options);
       },
       py::arg("paths"), py::arg("ops"), py::arg("threads"), py::arg("chunk_bytes"), py::arg("io") = "auto",
-      py::arg("timeout") = 30.0, py::arg("tees") = py::none(),
+      py::arg("timeout") = 30.0, py::arg("tees") = py::none(), py::arg("connections") = 0,
       "Read each (file, offset, length, dest_address, device) op; device -1 is host memory. Paths may be "
-      "http(s) URLs; `tees` as for LoadPlan.execute.");
+      "http(s) URLs; `tees` and `connections` as for LoadPlan.execute.");
 
   py::class_<flash::FileTee, std::shared_ptr<flash::FileTee>>(
       m, "FileTee",
@@ -396,6 +407,11 @@ PYBIND11_MODULE(_C, m) {
       "Appends (address, length) host regions to fd, each padded with zeros to `alignment`; "
       "returns the CRC-32C of each (region, offset, length) range.");
   m.def(
+      "advise_huge_pages",
+      [](uint64_t address, uint64_t length) { return flash::advise_huge_pages(address, length); },
+      py::arg("address"), py::arg("length"),
+      "Marks the whole 2 MiB pages inside a host range MADV_HUGEPAGE; returns the bytes advised.");
+  m.def(
       "touch_pages",
       [](const std::vector<std::pair<uint64_t, uint64_t>>& ranges) {
         py::gil_scoped_release nogil;
@@ -405,6 +421,21 @@ PYBIND11_MODULE(_C, m) {
         return sum;
       },
       py::arg("ranges"), "Reads one byte per page of each (address, length) host range (benchmarks: fault mappings in).");
+  m.def(
+      "hf_weight_files",
+      [](const py::bytes& raw, uint64_t max_files) {
+        std::string_view bytes = raw;
+        std::vector<std::string> files;
+        {
+          py::gil_scoped_release nogil;
+          files = flash::hf_weight_files(bytes.data(), bytes.size(), max_files);
+        }
+        py::list out;
+        for (const auto& f : files) out.append(to_str(f));
+        return out;
+      },
+      py::arg("raw"), py::arg("max_files"),
+      "The distinct files a Hugging Face weight index maps tensors to, in first-use order (raises FormatError).");
   m.def(
       "dlpack_dtype",
       [](const py::capsule& cap) {
@@ -422,4 +453,36 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "release_pinned", [] { flash::PinnedPool::instance().trim(); },
       "Free the idle pinned staging buffers.");
+
+  // The HTTP protocol pieces of the native reader: the Python small-object client asks
+  // the same proxy question, and the fuzz tests feed the parser what a server might send.
+  m.def(
+      "proxy_for",
+      [](const std::string& url) {
+        const flash::Proxy p = flash::choose_proxy(flash::parse_url(url), flash::ProxyEnv::from_environment());
+        return p.use ? std::make_tuple(p.host, p.port, p.authorization) : std::make_tuple(std::string(),
+                                                                                        std::string(), std::string());
+      },
+      py::arg("url"),
+      "(host, port, Proxy-Authorization) of the proxy an http(s) URL goes through under the environment's "
+      "http_proxy/https_proxy/all_proxy/no_proxy, as the native reader chooses it; empty strings for none.");
+  m.def(
+      "http_plan_body",
+      [](py::bytes head, uint64_t offset, uint64_t length, const std::string& etag) {
+        const flash::ResponseHead h = flash::parse_response_head(std::string_view(head));
+        const flash::BodyPlan p = flash::plan_body(h, offset, length, etag);
+        static const char* kinds[] = {"body", "retry", "redirect", "fatal"};
+        return py::make_tuple(kinds[p.kind], p.want, p.close_after, p.problem, h.status, py::bytes(h.location),
+                              py::bytes(h.etag));
+      },
+      py::arg("head"), py::arg("offset"), py::arg("length"), py::arg("etag") = "",
+      "(kind, want, close_after, problem, status, location, etag) for response headers `head` (the bytes before "
+      "the blank line) answering the GET of `length` bytes at `offset` (fuzz tests).");
+  m.def(
+      "http_redirect",
+      [](const std::string& url, py::bytes location) {
+        const flash::Url u = flash::redirect_target(flash::parse_url(url), std::string(location));
+        return u.origin() + u.target;
+      },
+      py::arg("url"), py::arg("location"), "Where a redirect to `location` from `url` leads (fuzz tests).");
 }

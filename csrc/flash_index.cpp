@@ -41,7 +41,9 @@ Field read_field(JsonReader& r, const char* data) {
   return f;
 }
 
-// A list of integers as found: `ok` unless it was not a list or held a non-integer.
+// A list of integers as found: `ok` unless it was not a list, held a non-integer or
+// was longer than `max` (only the first max + 1 values are kept: memory follows what is
+// kept, not what the file holds).
 struct IntList {
   bool present = false;
   bool is_null = false;
@@ -49,7 +51,7 @@ struct IntList {
   std::vector<int64_t> values;
 };
 
-IntList read_int_list(JsonReader& r) {
+IntList read_int_list(JsonReader& r, size_t max) {
   IntList l;
   l.present = true;
   const Kind kind = r.peek();
@@ -71,7 +73,8 @@ IntList read_int_list(JsonReader& r) {
     }
     const JsonNumber n = r.number();
     if (!n.is_int) l.ok = false;
-    l.values.push_back(n.value);
+    if (l.values.size() <= max) l.values.push_back(n.value);
+    else l.ok = false;
   });
   return l;
 }
@@ -103,8 +106,8 @@ class Checker {
 
 std::string quoted(const Field& f) {
   if (!f.present) return "None";
-  if (f.is_string) return "'" + f.text + "'";
-  return f.text;
+  if (f.is_string) return "'" + abbreviated(f.text) + "'";
+  return abbreviated(f.text);
 }
 
 bool safe_file_name(const Field& f, const FlashIndexRules& rules) {
@@ -222,107 +225,166 @@ bool span_bytes(const std::vector<int64_t>& shape, const std::vector<int64_t>* s
   return true;
 }
 
-TensorTable parse_flash_index(const char* data, size_t size, const FlashIndexRules& rules) {
-  JsonReader r(data, size);
-  const Checker v;
-  if (r.peek() != Kind::Object) {
-    r.skip();
-    r.finish();
-    v.fail("index must be a JSON object");
+namespace {
+
+// Reads the index's top-level object. Tensors are validated as they are read and only
+// the valid ones kept, so memory follows the table, never the number of array elements
+// a file claims; the header fields and the files they are checked against come first
+// in every index flashtensors writes. In any other order the tensors are read on a
+// second pass, once those fields are known.
+class IndexParser {
+ public:
+  IndexParser(const char* data, size_t size, const FlashIndexRules& rules) : r_(data, size), data_(data), rules_(rules) {}
+
+  TensorTable parse() {
+    if (r_.peek() != Kind::Object) {
+      r_.skip();
+      r_.finish();
+      v_.fail("index must be a JSON object");
+    }
+    r_.object([&](const std::string& key) { member(key); });
+    r_.finish();
+    check_header();
+    CHECK(v_, have_tensors_ && tensors_is_list_, "tensors must be a list");
+    if (tensors_at_ != kNone) {
+      r_.seek(tensors_at_);
+      read_tensors();
+    }
+    std::string duplicate;
+    CHECK(v_, table_.index_names(&duplicate), "tensor listed twice", duplicate);
+    return std::move(table_);
   }
-  Field format, version, alignment, checksum;
-  bool files_is_list = false, tensors_is_list = false, have_files = false, have_tensors = false;
-  bool metadata_ok = true;
-  std::vector<RawFile> files;
-  std::vector<RawTensor> tensors;
-  TensorTable table;
-  r.object([&](const std::string& key) {
+
+ private:
+  static constexpr size_t kNone = SIZE_MAX;
+
+  void member(const std::string& key) {
     if (key == "format") {
-      format = read_field(r, data);
+      format_ = read_field(r_, data_);
     } else if (key == "version") {
-      version = read_field(r, data);
+      version_ = read_field(r_, data_);
     } else if (key == "alignment") {
-      alignment = read_field(r, data);
+      alignment_ = read_field(r_, data_);
     } else if (key == "checksum") {
-      checksum = read_field(r, data);
+      checksum_ = read_field(r_, data_);
     } else if (key == "metadata") {
-      if (r.peek() != Kind::Object) {
-        r.skip();
-        metadata_ok = false;
+      read_metadata();
+    } else if (key == "files") {
+      read_files();
+    } else if (key == "tensors") {
+      have_tensors_ = true;
+      if (r_.peek() != Kind::Array) return r_.skip();
+      tensors_is_list_ = true;
+      if (format_.present && version_.present && alignment_.present && checksum_.present && have_files_) {
+        check_header();
+        read_tensors();
+      } else {
+        tensors_at_ = r_.position();
+        r_.skip();
+      }
+    } else {
+      r_.skip();
+    }
+  }
+
+  void read_metadata() {
+    if (r_.peek() != Kind::Object) {
+      r_.skip();
+      metadata_ok_ = false;
+      return;
+    }
+    r_.object([&](const std::string& k) {
+      if (r_.peek() != Kind::String) {
+        r_.skip();
+        metadata_ok_ = false;
         return;
       }
-      r.object([&](const std::string& k) {
-        if (r.peek() != Kind::String) {
-          r.skip();
-          metadata_ok = false;
-          return;
-        }
-        table.metadata.emplace_back(k, r.string());
-      });
-    } else if (key == "files") {
-      have_files = true;
-      if (r.peek() != Kind::Array) return r.skip();
-      files_is_list = true;
-      r.array([&](size_t) {
-        RawFile& f = files.emplace_back();
-        if (r.peek() != Kind::Object) return r.skip();
-        f.is_object = true;
-        r.object([&](const std::string& k) {
-          if (k == "name") f.name = read_field(r, data);
-          else if (k == "size") f.size = read_field(r, data);
-          else r.skip();
-        });
-      });
-    } else if (key == "tensors") {
-      have_tensors = true;
-      if (r.peek() != Kind::Array) return r.skip();
-      tensors_is_list = true;
-      r.array([&](size_t) {
-        RawTensor& t = tensors.emplace_back();
-        if (r.peek() != Kind::Object) return r.skip();
-        t.is_object = true;
-        r.object([&](const std::string& k) {
-          if (k == "name") t.name = read_field(r, data);
-          else if (k == "dtype") t.dtype = read_field(r, data);
-          else if (k == "shape") t.shape = read_int_list(r);
-          else if (k == "strides") t.strides = read_int_list(r);
-          else if (k == "file") t.file = read_field(r, data);
-          else if (k == "offset") t.offset = read_field(r, data);
-          else if (k == "length") t.length = read_field(r, data);
-          else if (k == "crc32c") t.crc = read_field(r, data);
-          else r.skip();
-        });
-      });
-    } else {
-      r.skip();
-    }
-  });
-  r.finish();
-
-  CHECK(v, format.is_string && format.text == rules.format_name, "not a flash index (format is " + quoted(format) + ")");
-  CHECK(v, version.is_int, "version must be an integer");
-  CHECK(v, version.value <= rules.version, "format version " + version.text + " is newer than this flashtensors reads (" +
-                                              std::to_string(rules.version) + "); upgrade");
-  CHECK(v, version.value >= 1, "format version " + version.text + " is invalid");
-  CHECK(v, alignment.is_int && alignment.value == rules.alignment, "alignment must be " + std::to_string(rules.alignment));
-  CHECK(v, checksum.is_string && checksum.text == rules.checksum, "checksum must be '" + rules.checksum + "'");
-  CHECK(v, metadata_ok, "metadata must map strings to strings");
-  table.version = version.value;
-  table.storage_granularity = static_cast<uint64_t>(rules.alignment);
-  parse_files(files, have_files && files_is_list, rules, v, table);
-  CHECK(v, have_tensors && tensors_is_list, "tensors must be a list");
-  CHECK(v, tensors.size() <= rules.max_tensors, "more than " + std::to_string(rules.max_tensors) + " tensors");
-  table.tensors.reserve(tensors.size());
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    RawTensor& t = tensors[i];
-    const std::string at = "tensors[" + std::to_string(i) + "]";
-    CHECK(v, t.is_object, at + " must be an object");
-    CHECK(v, t.name.is_string && t.name.text.size() <= rules.max_name_bytes, at + " has an invalid name");
-    table.tensors.push_back(check_tensor(t, rules, table, v));
+      table_.metadata.add(k, r_.string());
+    });
   }
-  std::string duplicate;
-  CHECK(v, table.index_names(&duplicate), "tensor listed twice", duplicate);
-  return table;
+
+  void read_files() {
+    have_files_ = true;
+    if (r_.peek() != Kind::Array) return r_.skip();
+    files_is_list_ = true;
+    r_.array([&](size_t i) {
+      CHECK(v_, i < rules_.max_files, "more than " + std::to_string(rules_.max_files) + " data files");
+      RawFile& f = files_.emplace_back();
+      if (r_.peek() != Kind::Object) return r_.skip();
+      f.is_object = true;
+      r_.object([&](const std::string& k) {
+        if (k == "name") f.name = read_field(r_, data_);
+        else if (k == "size") f.size = read_field(r_, data_);
+        else r_.skip();
+      });
+    });
+  }
+
+  // The fields every tensor is checked against, once.
+  void check_header() {
+    if (header_checked_) return;
+    header_checked_ = true;
+    CHECK(v_, format_.is_string && format_.text == rules_.format_name,
+          "not a flash index (format is " + quoted(format_) + ")");
+    CHECK(v_, version_.is_int, "version must be an integer");
+    CHECK(v_, version_.value <= rules_.version, "format version " + version_.text +
+                                                    " is newer than this flashtensors reads (" +
+                                                    std::to_string(rules_.version) + "); upgrade");
+    CHECK(v_, version_.value >= 1, "format version " + version_.text + " is invalid");
+    CHECK(v_, alignment_.is_int && alignment_.value == rules_.alignment,
+          "alignment must be " + std::to_string(rules_.alignment));
+    CHECK(v_, checksum_.is_string && checksum_.text == rules_.checksum,
+          "checksum must be '" + rules_.checksum + "'");
+    CHECK(v_, metadata_ok_, "metadata must map strings to strings");
+    table_.version = version_.value;
+    table_.storage_granularity = static_cast<uint64_t>(rules_.alignment);
+    parse_files(files_, have_files_ && files_is_list_, rules_, v_, table_);
+    files_.clear();
+    files_.shrink_to_fit();
+  }
+
+  void read_tensors() {
+    RawTensor t;  // one, reused: only checked tensors are kept
+    r_.array([&](size_t i) {
+      // Counted before anything is kept: the limit bounds memory, whatever follows.
+      CHECK(v_, table_.tensors.size() < rules_.max_tensors,
+            "more than " + std::to_string(rules_.max_tensors) + " tensors");
+      t = RawTensor();
+      const std::string at = "tensors[" + std::to_string(i) + "]";
+      CHECK(v_, r_.peek() == Kind::Object, at + " must be an object");
+      t.is_object = true;
+      r_.object([&](const std::string& k) {
+        if (k == "name") t.name = read_field(r_, data_);
+        else if (k == "dtype") t.dtype = read_field(r_, data_);
+        else if (k == "shape") t.shape = read_int_list(r_, rules_.max_ndim);
+        else if (k == "strides") t.strides = read_int_list(r_, rules_.max_ndim);
+        else if (k == "file") t.file = read_field(r_, data_);
+        else if (k == "offset") t.offset = read_field(r_, data_);
+        else if (k == "length") t.length = read_field(r_, data_);
+        else if (k == "crc32c") t.crc = read_field(r_, data_);
+        else r_.skip();
+      });
+      CHECK(v_, t.name.is_string && t.name.text.size() <= rules_.max_name_bytes, at + " has an invalid name");
+      table_.tensors.push_back(check_tensor(t, rules_, table_, v_));
+    });
+  }
+
+  JsonReader r_;
+  const char* data_;
+  const FlashIndexRules& rules_;
+  const Checker v_{};
+  TensorTable table_;
+  Field format_, version_, alignment_, checksum_;
+  bool have_files_ = false, files_is_list_ = false, have_tensors_ = false, tensors_is_list_ = false;
+  bool metadata_ok_ = true, header_checked_ = false;
+  size_t tensors_at_ = kNone;  // where the tensors are, when they came before the header
+  std::vector<RawFile> files_;
+};
+
+}  // namespace
+
+TensorTable parse_flash_index(const char* data, size_t size, const FlashIndexRules& rules) {
+  return IndexParser(data, size, rules).parse();
 }
 
 }  // namespace flash

@@ -31,73 +31,54 @@ double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
-std::string lower(std::string s) {
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
-}
-
-std::string trim(const std::string& s) {
-  const size_t a = s.find_first_not_of(" \t");
-  if (a == std::string::npos) return "";
-  return s.substr(a, s.find_last_not_of(" \t\r") - a + 1);
-}
-
-std::string range_text(uint64_t offset, uint64_t length) {
-  return "bytes " + std::to_string(offset) + "-" + std::to_string(offset + length - 1);
-}
-
 }  // namespace
 
-Url parse_url(const std::string& url) {
-  Url u;
-  size_t rest;
-  if (url.rfind("http://", 0) == 0) {
-    rest = 7;
-  } else if (url.rfind("https://", 0) == 0) {
-    u.tls = true;
-    rest = 8;
-  } else {
-    throw IoError(shown_url(url) + ": not an http:// or https:// URL");
+// Reads a response's status line and headers: `head` gets the text before the blank
+// line, `rest` whatever followed it. False on a closed connection, an error or a timeout
+// (`problem` says which; `nothing` when not a byte came).
+template <typename Receive>
+bool read_head(Receive&& receive, std::string& head, std::string& rest, std::string& problem, bool& nothing) {
+  char buffer[16 << 10];
+  head.clear();
+  nothing = true;
+  for (;;) {
+    const long n = receive(buffer, sizeof buffer);
+    if (n <= 0) {
+      problem = n == 0 ? "the server closed the connection before answering"
+                       : (errno == EAGAIN || errno == EWOULDBLOCK ? "no answer (timed out)"
+                                                                  : "receiving failed: " + errno_message(errno));
+      return false;
+    }
+    nothing = false;
+    const size_t searched = head.size() < 3 ? 0 : head.size() - 3;
+    head.append(buffer, static_cast<size_t>(n));
+    if (const size_t end = head.find("\r\n\r\n", searched); end != std::string::npos) {
+      rest = head.substr(end + 4);
+      head.resize(end);
+      return true;
+    }
+    if (head.size() > kMaxHeaderBytes) {
+      problem = "response headers larger than " + std::to_string(kMaxHeaderBytes) + " bytes";
+      return false;
+    }
   }
-  const size_t slash = url.find_first_of("/?#", rest);
-  std::string authority = url.substr(rest, slash == std::string::npos ? std::string::npos : slash - rest);
-  if (const size_t at = authority.rfind('@'); at != std::string::npos) authority = authority.substr(at + 1);
-  std::string host = authority, port = u.tls ? "443" : "80";
-  if (!authority.empty() && authority[0] == '[') {  // [v6]:port
-    const size_t close = authority.find(']');
-    if (close == std::string::npos) throw IoError(shown_url(url) + ": bad IPv6 host");
-    host = authority.substr(1, close - 1);
-    if (close + 1 < authority.size() && authority[close + 1] == ':') port = authority.substr(close + 2);
-  } else if (const size_t colon = authority.rfind(':'); colon != std::string::npos) {
-    host = authority.substr(0, colon);
-    port = authority.substr(colon + 1);
-  }
-  if (host.empty() || port.empty() || port.find_first_not_of("0123456789") != std::string::npos)
-    throw IoError(shown_url(url) + ": bad host or port in URL");
-  u.host = host;
-  u.port = port;
-  u.target = slash == std::string::npos ? "/" : url.substr(slash);
-  if (u.target[0] == '?') u.target = "/" + u.target;
-  if (const size_t hash = u.target.find('#'); hash != std::string::npos) u.target.resize(hash);
-  return u;
 }
 
-std::string shown_url(const std::string& url) {
-  const size_t q = url.find('?');
-  return q == std::string::npos ? url : url.substr(0, q);
-}
-
-// One keep-alive connection (plain or TLS) to an origin.
+// One keep-alive connection (plain or TLS, direct or through a proxy) to an origin.
 class Connection {
  public:
-  Connection(const Url& url, double seconds, const std::string& shown, std::string& problem, bool& fatal)
-      : origin_(url.origin()) {
+  Connection(const Url& url, const Proxy& proxy, double seconds, const std::string& shown, std::string& problem,
+             bool& fatal)
+      : origin_(url.origin()), proxied_(proxy.use) {
+    const std::string& host = proxy.use ? proxy.host : url.host;
+    const std::string& port = proxy.use ? proxy.port : url.port;
+    const std::string via = proxy.use ? " (the proxy for " + url.host + ")" : "";
     addrinfo hints{};
     hints.ai_socktype = SOCK_STREAM;
     addrinfo* found = nullptr;
-    const int rc = getaddrinfo(url.host.c_str(), url.port.c_str(), &hints, &found);
+    const int rc = getaddrinfo(host.c_str(), port.c_str(), &hints, &found);
     if (rc != 0) {
-      problem = "cannot resolve " + url.host + ": " + gai_strerror(rc);
+      problem = "cannot resolve " + host + via + ": " + gai_strerror(rc);
       return;
     }
     for (addrinfo* a = found; a && fd_ < 0; a = a->ai_next) {
@@ -107,7 +88,7 @@ class Connection {
       if (::connect(fd, a->ai_addr, a->ai_addrlen) == 0) {
         fd_ = fd;
       } else {
-        problem = "cannot connect to " + url.host + ":" + url.port + ": " + errno_message(errno);
+        problem = "cannot connect to " + host + ":" + port + via + ": " + errno_message(errno);
         ::close(fd);
       }
     }
@@ -115,23 +96,27 @@ class Connection {
     if (fd_ < 0) return;
     const int one = 1;
     setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (url.tls && proxy.use && !tunnel(url, proxy, problem, fatal)) {
+      close_socket();
+      return;
+    }
     if (url.tls) {
       try {
         tls_ = std::make_unique<TlsSession>(fd_, url.host, shown);
       } catch (const IoError& e) {
         problem = e.what();
         fatal = true;  // no TLS library, or a certificate we must not trust: retrying cannot help
-        ::close(fd_);
-        fd_ = -1;
+        close_socket();
       }
     }
   }
   ~Connection() {
     tls_.reset();
-    if (fd_ >= 0) ::close(fd_);
+    close_socket();
   }
   bool ok() const { return fd_ >= 0; }
   const std::string& origin() const { return origin_; }
+  bool proxied() const { return proxied_; }
   void set_timeout(double seconds) { set_timeout_on(fd_, seconds); }
 
   bool send_all(const std::string& data) {
@@ -155,6 +140,31 @@ class Connection {
   }
 
  private:
+  // CONNECT through the proxy: the socket then reaches the origin, for TLS end to end.
+  bool tunnel(const Url& url, const Proxy& proxy, std::string& problem, bool& fatal) {
+    if (!send_all(connect_request(url, proxy))) {
+      problem = "sending CONNECT to the proxy " + proxy.host + ":" + proxy.port + " failed: " + errno_message(errno);
+      return false;
+    }
+    std::string head, rest;
+    bool nothing = false;
+    if (!read_head([this](void* d, size_t n) { return receive(d, n); }, head, rest, problem, nothing)) {
+      problem = "the proxy " + proxy.host + ":" + proxy.port + ": " + problem;
+      return false;
+    }
+    const ResponseHead reply = parse_response_head(head);
+    if (!reply.valid || reply.status < 200 || reply.status > 299 || !rest.empty()) {
+      problem = "the proxy " + proxy.host + ":" + proxy.port + " refused the tunnel to " + url.host + ":" + url.port +
+                (reply.valid ? " (HTTP " + reply.reason + ")" : " (not an HTTP answer)");
+      fatal = reply.valid && reply.status < 500;
+      return false;
+    }
+    return true;
+  }
+  void close_socket() {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
   static void set_timeout_on(int fd, double seconds) {
     seconds = std::max(seconds, 0.01);
     timeval tv{};
@@ -165,6 +175,7 @@ class Connection {
   }
 
   std::string origin_;
+  bool proxied_ = false;
   int fd_ = -1;
   std::unique_ptr<TlsSession> tls_;
 };
@@ -180,7 +191,12 @@ struct HttpSource::Attempt {
 };
 
 HttpSource::HttpSource(std::string url, double timeout_s)
-    : url_(std::move(url)), shown_(shown_url(url_)), parsed_(parse_url(url_)), timeout_s_(timeout_s) {}
+    : url_(std::move(url)),
+      shown_(shown_url(url_)),
+      etag_(pinned_etag(url_)),
+      parsed_(parse_url(url_)),
+      proxies_(ProxyEnv::from_environment()),
+      timeout_s_(timeout_s) {}
 
 HttpSource::~HttpSource() = default;
 
@@ -209,128 +225,60 @@ void HttpSource::give(std::unique_ptr<Connection> connection) const {
 HttpSource::Attempt HttpSource::attempt(const Url& url, char* dst, uint64_t offset, uint64_t length,
                                         double seconds_left) const {
   Attempt out;
+  Proxy proxy;
+  try {
+    proxy = choose_proxy(url, proxies_);
+  } catch (const IoError& e) {
+    out.kind = Attempt::Fatal;
+    out.problem = e.what();
+    return out;
+  }
   bool reused = false;
   std::unique_ptr<Connection> conn = take(url, reused);
   if (!conn) {
     bool fatal = false;
-    conn = std::make_unique<Connection>(url, seconds_left, shown_, out.problem, fatal);
+    conn = std::make_unique<Connection>(url, proxy, seconds_left, shown_, out.problem, fatal);
     if (!conn->ok()) {
       out.kind = fatal ? Attempt::Fatal : Attempt::Retry;
       return out;
     }
   }
   conn->set_timeout(seconds_left);
-  const std::string request = "GET " + url.target + " HTTP/1.1\r\nHost: " +
-                              (url.host.find(':') != std::string::npos ? "[" + url.host + "]" : url.host) +
-                              ((url.port == (url.tls ? "443" : "80")) ? "" : ":" + url.port) +
-                              "\r\nRange: bytes=" + std::to_string(offset) + "-" + std::to_string(offset + length - 1) +
-                              "\r\nAccept-Encoding: identity\r\nUser-Agent: flashtensors\r\n\r\n";
-  if (!conn->send_all(request)) {
+  if (!conn->send_all(range_request(url, proxy, offset, length, etag_))) {
     out.kind = Attempt::Retry;
     out.stale = reused;
     out.problem = "sending the request failed: " + errno_message(errno);
     return out;
   }
 
-  // The status line and headers; what follows them in the buffer is the start of the body.
-  std::string head;
-  char buffer[16 << 10];
-  size_t end = std::string::npos;
-  while (end == std::string::npos) {
-    const long n = conn->receive(buffer, sizeof buffer);
-    if (n <= 0) {
+  // The status line and headers; what follows them is the start of the body.
+  std::string head, body_start;
+  bool nothing = false;
+  if (!read_head([&conn](void* d, size_t n) { return conn->receive(d, n); }, head, body_start, out.problem, nothing)) {
+    out.kind = head.size() > kMaxHeaderBytes ? Attempt::Fatal : Attempt::Retry;
+    out.stale = reused && nothing;
+    return out;
+  }
+  const ResponseHead response = parse_response_head(head);
+  const BodyPlan plan = plan_body(response, offset, length, etag_);
+  out.status = response.status;
+  switch (plan.kind) {
+    case BodyPlan::Redirect:
+      out.kind = Attempt::Redirect;
+      out.location = response.location;
+      return out;
+    case BodyPlan::Retry:
       out.kind = Attempt::Retry;
-      out.stale = reused && head.empty();
-      out.problem = n == 0 ? "the server closed the connection before answering"
-                           : (errno == EAGAIN || errno == EWOULDBLOCK ? "no answer (timed out)"
-                                                                      : "receiving failed: " + errno_message(errno));
+      out.problem = plan.problem;
       return out;
-    }
-    head.append(buffer, static_cast<size_t>(n));
-    end = head.find("\r\n\r\n");
-    if (end == std::string::npos && head.size() > kMaxHeaderBytes) {
+    case BodyPlan::Fatal:
       out.kind = Attempt::Fatal;
-      out.problem = "response headers larger than " + std::to_string(kMaxHeaderBytes) + " bytes";
+      out.problem = plan.problem;
       return out;
-    }
+    case BodyPlan::Body:
+      break;
   }
-  const std::string body_start = head.substr(end + 4);
-  head.resize(end);
-
-  // "HTTP/1.1 206 Partial Content"
-  const size_t sp = head.find(' ');
-  if (head.rfind("HTTP/1.", 0) != 0 || sp == std::string::npos) {
-    out.kind = Attempt::Retry;
-    out.problem = "not an HTTP response";
-    return out;
-  }
-  out.status = std::atoi(head.c_str() + sp + 1);
-  const std::string reason = trim(head.substr(sp + 1, head.find("\r\n") - sp - 1));
-  int64_t content_length = -1;
-  bool close_after = head.rfind("HTTP/1.0", 0) == 0, chunked = false, has_range = false;
-  uint64_t range_first = 0, range_last = 0;
-  for (size_t line = head.find("\r\n"); line != std::string::npos;) {
-    const size_t next = head.find("\r\n", line + 2);
-    const std::string h = head.substr(line + 2, next == std::string::npos ? std::string::npos : next - line - 2);
-    line = next;
-    const size_t colon = h.find(':');
-    if (colon == std::string::npos) continue;
-    const std::string name = lower(trim(h.substr(0, colon))), value = trim(h.substr(colon + 1));
-    if (name == "content-length") content_length = std::strtoll(value.c_str(), nullptr, 10);
-    else if (name == "location") out.location = value;
-    else if (name == "connection") close_after = lower(value).find("close") != std::string::npos;
-    else if (name == "transfer-encoding") chunked = lower(value).find("chunked") != std::string::npos;
-    else if (name == "content-range") {
-      unsigned long long a = 0, b = 0;
-      has_range = std::sscanf(value.c_str(), "bytes %llu-%llu", &a, &b) == 2;
-      range_first = a;
-      range_last = b;
-    }
-  }
-
-  if (out.status >= 300 && out.status < 400 && !out.location.empty() && out.status != 304) {
-    out.kind = Attempt::Redirect;
-    return out;
-  }
-  if (out.status >= 500 || out.status == 408 || out.status == 429) {
-    out.kind = Attempt::Retry;
-    out.problem = "HTTP " + reason;
-    return out;
-  }
-  if (out.status != 200 && out.status != 206) {
-    out.kind = Attempt::Fatal;
-    out.problem = "HTTP " + reason;
-    return out;
-  }
-  // The bytes the body holds: the range asked for (or its start, which a server may
-  // send), or, from a server that ignores Range, the object from its start.
-  uint64_t want = length;
-  if (has_range) {
-    if (range_first != offset || range_last < range_first || range_last > offset + length - 1) {
-      out.kind = Attempt::Fatal;
-      out.problem = "the server answered " + range_text(offset, length) + " with Content-Range bytes " +
-                    std::to_string(range_first) + "-" + std::to_string(range_last);
-      return out;
-    }
-    want = range_last - range_first + 1;
-  } else if (out.status == 206 || offset != 0) {
-    out.kind = Attempt::Fatal;
-    out.problem = out.status == 206 ? "a 206 answer without Content-Range"
-                                    : "the server ignores Range requests (answered 200 with the whole object)";
-    return out;
-  } else {
-    close_after = true;  // the whole object follows: take the start, drop the rest
-  }
-  if (chunked || content_length < 0 || static_cast<uint64_t>(content_length) < want) {
-    if (chunked || content_length < 0) {
-      out.kind = Attempt::Fatal;
-      out.problem = "a range answer without Content-Length";
-      return out;
-    }
-    want = static_cast<uint64_t>(content_length);
-  }
-  if (static_cast<uint64_t>(content_length) > want) close_after = true;
-
+  const uint64_t want = plan.want;
   out.received = std::min<uint64_t>(want, body_start.size());
   std::memcpy(dst, body_start.data(), out.received);
   while (out.received < want) {
@@ -344,7 +292,7 @@ HttpSource::Attempt HttpSource::attempt(const Url& url, char* dst, uint64_t offs
     }
     out.received += static_cast<uint64_t>(n);
   }
-  if (!close_after && body_start.size() <= want) give(std::move(conn));
+  if (!plan.close_after && body_start.size() <= want) give(std::move(conn));
   out.kind = Attempt::Done;
   return out;
 }
@@ -383,12 +331,10 @@ void HttpSource::read(void* dst, uint64_t offset, uint64_t length) const {
         break;
       case Attempt::Redirect:
         if (++redirects > kMaxRedirects) fail("more than " + std::to_string(kMaxRedirects) + " redirects", a.status);
-        if (a.location.rfind("http://", 0) == 0 || a.location.rfind("https://", 0) == 0) {
-          url = parse_url(a.location);
-        } else if (!a.location.empty() && a.location[0] == '/') {
-          url.target = a.location;  // same origin
-        } else {
-          fail("redirected to an unsupported location: " + shown_url(a.location), a.status);
+        try {
+          url = redirect_target(url, a.location);
+        } catch (const IoError& e) {
+          fail(e.what(), a.status);
         }
         break;
       case Attempt::Retry:

@@ -3,11 +3,17 @@
 // body is received straight into the piece's destination (a host buffer or a pinned
 // staging buffer), with no copy and no Python. Connections are kept alive and reused:
 // about one per worker thread, since each thread has one request in flight at a time.
+// The protocol itself (URLs, proxies, parsing what the server sends) is http_protocol.h.
 //
-// Faults: 5xx, 408, 429, refused or reset connections, short bodies and timeouts are
-// retried with backoff, resuming after the bytes already received; 3xx redirects are
-// followed; 403, 404 and other 4xx fail at once with a RemoteError naming the URL. A
-// piece that receives no byte for `timeout_s`, retries included, fails the load.
+// Faults: 5xx, 408, 429, refused or reset connections, short or empty bodies and
+// timeouts are retried with jittered backoff, resuming after the bytes already received;
+// 3xx redirects are followed; 403, 404 and other 4xx fail at once with a RemoteError
+// naming the URL. A piece that receives no byte for `timeout_s`, retries included, fails
+// the load. A URL pinned to an ETag (pinned_etag) is read with If-Match: an object
+// replaced since then fails the load (HTTP 412) rather than mixing versions.
+//
+// Proxies: http_proxy / https_proxy (CONNECT tunnels) / all_proxy / no_proxy, lower or
+// upper case, as curl honours them.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -15,25 +21,10 @@
 #include <string>
 #include <vector>
 
+#include "http_protocol.h"
 #include "source.h"
 
 namespace flash {
-
-// The parts of an http(s) URL a request needs.
-struct Url {
-  bool tls = false;
-  std::string host;    // without brackets for IPv6 literals
-  std::string port;    // "80", "443" or as given
-  std::string target;  // path and query, as sent in the request line
-  std::string origin() const { return (tls ? "https://" : "http://") + host + ":" + port; }
-};
-
-// Parses an absolute http(s) URL; IoError if it is not one.
-Url parse_url(const std::string& url);
-
-// The URL as error messages show it: without its query string (which, for presigned
-// URLs, holds credentials).
-std::string shown_url(const std::string& url);
 
 class Connection;
 
@@ -51,7 +42,9 @@ class HttpSource : public Source {
 
   std::string url_;
   std::string shown_;
+  std::string etag_;  // the version the load is pinned to, or ""
   Url parsed_;
+  ProxyEnv proxies_;
   double timeout_s_;
   mutable std::mutex mu_;
   mutable std::vector<std::unique_ptr<Connection>> idle_;

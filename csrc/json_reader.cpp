@@ -1,6 +1,6 @@
 #include "json_reader.h"
 
-#include <unordered_set>
+#include <algorithm>
 #include <vector>
 
 namespace flash {
@@ -66,13 +66,78 @@ JsonReader::Kind JsonReader::peek() {
   }
 }
 
+// A key as read, and its bytes as written when it has no escapes (any escape makes the
+// written form longer than the decoded one).
+std::string JsonReader::key(std::string_view* raw) {
+  space();
+  if (p_ >= end_ || *p_ != '"') fail("expected a string key");
+  const char* start = p_ + 1;
+  std::string k = string();
+  const size_t written = static_cast<size_t>(p_ - 1 - start);
+  *raw = written == k.size() ? std::string_view(start, written) : std::string_view();
+  return k;
+}
+
+namespace {
+
+// The keys of one object, to find a repeated one. The first few are compared as they
+// come. Past them every key is kept as an 8-byte reference, to its bytes in the input or,
+// when it has escapes, to its decoded form, and the references are sorted when the
+// object ends: memory stays below the input's size, where a hash set of copies costs
+// several times it (a safetensors header has a key per tensor).
+class KeySet {
+ public:
+  explicit KeySet(const char* input) : input_(input) {}
+
+  // The key if it repeats one of the first few, else null.
+  const std::string* add(const std::string& key, std::string_view raw) {
+    if (few_.size() < kFew) {
+      for (const auto& seen : few_)
+        if (seen == key) return &seen;
+      few_.push_back(key);
+    }
+    if (raw.data() != nullptr) {
+      refs_.push_back({static_cast<uint32_t>(raw.data() - input_), static_cast<uint32_t>(raw.size())});
+    } else {
+      refs_.push_back({static_cast<uint32_t>(decoded_.size()), static_cast<uint32_t>(key.size()) | kDecoded});
+      decoded_ += key;
+    }
+    return nullptr;
+  }
+
+  // Whether a key appears twice (found after the first few), and which.
+  bool repeated(std::string* key) {
+    if (refs_.size() <= kFew) return false;  // the scan saw them all
+    std::sort(refs_.begin(), refs_.end(), [&](Ref a, Ref b) { return view(a) < view(b); });
+    const auto at = std::adjacent_find(refs_.begin(), refs_.end(), [&](Ref a, Ref b) { return view(a) == view(b); });
+    if (at == refs_.end()) return false;
+    *key = std::string(view(*at));
+    return true;
+  }
+
+ private:
+  static constexpr size_t kFew = 16;
+  static constexpr uint32_t kDecoded = 1u << 31;
+  struct Ref {
+    uint32_t offset, length;  // length | kDecoded: in decoded_, else in the input
+  };
+  std::string_view view(Ref r) const {
+    const char* base = (r.length & kDecoded) ? decoded_.data() : input_;
+    return std::string_view(base + r.offset, r.length & ~kDecoded);
+  }
+
+  const char* input_;
+  std::vector<std::string> few_;
+  std::vector<Ref> refs_;
+  std::string decoded_;
+};
+
+}  // namespace
+
 void JsonReader::object(const std::function<void(const std::string&)>& on_member) {
   expect('{');
   enter();
-  // Small objects check duplicate keys by scanning; large ones (a safetensors header
-  // has a key per tensor) by hashing.
-  std::vector<std::string> few;
-  std::unordered_set<std::string> many;
+  KeySet keys(begin_);
   space();
   if (p_ < end_ && *p_ == '}') {
     ++p_;
@@ -80,30 +145,22 @@ void JsonReader::object(const std::function<void(const std::string&)>& on_member
     return;
   }
   for (;;) {
-    space();
-    if (p_ >= end_ || *p_ != '"') fail("expected a string key");
-    std::string key = string();
-    bool duplicate;
-    if (many.empty() && few.size() < 16) {
-      duplicate = false;
-      for (const auto& k : few) duplicate = duplicate || k == key;
-      if (!duplicate) few.push_back(key);
-    } else {
-      if (many.empty()) many.insert(few.begin(), few.end());
-      duplicate = !many.insert(key).second;
-    }
-    if (duplicate) fail("duplicate key \"" + key + "\"");
+    std::string_view raw;
+    std::string k = key(&raw);
+    if (keys.add(k, raw) != nullptr) fail("duplicate key \"" + abbreviated(k) + "\"");
     expect(':');
-    on_member(key);
+    on_member(k);
     space();
     if (p_ < end_ && *p_ == ',') {
       ++p_;
       continue;
     }
     expect('}');
-    leave();
-    return;
+    break;
   }
+  std::string repeated;
+  if (keys.repeated(&repeated)) fail("duplicate key \"" + abbreviated(repeated) + "\"");
+  leave();
 }
 
 void JsonReader::array(const std::function<void(size_t)>& on_item) {

@@ -13,6 +13,7 @@
 #include "crc32c.h"
 #include "cuda_api.h"
 #include "errors.h"
+#include "host_memory.h"
 #include "pinned_pool.h"
 
 namespace flash {
@@ -195,17 +196,55 @@ void check_file_indices(const std::vector<ReadOp>& ops, size_t n_files) {
                                           std::to_string(n_files));
 }
 
+// Requests in flight for remote sources when the caller leaves it to us:
+// $FLASHTENSORS_CONNECTIONS, else kDefaultConnections.
+int default_connections() {
+  const char* env = std::getenv("FLASHTENSORS_CONNECTIONS");
+  if (!env || !*env) return kDefaultConnections;
+  char* end = nullptr;
+  const long n = std::strtol(env, &end, 10);
+  if (*end != '\0' || n < 1 || n > kMaxThreads)
+    throw IoError("FLASHTENSORS_CONNECTIONS must be an integer from 1 to " + std::to_string(kMaxThreads) +
+                  ", not '" + env + "'");
+  return static_cast<int>(n);
+}
+
+// How a plan's reads are cut and spread over threads.
+struct Concurrency {
+  size_t threads;
+  uint64_t chunk;
+};
+
+// Local files: `threads` threads, pieces of chunk_bytes. Remote sources: one thread per
+// connection, pieces of at most kRemotePieceBytes, shrunk where needed so that the
+// pinned staging memory (two pieces per thread, GPU targets only) stays within what
+// `threads` pieces of chunk_bytes would take.
+Concurrency concurrency_for(const std::vector<std::string>& paths, const LoadOptions& options, bool staged) {
+  const auto align = [](uint64_t bytes) { return std::max<uint64_t>(kDirectAlign, bytes / kDirectAlign * kDirectAlign); };
+  const size_t threads = clamp_threads(options.threads);
+  const uint64_t chunk = align(options.chunk_bytes);
+  if (!std::any_of(paths.begin(), paths.end(), [](const std::string& p) { return is_remote(p); }))
+    return {threads, chunk};
+  const size_t connections =
+      std::max(threads, clamp_threads(options.connections > 0 ? options.connections : default_connections()));
+  const uint64_t piece = std::min(chunk, kRemotePieceBytes);
+  if (!staged) return {connections, align(piece)};
+  const uint64_t staging_budget = threads * chunk;  // per staging slot, over all threads
+  return {connections, align(std::min(piece, staging_budget / connections))};
+}
+
 }  // namespace
 
 void execute_plan(const std::vector<std::string>& paths, const std::vector<ReadOp>& ops,
                   const LoadOptions& options) {
   check_file_indices(ops, paths.size());
-  const uint64_t chunk = std::max<uint64_t>(kDirectAlign, options.chunk_bytes / kDirectAlign * kDirectAlign);
+  const bool any_cuda = std::any_of(ops.begin(), ops.end(), [](const ReadOp& op) { return op.device >= 0; });
+  const Concurrency plan = concurrency_for(paths, options, any_cuda);
+  const uint64_t chunk = plan.chunk;
   const std::vector<ReadOp> chunks = split(ops, chunk);
   if (chunks.empty()) return;
   const auto files = open_all(paths, options.source, options.tees);
-  const int n_threads = static_cast<int>(std::min<size_t>(clamp_threads(options.threads), chunks.size()));
-  const bool any_cuda = std::any_of(chunks.begin(), chunks.end(), [](const ReadOp& c) { return c.device >= 0; });
+  const int n_threads = static_cast<int>(std::min<size_t>(plan.threads, chunks.size()));
 
   PinnedLease pinned;
   // A block more than a chunk: room to read a piece from the block that holds its start.
@@ -220,6 +259,7 @@ void execute_plan(const std::vector<std::string>& paths, const std::vector<ReadO
       const ReadOp& c = chunks[i];
       const Source& file = *files[c.file];
       if (c.device < 0) {
+        if (options.populate) populate_for_write(c.dest, c.length);
         file.read(reinterpret_cast<void*>(c.dest), c.offset, c.length);
       } else {
         // Staging buffers are aligned: reading from the block that holds the piece's

@@ -20,9 +20,25 @@ struct ReadOp {
   int32_t device;   // CUDA device index, or -1 for host memory
 };
 
+// Remote sources: requests in flight per load when the caller leaves it to us. Object
+// stores serve each connection at ~100 MB/s (S3) and scale with connections: 32 fill
+// a 25 Gb/s link. Each request has one worker thread (blocked on its socket, not busy).
+constexpr int kDefaultConnections = 32;
+// Remote sources: the largest piece one request asks for (S3's guidance: 8-16 MiB per
+// ranged GET). Small enough that the last pieces of a load do not leave most
+// connections idle, large enough that the per-request round trip is noise.
+constexpr uint64_t kRemotePieceBytes = 8ull << 20;
+
 struct LoadOptions {
   int threads = 4;
   uint64_t chunk_bytes = 16ull << 20;  // reads are split into pieces of at most this
+  // Remote sources: requests in flight (one connection and one thread each); 0 for
+  // $FLASHTENSORS_CONNECTIONS, else kDefaultConnections. Never fewer than `threads`.
+  // Local files use `threads`.
+  int connections = 0;
+  // Fault each host destination piece in with one call before reading into it (see
+  // host_memory.h) rather than page by page during the read.
+  bool populate = true;
   SourceOptions source;  // how each path becomes a source (I/O mode, remote timeout)
   // Per path (or empty): where to also write each piece read from it (null: nowhere).
   std::vector<std::shared_ptr<FileTee>> tees;
@@ -30,7 +46,9 @@ struct LoadOptions {
 
 // Reads every op, each path through its source (a local file or a URL); host targets are read straight into place, CUDA targets go through
 // two pinned staging buffers per thread and cudaMemcpyAsync on per-thread streams, so
-// disk reads and PCIe copies overlap. Throws IoError/CudaError after all threads stop
+// disk reads and PCIe copies overlap. A plan that reads any URL runs one thread per
+// connection in pieces of at most kRemotePieceBytes, within the pinned memory that
+// `threads` pieces of `chunk_bytes` would have used. Throws IoError/CudaError after all threads stop
 // and all copies in flight have finished.
 void execute_plan(const std::vector<std::string>& paths, const std::vector<ReadOp>& ops,
                   const LoadOptions& options);

@@ -1,22 +1,31 @@
 // A safetensors file's header (https://huggingface.co/docs/safetensors, "Format") read
 // into a TensorTable, validated at least as strictly as safetensors does: JSON object,
 // known dtypes, offsets in bounds, consistent with shape x dtype, no overlaps and no
-// gaps. Untrusted input: every violation throws FormatError.
+// gaps. Untrusted input: every violation throws FormatError. Entries are checked as they
+// are read and kept compactly, so memory follows the tensors, whatever the header holds.
 #pragma once
 #include <cstdint>
 #include <string>
-#include <utility>
 #include <vector>
 
 #include "tensor_table.h"
 
 namespace flash {
 
+// A safetensors dtype as torch holds it: `dtype` indexes the flash DtypeVocabulary
+// (item sizes from it); `per_item` safetensors elements make one torch element (2 for
+// F4, whose 4-bit elements torch packs in pairs along the last dimension).
+struct SafetensorsDtype {
+  std::string name;
+  uint32_t dtype = 0;
+  uint32_t per_item = 1;
+};
+
 struct SafetensorsRules {
   uint64_t max_header_bytes = 100000000;  // safetensors' own limit
   uint64_t max_ndim = 64;
-  // safetensors dtype name -> index into the flash DtypeVocabulary; item sizes from it.
-  std::vector<std::pair<std::string, uint32_t>> dtypes;
+  uint64_t max_tensors = 1000000;  // per checkpoint, all files together
+  std::vector<SafetensorsDtype> dtypes;
   DtypeVocabulary vocabulary;
 };
 

@@ -3,6 +3,7 @@
 // header both become one of these; nothing downstream knows which it was.
 #pragma once
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -36,6 +37,31 @@ struct TensorInfo {
   std::vector<int64_t> strides;  // in elements; empty unless has_strides
 };
 
+// String pairs stored end to end (a checkpoint's metadata): a hostile index's millions
+// of tiny entries cost their bytes and 4 more per string, not a std::string pair each.
+class StringPairs {
+ public:
+  // Throws std::length_error past 4 GiB (more than any index these come from holds).
+  void add(std::string_view key, std::string_view value) {
+    for (std::string_view s : {key, value}) {
+      if (bytes_.size() + s.size() > UINT32_MAX) throw std::length_error("metadata over 4 GiB");
+      bytes_.append(s);
+      ends_.push_back(static_cast<uint32_t>(bytes_.size()));
+    }
+  }
+  size_t size() const { return ends_.size() / 2; }
+  bool empty() const { return ends_.empty(); }
+  std::pair<std::string_view, std::string_view> operator[](size_t i) const { return {at(2 * i), at(2 * i + 1)}; }
+
+ private:
+  std::string_view at(size_t j) const {
+    const size_t begin = j == 0 ? 0 : ends_[j - 1];
+    return std::string_view(bytes_).substr(begin, ends_[j] - begin);
+  }
+  std::string bytes_;
+  std::vector<uint32_t> ends_;
+};
+
 struct DataFileInfo {
   std::string name;
   uint64_t size = 0;
@@ -48,7 +74,7 @@ struct TensorTable {
   // views of one saved storage come back sharing it; safetensors tensors never share (1).
   uint64_t storage_granularity = 1;
   std::vector<DataFileInfo> files;
-  std::vector<std::pair<std::string, std::string>> metadata;
+  StringPairs metadata;
   std::vector<TensorInfo> tensors;
 
   // Indexes the names (call once the tensors are final); false if a name repeats,

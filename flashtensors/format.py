@@ -41,6 +41,7 @@ DTYPE_SIZES = {
     "int8": 1, "int16": 2, "int32": 4, "int64": 8,
     "uint8": 1, "uint16": 2, "uint32": 4, "uint64": 8,
     "bool": 1, "complex64": 8, "complex128": 16,
+    "float4_e2m1fn_x2": 1,  # two 4-bit floats a byte; added after the first release (docs/format.md)
 }
 
 
@@ -110,15 +111,16 @@ class Index:
     headers of safetensors files read in place (``kind == "safetensors"``: no checksums,
     ``crc32c`` is None).
 
-    ``tensors`` maps names to :class:`TensorEntry` in saved order; for a read index it
-    is built on first use from ``table``, the native tensor table loads work from.
+    ``tensors`` maps names to :class:`TensorEntry` in saved order, and ``metadata`` is a
+    dict of strings; for a read index both are built on first use from ``table``, the
+    native tensor table loads work from.
     """
 
     def __init__(self, files: list, tensors: dict | None = None, metadata: dict | None = None,
                  version: int = FORMAT_VERSION, table=None, kind: str = "flash"):
         self.kind = kind  # "flash", or "safetensors" for plain safetensors files read in place
         self.files = files
-        self.metadata = metadata if metadata is not None else {}
+        self._metadata = metadata if metadata is not None or table is not None else {}
         self.version = version
         self.table = table
         self._tensors = tensors
@@ -126,7 +128,15 @@ class Index:
     @classmethod
     def from_table(cls, table, kind: str = "flash") -> Index:
         files = [DataFileEntry(name, size) for name, size in table.files()]
-        return cls(files=files, metadata=table.metadata(), version=table.version, table=table, kind=kind)
+        return cls(files=files, version=table.version, table=table, kind=kind)
+
+    @property
+    def metadata(self) -> dict:
+        """The saved string metadata; for a read index built on first use (loads never
+        need it, and a hostile index may hold millions of entries)."""
+        if self._metadata is None:
+            self._metadata = self.table.metadata()
+        return self._metadata
 
     @property
     def tensors(self) -> dict:
@@ -215,6 +225,8 @@ def parse_index_bytes(raw: bytes, where: str) -> Index:
 
 def format_error(where: str, message: str, tensor: str | None = None) -> FlashFormatError:
     """The FlashFormatError for a native parser's complaint about ``where``."""
+    if tensor is not None and len(tensor) > 200:  # a hostile file's name may be the size of the file
+        tensor = f"{tensor[:60]}... ({len(tensor)} characters)"
     about = f" (tensor {tensor!r})" if tensor is not None else ""
     return FlashFormatError(f"{where}: {message}{about}")
 
@@ -226,45 +238,3 @@ def _native_rules():
         "format_name": FORMAT_NAME, "version": FORMAT_VERSION, "alignment": ALIGNMENT, "checksum": CHECKSUM,
         "data_suffix": DATA_SUFFIX, "max_tensors": MAX_TENSORS, "max_files": MAX_FILES, "max_ndim": MAX_NDIM,
         "max_tensor_bytes": MAX_TENSOR_BYTES, "max_name_bytes": MAX_NAME_BYTES, "dtypes": list(DTYPE_SIZES.items())})
-
-
-def data_file_paths(path, index: Index) -> list:
-    """Absolute paths of the index's data files, checked to exist, to be regular files
-    inside the checkpoint directory (no symlink escapes) and to have their recorded sizes."""
-    root = os.path.abspath(os.fspath(path))
-    out = []
-    for i, f in enumerate(index.files):
-        p = os.path.join(root, f.name)  # a plain file name: the index rules out separators
-        try:
-            st = os.lstat(p)
-            if stat.S_ISLNK(st.st_mode):  # only a link can lead elsewhere
-                real = os.path.realpath(p)
-                if os.path.dirname(real) != os.path.realpath(root):
-                    raise FlashFormatError(f"{p}: data file resolves outside the checkpoint directory")
-                st = os.stat(real)
-        except FileNotFoundError:
-            raise FlashFormatError(f"{p}: data file missing{_first_tensor_in(index, i)}") from None
-        except OSError as e:
-            raise FlashFormatError(f"{p}: cannot stat data file: {e.strerror}") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise FlashFormatError(f"{p}: not a regular file")
-        if st.st_size != f.size:
-            raise FlashFormatError(
-                f"{p}: data file is {st.st_size} bytes, the index says {f.size} "
-                f"(truncated or replaced){_first_tensor_beyond(index, i, st.st_size)}")
-        out.append(p)
-    return out
-
-
-def _first_tensor_in(index: Index, file: int) -> str:
-    for t in index.tensors.values():
-        if t.file == file:
-            return f" (needed by tensor {t.name!r})"
-    return ""
-
-
-def _first_tensor_beyond(index: Index, file: int, size: int) -> str:
-    for t in index.tensors.values():
-        if t.file == file and t.offset + t.length > size:
-            return f"; tensor {t.name!r} lies beyond its end"
-    return ""

@@ -26,6 +26,7 @@ from .format import INDEX_FILENAME, MAX_INDEX_BYTES, Index, parse_index_bytes
 from .safetensors_format import (
     HF_INDEX_FILENAME,
     MAX_HEADER_BYTES,
+    MAX_HF_INDEX_BYTES,
     SINGLE_FILENAME,
     SUFFIX,
     hf_shard_names,
@@ -72,7 +73,7 @@ class FlashFormat:
     def find(self, store) -> Found | None:
         if store.single is not None:
             return None
-        got = store.read(INDEX_FILENAME, missing_ok=True)
+        got = store.read(INDEX_FILENAME, missing_ok=True, limit=MAX_INDEX_BYTES + 1)
         if got is None:
             return None
         raw = got[0]
@@ -131,7 +132,7 @@ class HfIndexFormat(SafetensorsFormat):
     def find(self, store) -> Found | None:
         if store.single is not None:
             return None
-        got = store.read(HF_INDEX_FILENAME, missing_ok=True)
+        got = store.read(HF_INDEX_FILENAME, missing_ok=True, limit=MAX_HF_INDEX_BYTES + 1)
         if got is None:
             return None
         names = hf_shard_names(got[0], store.describe(HF_INDEX_FILENAME))

@@ -20,6 +20,7 @@ from .checkpoint import open_checkpoint
 from .device_map import device_codes, device_of_code, normalize_device_map, uncovered_error
 from .errors import FlashDeviceError, FlashError, FlashFormatError
 from .format import ALIGNMENT, DTYPE_NAMES, INDEX_FILENAME, torch_dtype
+from .memory import allocate_host
 from .options import LoadOptions
 
 log = logging.getLogger("flashtensors")
@@ -152,8 +153,8 @@ def assemble(plan, buffers, mappings) -> dict:
             tensors[position] = _view(storage, offset, plan.entry(position))
     for position, t in enumerate(tensors):
         if t is None:
-            _, dtype, shape, *_ = plan.entry(position)
-            tensors[position] = torch.empty(shape, dtype=torch_dtype(DTYPE_NAMES[dtype]),
+            name, dtype, shape, *_ = plan.entry(position)
+            tensors[position] = torch.empty(shape, dtype=_torch_dtype_of(name, dtype),
                                             device=device_of_code(plan.device(position)))
     return dict(zip(plan.names(), tensors))
 
@@ -172,6 +173,7 @@ def _dlpack_dtypes() -> list:
             probe = torch.empty(1, dtype=dtype)
             code = native.dlpack_dtype(torch.utils.dlpack.to_dlpack(probe))
             ok = torch.from_dlpack(torch.utils.dlpack.to_dlpack(probe)).dtype == dtype
+            ok = ok and code[1] == 8 * probe.element_size()  # packed (fp4 pairs: 4 bits, 2 lanes): as bytes
         except (TypeError, RuntimeError, BufferError):
             code, ok = None, False
         out.append(code if ok else None)
@@ -260,8 +262,7 @@ def _allocate(nbytes: int, device):
     import torch
 
     if device.type == "cpu":
-        buffer = torch.empty(nbytes + ALIGNMENT, dtype=torch.uint8)
-        return -(-buffer.data_ptr() // ALIGNMENT) * ALIGNMENT, buffer
+        return allocate_host(nbytes, ALIGNMENT)
     buffer = torch.empty(nbytes, dtype=torch.uint8, device=device)
     reading.synchronize_before_copies(device)
     return buffer.data_ptr(), buffer
@@ -269,7 +270,15 @@ def _allocate(nbytes: int, device):
 
 def _view(storage, offset: int, entry):
     """A tensor inside a region handed back as bytes; ``entry`` as ``plan.entry`` gives it."""
-    _, dtype, shape, strides, _, _, length, _ = entry
-    data = storage[offset:offset + length].view(torch_dtype(DTYPE_NAMES[dtype]))
+    name, dtype, shape, strides, _, _, length, _ = entry
+    data = storage[offset:offset + length].view(_torch_dtype_of(name, dtype))
     return data.view(shape) if strides is None else data.as_strided(shape, strides)
 
+
+def _torch_dtype_of(name: str, dtype: int):
+    """The torch dtype of tensor ``name`` (spec dtype number ``dtype``); FlashFormatError
+    naming the tensor and the dtype where this torch lacks it."""
+    try:
+        return torch_dtype(DTYPE_NAMES[dtype])
+    except FlashFormatError as e:
+        raise FlashFormatError(f"tensor {name!r}: {e}") from None

@@ -75,10 +75,11 @@ class LocalStore:
     def exists(self, name: str) -> bool:
         return os.path.lexists(self.describe(name))
 
-    def read(self, name: str, start: int | None = None, end: int | None = None, missing_ok: bool = False):
+    def read(self, name: str, start: int | None = None, end: int | None = None, missing_ok: bool = False,
+             limit: int = SMALL_FILE_CAP):
         """``(bytes, ObjectInfo)`` of bytes ``start``..``end`` (inclusive; from the start
-        or to the end when None; a whole file at most SMALL_FILE_CAP + 1 bytes), or None
-        for a missing file when ``missing_ok``."""
+        or to the end when None; a whole file at most ``limit`` + 1 bytes, so that callers
+        see it is too large), or None for a missing file when ``missing_ok``."""
         path = self.describe(name)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -93,7 +94,7 @@ class LocalStore:
             if not stat.S_ISREG(st.st_mode):
                 raise FlashFormatError(f"{path}: not a regular file")
             first = start or 0
-            last = min(st.st_size, first + SMALL_FILE_CAP + 1) - 1 if end is None else end
+            last = min(st.st_size, first + limit + 1) - 1 if end is None else end
             return _pread_all(fd, first, max(0, last + 1 - first)), ObjectInfo(st.st_size, None)
         except OSError as e:
             raise FlashFormatError(f"{path}: cannot read: {e.strerror}") from None

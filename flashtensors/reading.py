@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 from . import _native
 from .errors import FlashChecksumError, FlashError, FlashFormatError, FlashRemoteError
@@ -42,19 +43,13 @@ def read(ckpt, ops, owners, options, *, collective=None, wanted=None, mapped=Non
     if collective is not None:
         return _read_collectively(collective, ckpt, ops, owners, options, wanted, mapped)
     tier = _tier(ckpt, wanted)
-    try:
+    with _kept_if_good(tier, options):
         execute(ckpt, lambda threads: _native.module().execute_plan(
             ckpt.sources, ops, threads, CHUNK_BYTES, options.io, options.timeout, tier and tier.tees),
             options.threads, to_gpu=any(device >= 0 for *_, device in ops))
         if options.verify:
             check_memory(ckpt, _checked_tensors(ckpt, wanted if checked is None else checked),
                          locate(ops, mapped or {}), options.threads)
-    except BaseException:
-        if tier is not None:
-            tier.abort()
-        raise
-    if tier is not None:
-        tier.commit(options.threads, options.timeout)
     return True
 
 
@@ -70,18 +65,26 @@ def _read_collectively(c, ckpt, ops, owners, options, wanted, mapped) -> bool:
     tier = _tier(ckpt, {t.name for t in covered}) if leader else None
     for device in {n.dest.device for n in needs if n.dest.device.type == "cuda"}:
         synchronize_before_copies(device)
-    try:
+    with _kept_if_good(tier, options):
         bad = c.exchange(ckpt.sources, agreed["ranges"], needs, options.threads, options.io, options.timeout,
                          chunk_bytes=CHUNK_BYTES, tees=tier and tier.tees, checks=covered if options.verify else None)
         if bad:
             raise checksum_error(ckpt, bad)
+    return leader
+
+
+@contextmanager
+def _kept_if_good(tier, options):
+    """Commits the local-tier copies ``tier`` writes (a CachedLoad, or None) once the block,
+    the read and its checks, succeeded; removes them if it raised."""
+    try:
+        yield
     except BaseException:
         if tier is not None:
             tier.abort()
         raise
     if tier is not None:
         tier.commit(options.threads, options.timeout)
-    return leader
 
 
 def _tier(ckpt, wanted):

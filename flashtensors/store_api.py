@@ -40,6 +40,6 @@ class Store(Protocol):
     def is_here(self, name: str) -> bool: ...           # whether data_url(name) is a file of this machine
     def stat(self, name: str) -> ObjectInfo | None: ...
     def read(self, name: str, start: int | None = None, end: int | None = None,
-             missing_ok: bool = False): ...            # (bytes, ObjectInfo) or None
+             missing_ok: bool = False, limit: int = ...): ...  # (bytes, ObjectInfo) or None
     def list(self) -> list: ...
     def missing(self, name: str, message: str) -> Exception: ...   # the error for a needed object absent

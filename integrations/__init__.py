@@ -1,1 +1,1 @@
-"""Adapters that let other libraries (transformers, vLLM) read and write flash checkpoints."""
+"""Adapters that let other libraries (transformers, vLLM, SGLang) read and write flash checkpoints."""

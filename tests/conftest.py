@@ -63,12 +63,9 @@ def s3(s3_server, monkeypatch):
     from flashtensors import reading
     from flashtensors.benchmark.nginx import free_port
 
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.url)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    from remote_servers import point_aws_at
+
+    point_aws_at(monkeypatch, s3_server.url)
     monkeypatch.setattr(reading, "CHUNK_BYTES", 8 << 10)
     from flashtensors.remote.s3 import client
 

@@ -1,7 +1,10 @@
 """Process bodies for tests/test_group_load.py: ranks of a real gloo process group.
 Each reports (rank, "ok" or its error, facts) on the queue."""
 
+import multiprocessing as mp
 import os
+import queue as queue_module
+import time
 
 import torch
 import torch.distributed as dist
@@ -66,3 +69,28 @@ def dies_before_loading(rank, world, rdv, queue, path):
             os._exit(3)
         flash.load_dict(path, group=dist.group.WORLD)
     _rank_main(rank, world, rdv, queue, body)
+
+
+def spawn(body, world: int, scratch, *args, timeout: float = 240) -> dict:
+    """Runs ``body(rank, world, rendezvous file, queue, *args)`` on ``world`` spawned ranks;
+    returns ``{rank: what it put on the queue after its rank}`` for the ranks that reported
+    within ``timeout`` seconds (every rank is stopped by then)."""
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    rdv = os.path.join(os.fspath(scratch), f"rdv-{time.monotonic_ns()}")
+    procs = [ctx.Process(target=body, args=(rank, world, rdv, results, *args)) for rank in range(world)]
+    for p in procs:
+        p.start()
+    reports, deadline = {}, time.monotonic() + timeout
+    while len(reports) < world and time.monotonic() < deadline:
+        try:
+            rank, *report = results.get(timeout=1)
+            reports[rank] = tuple(report)
+        except queue_module.Empty:
+            if all(p.exitcode is not None for p in procs):
+                break
+    for p in procs:
+        p.join(timeout=30)
+        if p.is_alive():
+            p.kill()
+    return reports

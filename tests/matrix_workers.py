@@ -2,9 +2,7 @@
 collective loads and reports, per case, "ok", or the error it raised and how long the
 case took. Rank r loads with its own device map, and load_into fills its own tensors."""
 
-import multiprocessing as mp
 import os
-import queue as queue_module
 import time
 
 import torch
@@ -12,6 +10,8 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 from flashtensors import flash, group
+
+import group_workers
 
 
 def device_map(rank: int):
@@ -74,25 +74,8 @@ def flip_byte(path: str, offset: int) -> None:
 def run_group(scratch, expected_file: str, cases: list, world_size: int = 2, timeout: float = 600) -> dict:
     """Runs ``cases`` on ``world_size`` spawned ranks (rendezvous in directory ``scratch``);
     returns ``{rank: [(status, seconds) per case]}``, every rank having reported."""
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    rdv = os.path.join(scratch, f"rdv-{time.monotonic_ns()}")
-    procs = [ctx.Process(target=rank_main, args=(rank, world_size, rdv, results, cases, expected_file))
-             for rank in range(world_size)]
-    for p in procs:
-        p.start()
-    reports, deadline = {}, time.monotonic() + timeout
-    while len(reports) < world_size and time.monotonic() < deadline:
-        try:
-            rank, report = results.get(timeout=1)
-            reports[rank] = report
-        except queue_module.Empty:
-            if all(p.exitcode is not None for p in procs):
-                break
-    for p in procs:
-        p.join(timeout=30)
-        if p.is_alive():
-            p.kill()
+    reports = {rank: report[0] for rank, report in
+               group_workers.spawn(rank_main, world_size, scratch, cases, expected_file, timeout=timeout).items()}
     assert set(reports) == set(range(world_size)), reports
     assert all(isinstance(r, list) for r in reports.values()), reports
     return reports

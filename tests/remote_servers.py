@@ -1,15 +1,19 @@
-"""Servers on loopback for the remote-source tests: the real nginx (started by the tests
-themselves, skipped with a reason where it is not installed unless
-FLASHTENSORS_REQUIRE_SERVERS=1, as in CI), and a small HTTP server of our own that
-serves a directory with range requests and injects faults on demand; moto's S3 server
-(the ``s3`` fixtures in conftest.py), recording the requests it answers."""
+"""Servers on loopback for the remote-source tests: the real nginx and tinyproxy (started
+by the tests themselves, skipped with a reason where they are not installed unless
+FLASHTENSORS_REQUIRE_SERVERS=1, as in CI), a small HTTP server of our own that serves a
+directory with range requests and injects faults on demand, a server that accepts
+connections and never answers, a test certificate authority; moto's S3 server (the
+``s3`` fixtures in conftest.py), recording the requests it answers."""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
+import subprocess
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -45,6 +49,9 @@ class Faults:
         self.status_big = None     # big reads answer this status (403, 404, ...)
         self.ignore_range = False  # answer 200 with the whole object
         self.redirect_all = False  # every request to /r/<name> is a 302 to /<name>
+        self.empty_body = None     # big reads answer this status (200 or 206) with Content-Length: 0
+        self.after_big_read = None  # called with (name, count) after each big read was answered
+        self.bytes_sent = 0        # body bytes written to sockets, all requests
         self.seen: dict = {}
         self.requests = 0
         self.stop = threading.Event()
@@ -109,26 +116,49 @@ def _handler(root: str, faults: Faults):
                 return self._status(faults.status_big)
             if big and n <= faults.fail_5xx:
                 return self._status(503)
-            with open(file, "rb") as f:
-                if faults.ignore_range or m is None:
-                    start, end = 0, size - 1
-                    self.send_response(200)
-                else:
-                    self.send_response(206)
+            etag = f'"{int(os.path.getmtime(file) * 1e9):x}-{size:x}"'
+            if self.headers.get("If-Match") not in (None, etag):
+                return self._status(412)
+            if big and faults.empty_body:
+                self.send_response(faults.empty_body)
+                if faults.empty_body == 206:
                     self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-                f.seek(start)
-                body = f.read(end - start + 1)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("ETag", f'"{int(os.path.getmtime(file) * 1e9):x}-{size:x}"')
-            self.end_headers()
-            if big and n == 1 and faults.reset_after is not None:
-                self.wfile.write(body[:faults.reset_after])
-                self.wfile.flush()
-                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                self.connection.close()
-                self.close_connection = True
+                self.send_header("Content-Length", "0")
+                self.end_headers()
                 return
-            self.wfile.write(body)
+            if faults.ignore_range or m is None:
+                start, end = 0, size - 1
+                self.send_response(200)
+            else:
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+            self.send_header("Content-Length", str(end - start + 1))
+            self.send_header("ETag", etag)
+            self.end_headers()
+            with open(file, "rb") as f:
+                f.seek(start)
+                if big and n == 1 and faults.reset_after is not None:
+                    self.wfile.write(f.read(min(faults.reset_after, end - start + 1)))
+                    self.wfile.flush()
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01" + bytes(7))
+                    self.connection.close()
+                    self.close_connection = True
+                    return
+                try:  # in pieces, counted as they go (a client may hang up), never the whole file in memory
+                    left = end - start + 1
+                    while left > 0:
+                        piece = f.read(min(left, 64 << 10))
+                        if not piece:
+                            break
+                        self.wfile.write(piece)
+                        left -= len(piece)
+                        with faults.lock:
+                            faults.bytes_sent += len(piece)
+                except OSError:
+                    self.close_connection = True
+                    return
+            if big and faults.after_big_read is not None:
+                faults.after_big_read(name, n)
 
         def _status(self, code: int):
             self.send_response(code)
@@ -136,6 +166,119 @@ def _handler(root: str, faults: Faults):
             self.end_headers()
 
     return Handler
+
+
+class SilentServer:
+    """Accepts connections on ``.url`` and never answers (nor closes them)."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.held: list = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self):
+        self.sock.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                self.held.append(self.sock.accept()[0])
+            except OSError:
+                pass
+
+    def __enter__(self) -> SilentServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        for c in self.held:
+            c.close()
+        self.sock.close()
+
+
+def need_openssl():
+    if shutil.which("openssl") is None:
+        if required():
+            pytest.fail("the openssl command is not installed, and FLASHTENSORS_REQUIRE_SERVERS=1 requires it")
+        pytest.skip("the openssl command is not installed (to make test certificates)")
+
+
+def _openssl(*args):
+    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
+
+
+def make_ca(directory):
+    """A certificate authority for tests: ``(ca.pem, ca.key)`` in ``directory``."""
+    need_openssl()
+    cert, key = directory / "ca.pem", directory / "ca.key"
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=flashtensors test CA",
+             "-keyout", key, "-out", cert)
+    return cert, key
+
+
+def issue_cert(ca, directory, name: str):
+    """``(cert.pem, key.pem)`` for DNS name ``name``, signed by ``ca`` (from make_ca)."""
+    cert, key, request = directory / f"{name}.pem", directory / f"{name}.key", directory / f"{name}.csr"
+    ext = directory / f"{name}.ext"
+    ext.write_text(f"subjectAltName=DNS:{name}\n")
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", key, "-out", request)
+    _openssl("x509", "-req", "-in", request, "-CA", ca[0], "-CAkey", ca[1], "-CAcreateserial", "-days", "1",
+             "-extfile", ext, "-out", cert)
+    return cert, key
+
+
+class Tinyproxy:
+    """Debian's tinyproxy on loopback (``.url``), allowing CONNECT to ``connect_ports``,
+    with its log at ``.log`` (every request it forwards)."""
+
+    def __init__(self, scratch, connect_ports=()):
+        binary = shutil.which("tinyproxy") or ("/usr/bin/tinyproxy" if os.path.exists("/usr/bin/tinyproxy") else None)
+        if binary is None:
+            if required():
+                pytest.fail("tinyproxy is not installed, and FLASHTENSORS_REQUIRE_SERVERS=1 (CI) requires it")
+            pytest.skip("tinyproxy is not installed (Debian: apt-get install tinyproxy); .ci/run installs it")
+        from flashtensors.benchmark.nginx import free_port
+
+        self.binary = binary
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = scratch / "tinyproxy.log"
+        self.config = scratch / "tinyproxy.conf"
+        # No ConnectPort line would allow CONNECT to any port; tinyproxy's packaged
+        # config allows 443 and 563 only. The tests name the ports they tunnel to.
+        connect = "".join(f"ConnectPort {p}\n" for p in connect_ports)
+        self.config.write_text(f"Port {self.port}\nListen 127.0.0.1\nTimeout 60\nAllow 127.0.0.1\n"
+                               f"MaxClients 50\nLogFile \"{self.log}\"\nLogLevel Info\n"
+                               f"PidFile \"{scratch / 'tinyproxy.pid'}\"\n{connect}")
+        self.proc = None
+
+    def requests(self) -> list:
+        """The request lines tinyproxy logged ("GET http://...", "CONNECT host:port")."""
+        text = self.log.read_text() if self.log.exists() else ""
+        return re.findall(r'Request \(file descriptor \d+\): (\S+ \S+)', text)
+
+    def __enter__(self) -> Tinyproxy:
+        self.proc = subprocess.Popen([self.binary, "-d", "-c", str(self.config)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"tinyproxy did not start: {self.proc.stderr.read().decode()}") from None
+                time.sleep(0.05)
+        self.proc.kill()
+        raise RuntimeError("tinyproxy did not start listening")
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.proc.stderr.close()
 
 
 class MotoServer:
@@ -173,6 +316,17 @@ class MotoServer:
     def __exit__(self, *exc):
         self.server.shutdown()
         self.server.server_close()
+
+
+def point_aws_at(monkeypatch, url: str) -> None:
+    """Sets the AWS environment (through ``monkeypatch``) so that botocore, flashtensors and
+    the ranks a test spawns talk to the S3 server at ``url`` with test keys."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
 
 
 def upload(c, bucket, local_dir, prefix):

@@ -34,7 +34,8 @@ json_values = st.recursive(
     st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
     | st.floats(allow_nan=True) | st.text(max_size=20)
     | st.sampled_from(["float32", "int16", "bool", "bfloat16", "../x.flash", "/etc/passwd", "a.flash", "crc32c",
-                       "flashtensors", "00000000", ".flash"]),
+                       "flashtensors", "00000000", ".flash", "float4_e2m1fn_x2", "float8_e4m3fnuz",
+                       "F4", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "F6_E2M3", "U8", "I16"]),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=8)
 
@@ -227,3 +228,171 @@ def test_garbage_and_truncated_safetensors(st_original, tmp_path, raw, cut):
     for content in (raw, original[:cut], original[:cut] + raw, len(raw).to_bytes(8, "little") + raw):
         target.write_bytes(content)
         _check_like_safetensors(target)
+
+
+# -- the native HTTP response parser (csrc/http_protocol.cpp): status lines, headers,
+# lengths, ranges, redirects and proxy settings as a hostile server or environment may
+# give them. Every case ends in a decision that is safe to act on (never more body bytes
+# than the range asked for), or an IoError (an OSError) for a redirect or proxy refused.
+
+HEADER_NAMES = ["Content-Length", "content-length", "Content-Range", "Location", "ETag", "Connection",
+                "Transfer-Encoding", "X-Other", "content-range ", " Content-Length"]
+HEADER_VALUES = st.one_of(
+    st.integers(-5, 2**70).map(str),
+    st.builds(lambda a, b, t: f"bytes {a}-{b}/{t}", st.integers(-2, 2**66), st.integers(-2, 2**66),
+              st.one_of(st.just("*"), st.integers(-2, 2**66).map(str))),
+    st.sampled_from(["close", "keep-alive", "chunked", "identity", "/x", "//h/x", "http://a/b", "https://[::1]:8/x",
+                     "https://[", "http://h:99999/", "?q", "x y", "W/\"e\"", "\"e\"", "", " ", "bytes */10",
+                     "bytes 0-"]),
+    st.text(max_size=24),
+)
+
+
+@st.composite
+def response_heads(draw):
+    version = draw(st.sampled_from(["HTTP/1.1", "HTTP/1.0", "HTTP/2", "HTTP/1.", "http/1.1", "HTTP/1.1x", ""]))
+    status = draw(st.one_of(st.sampled_from([200, 206, 301, 302, 304, 307, 404, 412, 416, 429, 500, 503]),
+                            st.integers(-1, 1200)))
+    reason = draw(st.sampled_from(["", " OK", " Partial Content", " ", "\t?"]))
+    lines = [f"{version} {status}{reason}"]
+    for _ in range(draw(st.integers(0, 6))):
+        lines.append(f"{draw(st.sampled_from(HEADER_NAMES))}:{draw(HEADER_VALUES)}")
+    head = "\r\n".join(lines).encode("utf-8", "surrogatepass")
+    if draw(st.booleans()):
+        head = head[:draw(st.integers(0, len(head)))] + draw(st.binary(max_size=40))
+    return head
+
+
+@FUZZ
+@given(head=st.one_of(response_heads(), st.binary(max_size=300)), offset=st.integers(0, 2**62),
+       length=st.integers(1, 2**40), etag=st.sampled_from(["", '"e"', 'W/"e"']))
+def test_http_response_parser(head, offset, length, etag):
+    from flashtensors import _native
+
+    native = _native.module()
+    kind, want, close_after, problem, status, location, got_etag = native.http_plan_body(head, offset, length, etag)
+    assert kind in ("body", "retry", "redirect", "fatal")
+    if kind == "body":
+        assert 0 < want <= length and status in (200, 206) and not problem
+        assert not (etag and got_etag and got_etag != etag.encode())
+    elif kind == "redirect":
+        assert location and 300 <= status < 400
+        try:
+            to = native.http_redirect("http://origin.test:8080/dir/file?q=1", location)
+        except OSError:
+            return
+        assert to.startswith(("http://", "https://")) and not any(c in to for c in " \r\n")
+    else:
+        assert problem and problem.isprintable() and problem.isascii()
+
+
+@FUZZ
+@given(location=st.text(max_size=60), base=st.sampled_from(["http://h/a/b", "https://[::1]:8443/x?y", "http://h:1/"]))
+def test_http_redirect_targets(location, base):
+    from flashtensors import _native
+
+    try:
+        to = _native.module().http_redirect(base, location.encode("utf-8", "surrogatepass"))
+    except OSError as e:
+        assert str(e).isprintable()
+        return
+    assert to.startswith(("http://", "https://")) and not any(c in to for c in " \t\r\n")
+
+
+@FUZZ
+@given(proxy=st.one_of(st.text(max_size=40), st.sampled_from(["http://u:p%40@[::1]:3128/", "socks5://h:1", "h", "h:0",
+                                                              "https://h:8443", "http://h:65536", "@:", "[::1"])),
+       no_proxy=st.one_of(st.text(max_size=30), st.sampled_from(["*", ".test", "*.test,h", "[::1]", ",,"])),
+       host=st.sampled_from(["a.test", "test", "h", "::1", "127.0.0.1", "xtest"]))
+def test_proxy_settings(proxy, no_proxy, host, monkeypatch):
+    from flashtensors import _native
+
+    try:
+        (proxy + no_proxy).encode()
+    except UnicodeEncodeError:
+        return  # not representable in the environment
+    if "\x00" in proxy + no_proxy:
+        return
+    monkeypatch.setenv("http_proxy", proxy)
+    monkeypatch.setenv("no_proxy", no_proxy)
+    url = f"http://{'[' + host + ']' if ':' in host else host}:80/x"
+    try:
+        proxy_host, port, _ = _native.module().proxy_for(url)
+    except OSError:
+        return
+    if proxy_host:
+        assert 0 < int(port) < 65536
+# -- Hugging Face weight indexes: the native reader (which keeps only the distinct file
+# names) agrees with Python's json on every index Python reads strictly (no duplicate
+# keys, no NaN), and refuses the rest with a FlashFormatError. Objects of more than 16
+# keys, with keys written plainly or as escapes, exercise the sorted duplicate check.
+
+def _reference_shard_names(raw: bytes):
+    """What hf_shard_names must return for ``raw``, by Python's json; None if invalid."""
+    def unique(pairs):
+        keys = [k for k, _ in pairs]
+        if len(keys) != len(set(keys)):
+            raise ValueError("duplicate key")
+        return dict(pairs)
+
+    def no_constants(name):
+        raise ValueError(name)
+
+    try:
+        doc = json.loads(raw, object_pairs_hook=unique, parse_constant=no_constants)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("weight_map"), dict):
+        return None
+    names = doc["weight_map"].values()
+    if not all(isinstance(n, str) and os.path.basename(n) == n and n not in ("", ".", "..") and "\0" not in n
+               and len(n) <= 255 for n in names):
+        return None
+    return list(dict.fromkeys(names))
+
+
+def _json_key(key: str, escaped: bool) -> str:
+    if not escaped:
+        return json.dumps(key, ensure_ascii=False)
+    return '"' + "".join(f"\\u{ord(c):04x}" if ord(c) < 0x10000 else json.dumps(c)[1:-1] for c in key) + '"'
+
+
+@st.composite
+def hf_indexes(draw):
+    keys = draw(st.lists(st.text(alphabet="ab\u00e9\U0001F600", max_size=3), max_size=40))
+    n = len(keys)
+    values = draw(st.lists(st.sampled_from(["m-1.safetensors", "m-2.safetensors", "../m.safetensors", "", "a/b",
+                                            "m\u00e9.safetensors", 3, None, [1]]), min_size=n, max_size=n))
+    escaped = draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    members = ",".join(f"{_json_key(k, e)}:{json.dumps(v)}" for k, v, e in zip(keys, values, escaped))
+    weight_map = draw(st.sampled_from(["{%s}", "[%s]", '"%s"'])) % members if draw(st.booleans()) else "{%s}" % members
+    return f'{{"metadata":{json.dumps(draw(json_values))},"weight_map":{weight_map}}}'.encode()
+
+
+@FUZZ
+@given(raw=hf_indexes())
+def test_hf_weight_index_reads_as_python_json_does(raw):
+    from flashtensors.errors import FlashFormatError
+    from flashtensors.safetensors_format import hf_shard_names
+
+    want = _reference_shard_names(raw)
+    if want is None:
+        with pytest.raises(FlashFormatError, match="^idx: not a valid weight index"):
+            hf_shard_names(raw, "idx")
+    else:
+        assert hf_shard_names(raw, "idx") == want
+
+
+@FUZZ
+@given(raw=st.binary(max_size=600), cut=st.integers(0, 200))
+def test_garbage_and_truncated_hf_weight_index(raw, cut):
+    from flashtensors.errors import FlashFormatError
+    from flashtensors.safetensors_format import hf_shard_names
+
+    valid = b'{"metadata": {"total_size": 8}, "weight_map": {"a": "m-1.safetensors", "b": "m-2.safetensors"}}'
+    for content in (raw, valid[:cut], valid[:cut] + raw):
+        try:
+            got = hf_shard_names(content, "idx")
+        except FlashFormatError:
+            continue
+        assert got == _reference_shard_names(content)

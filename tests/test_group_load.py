@@ -2,8 +2,6 @@
 as a plain load, failures raised on every rank. (Each byte read once by the group:
 tests/test_load_matrix.py, counted by the server.)"""
 
-import multiprocessing as mp
-import queue as queue_module
 import time
 
 import pytest
@@ -18,25 +16,7 @@ import group_workers
 
 def _run_group(body, world, tmp_path, *args, timeout=240) -> dict:
     """Runs ``body`` on ``world`` spawned ranks; returns {rank: (status, facts)}."""
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    rdv = tmp_path / f"rdv-{time.monotonic_ns()}"
-    procs = [ctx.Process(target=body, args=(rank, world, str(rdv), results, *args)) for rank in range(world)]
-    for p in procs:
-        p.start()
-    reports, deadline = {}, time.monotonic() + timeout
-    while len(reports) < world and time.monotonic() < deadline:
-        try:
-            rank, status, facts = results.get(timeout=1)
-            reports[rank] = (status, facts)
-        except queue_module.Empty:
-            if all(p.exitcode is not None for p in procs):
-                break
-    for p in procs:
-        p.join(timeout=30)
-        if p.is_alive():
-            p.kill()
-    return reports
+    return group_workers.spawn(body, world, tmp_path, *args, timeout=timeout)
 
 
 def _state_dict() -> dict:

@@ -16,7 +16,7 @@ from flashtensors.checkpoint import open_checkpoint
 
 import matrix_workers
 from helpers import save_shards
-from remote_servers import nginx, upload
+from remote_servers import nginx, point_aws_at, upload
 
 LAYOUTS = {"flash": "flash", "file": "st/model.safetensors", "hf": "hf"}
 PLACES = ["local", "http", "s3", "s3-cached"]
@@ -43,12 +43,7 @@ def world(tmp_path_factory, s3_server):
     save_shards(sd, root / "hf", 2, index=True)
     shutil.copytree(root / "flash", root / "bad-flash")
     with pytest.MonkeyPatch.context() as mp_env:
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
-            mp_env.delenv(name, raising=False)
-        mp_env.setenv("AWS_ENDPOINT_URL", s3_server.url)
-        mp_env.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp_env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        mp_env.setenv("AWS_REGION", "us-east-1")
+        point_aws_at(mp_env, s3_server.url)
         from flashtensors.remote.s3 import client
 
         c, bucket = client(), f"matrix-{os.getpid()}"

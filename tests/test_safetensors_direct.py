@@ -152,7 +152,7 @@ GOOD = {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "b": {"dtyp
     (b'{"a": 1}', b"", r"entry is not an object.*'a'"),
     (b"[1, 2]", b"", "not a JSON object"),
     (b'{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "a": {}}', bytes(8), "duplicate key"),
-    ({**GOOD, "a": {**GOOD["a"], "dtype": "F99"}}, bytes(11), r"unsupported dtype 'F99'.*'a'"),
+    ({**GOOD, "a": {**GOOD["a"], "dtype": "F99"}}, bytes(11), r"dtype 'F99' has no torch equivalent.*'a'"),
     ({**GOOD, "a": {**GOOD["a"], "dtype": 7}}, bytes(11), r"invalid dtype.*'a'"),
     ({**GOOD, "b": {**GOOD["b"], "shape": [-3]}}, bytes(11), r"invalid shape.*'b'"),
     ({**GOOD, "b": {**GOOD["b"], "shape": [4]}}, bytes(11), r"do not match shape and dtype.*'b'"),

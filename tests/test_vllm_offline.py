@@ -26,8 +26,7 @@ from flashtensors import flash
 from flashtensors.integrations.vllm import fetch_model_files
 from flashtensors.integrations.vllm.per_rank import rank_dir
 
-from remote_servers import upload
-from vllm_models import PROMPTS, make_model_pair, run_jobs
+from vllm_models import PROMPTS, aws_environment, make_model_pair, run_jobs, upload_to_s3
 
 pytestmark = [
     pytest.mark.slow,
@@ -43,23 +42,10 @@ TP2 = {"engine_args": {"tensor_parallel_size": 2}, "env": {"VLLM_CPU_OMP_THREADS
 def s3_models(s3_server, tmp_path_factory):
     """Both Qwen2 directories on moto's S3 server, and a local directory with their config and
     tokenizer fetched by ``fetch_model_files``; the AWS environment the engines need."""
-    from flashtensors.benchmark.nginx import free_port
-    from flashtensors.remote.s3 import client
-
     root = tmp_path_factory.mktemp("vllm-s3")
     st, fl = make_model_pair("qwen2", root)
-    env = {"AWS_ENDPOINT_URL": s3_server.url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_REGION": "us-east-1"}
-    bucket = f"vllm-{free_port()}"
-    with pytest.MonkeyPatch.context() as mp:
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
-            mp.delenv(name, raising=False)
-        for name, value in env.items():
-            mp.setenv(name, value)
-        c = client()
-        c.create_bucket(Bucket=bucket)
-        upload(c, bucket, st, "qwen2-st")
-        upload(c, bucket, fl, "qwen2-flash")
+    bucket, env = upload_to_s3(s3_server, {"qwen2-st": st, "qwen2-flash": fl})
+    with aws_environment(env):
         fetched = fetch_model_files(f"s3://{bucket}/qwen2-st", root / "fetched")
     return {"bucket": bucket, "env": env, "fetched": fetched, "tier": root / "tier"}
 

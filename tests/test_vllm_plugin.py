@@ -69,7 +69,7 @@ def test_remote_weight_options():
 
 
 @pytest.mark.parametrize("extra, message", [
-    ({"weights": "/models/qwen"}, "a local directory is served as --model DIR"),
+    ({"weights": "/models/qwen"}, "a local directory is served as the model directory"),
     ({"weights": "gs://bucket/qwen"}, "Google Cloud Storage answers the S3 API"),
     ({"weights": "S3://bucket/qwen"}, "URL schemes are lowercase"),
     ({"cache_dir": "/nvme/w"}, "'cache_dir' applies to weights streamed from a URL"),
@@ -156,7 +156,8 @@ def test_broken_weight_index_is_named(tmp_path):
 def test_layout_precedence(tmp_path):
     """Per-rank checkpoints for the engine's size, then a flash checkpoint, then safetensors;
     per-rank checkpoints for another size alone still go to per-rank loading (whose error
-    names the sizes present)."""
+    names the sizes present). A reload prefers the layouts that load_weights takes, and
+    falls to per-rank (whose reload refuses it) only without them."""
     import torch
 
     from flashtensors import flash
@@ -166,10 +167,13 @@ def test_layout_precedence(tmp_path):
     flash.save_dict({"w": torch.zeros(2)}, rank_dir(root, 0, 2))
     flash.save_dict({"w": torch.zeros(2)}, rank_dir(root, 1, 2))
     assert (_layout(root, 2), _layout(root, 1)) == ("per-rank", "per-rank")
+    assert _layout(root, 2, reload=True) == "per-rank"
     save_file({"w": torch.zeros(2)}, str(root / "model.safetensors"))
     assert (_layout(root, 2), _layout(root, 1)) == ("per-rank", "safetensors")
+    assert _layout(root, 2, reload=True) == "safetensors"
     flash.save_dict({"w": torch.zeros(2)}, root)
     assert (_layout(root, 2), _layout(root, 1)) == ("per-rank", "full")
+    assert _layout(root, 2, reload=True) == "full"
 
 
 def config_only_dir(tmp_path):

@@ -58,6 +58,38 @@ def make_model_pair(arch: str, root: Path, *, seed: int = 0) -> tuple[Path, Path
     return st_dir, fl_dir
 
 
+def upload_to_s3(s3_server, dirs: dict[str, Path]) -> tuple[str, dict]:
+    """Uploads each directory of ``dirs`` (prefix: directory) to a fresh bucket of moto's S3
+    server; returns the bucket and the AWS environment an engine needs to read it."""
+    from flashtensors.benchmark.nginx import free_port
+    from flashtensors.remote.s3 import client
+
+    from remote_servers import upload
+
+    env = {"AWS_ENDPOINT_URL": s3_server.url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_REGION": "us-east-1"}
+    bucket = f"vllm-{free_port()}"
+    with aws_environment(env):
+        c = client()
+        c.create_bucket(Bucket=bucket)
+        for prefix, local in dirs.items():
+            upload(c, bucket, local, prefix)
+    return bucket, env
+
+
+@contextmanager
+def aws_environment(env: dict):
+    """This process's environment set to ``env`` (and no other AWS settings) within the block."""
+    import pytest
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+            mp.delenv(name, raising=False)
+        for name, value in env.items():
+            mp.setenv(name, value)
+        yield
+
+
 @dataclass
 class Run:
     results: list  # one dict per job: {"token_ids": [...], "texts": [...]} or {"error": str}
@@ -70,13 +102,14 @@ def run_jobs(jobs: list[dict], workdir: Path, timeout: float = 900) -> Run:
     A job: ``model`` (a directory), ``load_format``, optional ``engine_args`` (more
     ``LLM`` arguments), ``env`` (environment variables for this engine), ``extra_config``
     (vLLM's model_loader_extra_config), ``worker_extension`` (start the engine with
-    FlashWorkerExtension) and ``save_per_rank`` (a directory for save_vllm_checkpoint
-    after generating). A job whose engine fails gives ``{"error": ...}``; a FlashError
-    from saving is kept as ``"save_error"``.
+    FlashWorkerExtension), ``save_per_rank`` (a directory for save_vllm_checkpoint
+    after generating) and ``reloads`` (steps run after generating, see :func:`_reload`;
+    their results in ``"reloads"``). A job whose engine fails gives ``{"error": ...}``; a
+    FlashError from saving is kept as ``"save_error"``.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     spec, out = workdir / "jobs.json", workdir / "results.json"
-    spec.write_text(json.dumps([{k: str(v) if isinstance(v, Path) else v for k, v in j.items()} for j in jobs]))
+    spec.write_text(json.dumps(jobs, default=str))  # paths, anywhere in a job, as strings
     proc = subprocess.run(
         [sys.executable, __file__, str(spec), str(out)],
         check=False, capture_output=True, text=True, timeout=timeout, cwd=workdir, env=engine_env(),
@@ -166,7 +199,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def _run_job(job: dict) -> dict:
-    from vllm import LLM, SamplingParams
+    from vllm import LLM
 
     from flashtensors import FlashError
     from flashtensors.integrations.vllm import FlashWorkerExtension, save_vllm_checkpoint
@@ -185,11 +218,8 @@ def _run_job(job: dict) -> dict:
     finally:
         os.environ.clear()
         os.environ.update(saved_env)
-    outputs = llm.generate(PROMPTS, SamplingParams(temperature=0, max_tokens=MAX_TOKENS))
-    result = {
-        "token_ids": [list(o.outputs[0].token_ids) for o in outputs],
-        "texts": [o.outputs[0].text for o in outputs],
-    }
+    result = _generate(llm)
+    result["reloads"] = [_reload(llm, step) for step in job.get("reloads", [])]
     if job.get("save_per_rank"):
         try:
             save_vllm_checkpoint(llm, job["save_per_rank"])
@@ -198,6 +228,34 @@ def _run_job(job: dict) -> dict:
     llm.llm_engine.engine_core.shutdown()
     del llm
     return result
+
+
+def _generate(llm) -> dict:
+    """Greedy outputs for PROMPTS: ``{"token_ids": [...], "texts": [...]}``."""
+    from vllm import SamplingParams
+
+    outputs = llm.generate(PROMPTS, SamplingParams(temperature=0, max_tokens=MAX_TOKENS))
+    return {"token_ids": [list(o.outputs[0].token_ids) for o in outputs],
+            "texts": [o.outputs[0].text for o in outputs]}
+
+
+def _reload(llm, step: dict) -> dict:
+    """One reload step of a job: first, if ``overwrite`` is ``[src, dst]``, flash checkpoint
+    ``src`` is written over flash checkpoint ``dst`` in place (``save_dict(overwrite=True)``);
+    then RPC ``rpc`` (default ``reload_weights``) runs on every worker with ``weights_path``
+    (if the step has one); then the engine generates. Gives the greedy outputs and the RPC's
+    per-worker results as ``"rpc"``, or its error as ``"error"``."""
+    from flashtensors import flash
+
+    if "overwrite" in step:
+        src, dst = step["overwrite"]
+        flash.save_dict(flash.load_dict(src), dst, overwrite=True)
+    kwargs = {"weights_path": step["weights_path"]} if "weights_path" in step else {}
+    try:
+        answers = {"rpc": llm.collective_rpc(step.get("rpc", "reload_weights"), kwargs=kwargs)}
+    except Exception as e:  # noqa: BLE001 -- the worker's error, for the test to check
+        answers = {"error": f"{type(e).__name__}: {e}"}
+    return {**_generate(llm), **answers}
 
 
 def main(spec: str, out: str) -> None:

@@ -41,9 +41,14 @@ class Nginx:
     """nginx serving ``root`` at ``http://127.0.0.1:PORT`` (``.url``) while in a ``with``
     block. ``tls=(cert, key)`` serves HTTPS instead. ``redirect=True`` adds
     ``/redirect/<path>``, a 302 to ``/<path>``. ``access_log=PATH`` logs every request
-    there, one line each: ``METHOD URI RANGE STATUS BODY_BYTES`` (``-`` for no range)."""
+    there, one line each: ``METHOD URI RANGE STATUS BODY_BYTES`` (``-`` for no range),
+    and ``log_connections=True`` appends nginx's serial number of the connection.
+    ``limit_rate="100m"`` caps every connection at that many bytes per second (nginx's
+    ``limit_rate``), as object stores like S3 do, so a loader must open many connections
+    to fill the link."""
 
-    def __init__(self, root, *, tls: tuple | None = None, redirect: bool = False, access_log=None):
+    def __init__(self, root, *, tls: tuple | None = None, redirect: bool = False, access_log=None,
+                 limit_rate: str | None = None, log_connections: bool = False):
         self.binary = nginx_binary()
         if self.binary is None:
             raise FlashError("nginx is not installed (Debian: apt-get install nginx)")
@@ -51,6 +56,8 @@ class Nginx:
         self.tls = tls
         self.redirect = redirect
         self.access_log = None if access_log is None else os.path.abspath(os.fspath(access_log))
+        self.limit_rate = limit_rate
+        self.log_connections = log_connections
         self.port = free_port()
         self.scheme = "https" if tls else "http"
         self.url = f"{self.scheme}://127.0.0.1:{self.port}"
@@ -64,13 +71,16 @@ class Nginx:
         redirect = "location /redirect/ { rewrite ^/redirect/(.*)$ /$1 redirect; }\n" if self.redirect else ""
         log = "access_log off;\n"
         if self.access_log:
-            log = ("log_format flashtensors '$request_method $uri $http_range $status $body_bytes_sent';\n"
+            fields = "$request_method $uri $http_range $status $body_bytes_sent"
+            fields += " $connection" if self.log_connections else ""
+            log = (f"log_format flashtensors '{fields}';\n"
                    f"access_log {self.access_log} flashtensors;\n")
+        cap = f"limit_rate {self.limit_rate};\n" if self.limit_rate else ""
         temp = "".join(f"{name}_temp_path {scratch}/{name};\n"
                        for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
         return (f"{user}worker_processes 2;\ndaemon off;\npid {scratch}/nginx.pid;\n"
                 f"error_log {scratch}/error.log warn;\nevents {{ worker_connections 1024; }}\n"
-                f"http {{\n{temp}{log}sendfile on;\ntcp_nopush on;\nkeepalive_requests 100000;\n"
+                f"http {{\n{temp}{log}{cap}sendfile on;\ntcp_nopush on;\nkeepalive_requests 100000;\n"
                 f"types {{ application/json json; }}\ndefault_type application/octet-stream;\n"
                 f"server {{\nlisten {listen};\n{tls}root {self.root};\n{redirect}}}\n}}\n")
 

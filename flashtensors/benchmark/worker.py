@@ -15,19 +15,27 @@ import sys
 import time
 
 
-def main(argv) -> int:
-    with open(argv[1]) as f:
-        spec = json.load(f)
+def prepare_process(spec_file: str) -> tuple:
+    """What every timed-load process does before its clock starts: reads its spec, makes
+    CUDA ready on a GPU device, keeps cold runs cold. Returns ``(spec, torch.device)``."""
     import torch
 
     from .. import loader as flash_loader
-    from .peers import LOADERS
-    from .runner import check, settle
 
+    with open(spec_file) as f:
+        spec = json.load(f)
     device = torch.device(spec["device"])
     if device.type == "cuda":
         torch.empty(1, device=device)
     flash_loader.CACHE_AFTER_COLD_LOAD = False  # cold runs must stay cold
+    return spec, device
+
+
+def main(argv) -> int:
+    from .peers import LOADERS
+    from .runner import check, settle
+
+    spec, device = prepare_process(argv[1])
     loader = next(ld for ld in LOADERS if ld.name == spec["loader"])
     importlib.import_module(loader.module)
     try:

@@ -17,7 +17,8 @@ EXAMPLE = """examples:
   flashtensors bench --path /models/qwen --json out.json
   flashtensors bench --tensors 20000 --device cpu --no-cold --runs 7   # MoE-sized: per-tensor costs
   flashtensors bench --path s3://bucket/models/qwen --device cpu    # a remote checkpoint vs curl
-  flashtensors bench --size 1 --nginx --device cpu      # served by a loopback nginx, vs curl
+  flashtensors bench --size 1 --nginx --device cpu      # served by a loopback nginx, vs curl and peers
+  flashtensors bench --size 1 --nginx --limit-rate 100m --device cpu --runs 5   # and capped as S3 is
 """
 
 
@@ -43,13 +44,21 @@ def register(subparsers) -> None:
     p.add_argument("--in-process", action="store_true",
                    help="time repeated loads in this process instead of one load per fresh process "
                         "(the default, as a serving replica loads: pinning, opening, first faults included)")
-    p.add_argument("--loaders", help="comma-separated loader names to run (default: all installed)")
+    p.add_argument("--loaders", help="comma-separated loader names to run (default: all installed); for remote "
+                                     "sources: curl, flashtensors, runai, s5cmd, curl+load")
     p.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "flashtensors-bench"),
                    help="where generated checkpoints are kept and reused (default: %(default)s)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--nginx", action="store_true",
                    help="serve the checkpoint with a throwaway nginx on loopback and time streaming it "
                         "against curl and download-then-load")
+    p.add_argument("--limit-rate", metavar="RATE",
+                   help="with --nginx: also serve the checkpoint capped at RATE bytes/s per connection "
+                        "(nginx limit_rate: 100m = 100 MB/s, about what S3 gives one connection) and "
+                        "time every peer against both servers")
+    p.add_argument("--connections", type=positive_int, default=None,
+                   help="remote sources: requests flashtensors keeps in flight "
+                        "(default: $FLASHTENSORS_CONNECTIONS, else 32)")
     p.add_argument("--threads", type=positive_int, default=None, help="I/O threads (default: the loader's)")
     p.set_defaults(func=run)
 
@@ -61,8 +70,8 @@ def run(args) -> int:
     from ..benchmark.prepare import prepare
     from ..benchmark.runner import run as run_loaders
     from ..benchmark.runner import table
+    from ..checkpoint import open_checkpoint
     from ..device_map import normalize_device_map
-    from ..format import data_file_paths, read_index
 
     if not (args.model or args.size or args.path or args.tensors):
         args.size = 1.0
@@ -70,24 +79,25 @@ def run(args) -> int:
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     from ..locations import is_remote
 
+    if args.limit_rate and not args.nginx:
+        raise SystemExit("flashtensors bench: --limit-rate needs --nginx")
     if args.path and is_remote(args.path):
-        return _remote(args, args.path, device, log)
+        from ..benchmark.remote import http_source
+
+        return _remote(args, [http_source(args.path)], device, log)
 
     flash_dir, st_files, expected = prepare(args, log=log)
     if args.nginx:
-        from ..benchmark.nginx import Nginx
-
-        with Nginx(os.path.dirname(os.path.abspath(flash_dir))) as server:
-            return _remote(args, f"{server.url}/{os.path.basename(os.path.abspath(flash_dir))}", device, log)
-    flash_files = [str(p) for p in data_file_paths(flash_dir, read_index(flash_dir))]
-    data_files = flash_files + [str(f) for f in st_files]
-    nbytes = read_index(flash_dir).total_bytes
+        return _nginx(args, flash_dir, st_files, expected, device, log)
+    flash_ckpt = open_checkpoint(flash_dir)
+    data_files = flash_ckpt.sources + [str(f) for f in st_files]
+    nbytes = flash_ckpt.index.total_bytes
     if device.type == "cuda":
         torch.empty(1, device=device)  # CUDA init stays out of every timing
 
     machine = system.describe(device)
     log("measuring the machine's ceilings")
-    ceilings = {"odirect_read_GBps": system.odirect_read_rate(flash_files)}
+    ceilings = {"odirect_read_GBps": system.odirect_read_rate(flash_ckpt.sources)}
     if device.type == "cuda":
         ceilings["pinned_h2d_GBps"] = system.pinned_h2d_rate(device)
     only = set(args.loaders.split(",")) if args.loaders else None
@@ -118,15 +128,52 @@ def run(args) -> int:
     return 1 if flash_errors else 0
 
 
-def _remote(args, url: str, device, log) -> int:
-    from ..benchmark import system
-    from ..benchmark.remote import bench_url, table
+def _nginx(args, flash_dir, st_files, expected, device, log) -> int:
+    """Serves the checkpoint's flash and safetensors copies with nginx (and a capped one
+    with --limit-rate) and benches the remote peers against each."""
+    from contextlib import ExitStack
 
-    result = bench_url(url, device, runs=args.runs, threads=args.threads, log=log)
+    from ..benchmark.nginx import Nginx
+    from ..benchmark.remote import http_source
+
+    flash_dir = os.path.abspath(flash_dir)
+    root = os.path.dirname(flash_dir)  # holds flash/ and, for generated checkpoints, safetensors/
+    bucket = os.path.basename(root)
+    st_keys = [os.path.relpath(os.path.abspath(f), root) for f in st_files]
+    if any(k.startswith("..") for k in st_keys):
+        st_keys = []  # the safetensors copy lies outside the served directory: no S3 peers
+    caps = [("loopback", None)] + ([(f"capped {args.limit_rate}/conn", args.limit_rate)] if args.limit_rate else [])
+    with ExitStack() as stack:
+        sources = []
+        for label, cap in caps:
+            server = stack.enter_context(Nginx(os.path.dirname(root), limit_rate=cap))
+            rel = os.path.relpath(flash_dir, os.path.dirname(root))
+            sources.append(http_source(f"{server.url}/{rel}", label, endpoint=server.url, expected=expected,
+                                       s3_safetensors=[f"s3://{bucket}/{k}" for k in st_keys] or None,
+                                       capped=cap is not None))
+        return _remote(args, sources, device, log)
+
+
+def _remote(args, sources, device, log) -> int:
+    from ..benchmark import system
+    from ..benchmark.remote import bench_sources, table
+
+    only = set(args.loaders.split(",")) if args.loaders else None
+    for source in sources:
+        source["threads"] = args.threads
+    result = bench_sources(sources, device, runs=args.runs, connections=args.connections, only=only, log=log)
     result["system"] = system.describe(device)
-    log(result["system"])
+    first = result["sources"][0]
+    result["bytes"] = first["bytes"]
+    for key, field in (("curl", "curl_s"), ("flashtensors", "stream_s")):
+        if key in first["peers"]:
+            result[field] = first["peers"][key]["median"]
+    print(f"machine: {result['system']}")
+    print(f"checkpoint: {first['bytes'] / 1e9:.2f} GB to {device}; median of {args.runs} runs, each in a fresh "
+          "process, peers alternating")
     print(table(result))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2, default=str)
-    return 0
+    failed = any(s["peers"].get("flashtensors", {}).get("error") for s in result["sources"])
+    return 1 if failed else 0

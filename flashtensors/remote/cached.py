@@ -8,6 +8,11 @@ the data files it reads whole (every tensor of the file loaded): the bytes the l
 itself does not need (a safetensors header, alignment padding) are fetched after it, in
 one native call. Files a load reads only some tensors of (``load_into`` of a subset) are
 streamed without a copy: fetching the rest would turn a small load into a download.
+
+Every byte of a copy comes from reads pinned to the object's version seen when the
+checkpoint was opened (remote/versions.py: If-Match, and the answers' ETags checked), and
+the copy is committed under that version's ETag: an object replaced mid-load fails the
+load (or the fetch of the remaining bytes), so no copy ever mixes two versions.
 """
 
 from __future__ import annotations

@@ -1,27 +1,38 @@
 """Small HTTP(S) requests made from Python: the index, a safetensors header, an object's
-size and ETag. Never the tensor bytes (the native core reads those). Redirects are
-followed; 5xx and dropped connections are retried within the timeout."""
+size and ETag. Never the tensor bytes (the native core reads those).
+
+Every request stays inside the load's :class:`~.deadline.Deadline`; redirects are
+followed; 5xx, 408, 429, dropped connections and short or empty bodies are retried with
+jittered backoff within it. A body is never buffered past what was asked for: a range
+read keeps at most the range (from a server that ignores ``Range``, the start of the
+object, the rest left unread), a whole read at most ``limit`` bytes. Proxies are those
+the native reader uses (``http_proxy``, ``https_proxy`` through CONNECT, ``no_proxy``,
+upper or lower case, as curl reads them).
+"""
 
 from __future__ import annotations
 
 import http.client
 import ssl
-import time
 import urllib.parse
 
 from ..errors import FlashRemoteError
+from .deadline import Deadline, as_deadline
 
 MAX_REDIRECTS = 8
-RETRIES = 4
+# The most a whole-object read keeps (an index, a config or tokenizer file).
+MAX_OBJECT_BYTES = 256 << 20
+CHUNK_BYTES = 1 << 20
 
 
 def shown(url: str) -> str:
-    """``url`` as messages show it: without the query string (presigned credentials)."""
-    return url.split("?", 1)[0]
+    """``url`` as messages show it: without the query string (presigned credentials) or
+    fragment."""
+    return url.split("?", 1)[0].split("#", 1)[0]
 
 
 class Response:
-    """What a small GET or HEAD came back with."""
+    """What a small GET came back with."""
 
     def __init__(self, status: int, headers, body: bytes):
         self.status = status
@@ -43,30 +54,42 @@ class Response:
         return int(length) if length and length.isdigit() else None
 
 
-def request(url: str, method: str = "GET", start: int | None = None, end: int | None = None,
-            timeout: float = 30.0, missing_ok: bool = False) -> Response | None:
-    """One GET (of bytes ``start``..``end`` inclusive, when given) or HEAD of ``url``.
+class _Retry(Exception):
+    """An answer worth asking again for (a short body)."""
+
+
+def request(url: str, start: int | None = None, end: int | None = None, timeout: float | Deadline = 30.0,
+            missing_ok: bool = False, limit: int = MAX_OBJECT_BYTES, etag: str | None = None) -> Response | None:
+    """One GET of ``url``: bytes ``start``..``end`` (inclusive) when given, else the whole
+    object (at most ``limit`` bytes). ``timeout``: seconds, or the load's Deadline.
+    ``etag``: the version to read (If-Match, and the answer's ETag checked).
 
     Returns None for a 404 when ``missing_ok``; raises FlashRemoteError naming the URL for
-    any other failure.
+    any other failure: a 412 or another ETag (the object changed), an object larger than
+    ``limit``, a server that ignores ``Range`` for a read not at the start.
 
     Example:
         >>> request("http://127.0.0.1:8080/m/flash_index.json").body[:1]   # doctest: +SKIP
         b'{'
     """
+    deadline = as_deadline(timeout)
     headers = {"User-Agent": "flashtensors", "Accept-Encoding": "identity"}
     if start is not None:
         headers["Range"] = f"bytes={start}-{'' if end is None else end}"
-    deadline = time.monotonic() + timeout
-    target, redirects, attempt = url, 0, 0
+    if etag and etag.startswith('"'):
+        headers["If-Match"] = etag  # a weak ETag never matches If-Match: checked on the answer instead
+    target, redirects, failures = url, 0, 0
     while True:
         try:
-            left = max(0.1, deadline - time.monotonic())
-            status, reason, response_headers, body = _once(target, method, headers, left)
+            status, reason, response_headers, body = _once(target, headers, deadline, start, end, limit)
+        except _Retry as e:
+            status, reason, response_headers, body = 0, str(e), {}, b""
+        except ssl.SSLCertVerificationError as e:
+            host = urllib.parse.urlsplit(target).hostname
+            raise FlashRemoteError(f"{shown(url)}: TLS certificate not trusted for {host}: {e.verify_message}",
+                                   url=shown(url)) from None
         except (OSError, http.client.HTTPException) as e:
             status, reason, response_headers, body = 0, f"{type(e).__name__}: {e}", {}, b""
-            if isinstance(e, ssl.SSLCertVerificationError):
-                raise FlashRemoteError(f"{shown(url)}: TLS certificate not trusted: {e}", url=shown(url)) from None
         if status in (301, 302, 303, 307, 308) and response_headers.get("Location"):
             redirects += 1
             if redirects > MAX_REDIRECTS:
@@ -74,29 +97,102 @@ def request(url: str, method: str = "GET", start: int | None = None, end: int | 
             target = urllib.parse.urljoin(target, response_headers["Location"])
             continue
         if status in (200, 206):
-            return Response(status, response_headers, body)
+            deadline.progress()
+            answer = Response(status, response_headers, body)
+            if etag and answer.etag and answer.etag != etag:
+                raise FlashRemoteError(f"{shown(url)}: the object changed during the load (ETag {answer.etag}, "
+                                       f"was {etag})", 412, shown(url))
+            return answer
         if status == 404 and missing_ok:
             return None
+        if status == 412:
+            raise FlashRemoteError(f"{shown(url)}: the object changed during the load (HTTP 412 {reason} to "
+                                   f"If-Match {etag})", status, shown(url))
+        failures += 1
         retryable = status == 0 or status >= 500 or status in (408, 429)
-        attempt += 1
-        if not retryable or attempt >= RETRIES or time.monotonic() >= deadline:
+        if not retryable or not deadline.pause(failures):
             what = f"HTTP {status} {reason}" if status else reason
+            if retryable and deadline.expired():
+                what = f"no answer within {deadline.timeout:g} s, retries included; last: {what}"
             raise FlashRemoteError(f"{shown(url)}: {what}", status, shown(url))
-        time.sleep(min(0.1 * 2 ** attempt, max(0.0, deadline - time.monotonic())))
 
 
-def _once(url: str, method: str, headers: dict, timeout: float):
+def _connection(url: str, deadline: Deadline):
+    """``(connection, request target)`` for ``url``, through the proxy the native reader
+    would use."""
+    from .. import _native
+
     parts = urllib.parse.urlsplit(url)
-    if parts.scheme == "https":
-        conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout,
-                                           context=ssl.create_default_context())
-    else:
-        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     try:
-        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        conn.request(method, path, headers=headers)
+        proxy_host, proxy_port, authorization = _native.module().proxy_for(url)
+    except OSError as e:  # a proxy setting that cannot be used: asking again will not help
+        raise FlashRemoteError(f"{shown(url)}: {e}", 0, shown(url)) from None
+    proxy_headers = {"Proxy-Authorization": authorization} if authorization else None
+    left = max(0.01, deadline.left())
+    if parts.scheme == "https":
+        context = ssl.create_default_context()
+        if not proxy_host:
+            return http.client.HTTPSConnection(parts.hostname, parts.port, timeout=left, context=context), path, {}
+        conn = http.client.HTTPSConnection(proxy_host, int(proxy_port), timeout=left, context=context)
+        conn.set_tunnel(parts.hostname, parts.port or 443, headers=proxy_headers)
+        return conn, path, {}
+    if not proxy_host:
+        return http.client.HTTPConnection(parts.hostname, parts.port, timeout=left), path, {}
+    absolute = urllib.parse.urlunsplit(("http", parts.netloc, parts.path or "/", parts.query, ""))
+    return http.client.HTTPConnection(proxy_host, int(proxy_port), timeout=left), absolute, proxy_headers or {}
+
+
+def _once(url: str, headers: dict, deadline: Deadline, start, end, limit: int):
+    conn, path, extra = _connection(url, deadline)
+    try:
+        conn.request("GET", path, headers={**headers, **extra})
         response = conn.getresponse()
-        body = response.read() if method == "GET" else b""
+        if response.status not in (200, 206):
+            return response.status, response.reason, response.headers, b""
+        if start is None:
+            keep = limit
+        elif response.status == 200 and start > 0:
+            raise FlashRemoteError(f"{shown(url)}: the server ignores Range requests (answered 200 with the whole "
+                                   "object)", 200, shown(url))
+        else:  # the range; from a server that ignores Range, the same bytes at the object's start
+            keep = (limit if end is None else min(limit, end - start + 1))
+        declared = response.headers.get("Content-Length")
+        if start is None and declared and declared.isdigit() and int(declared) > limit:
+            raise _too_large(url, limit)
+        body = _read_at_most(conn, response, keep + (1 if start is None else 0), deadline)
+        if start is None and len(body) > limit:
+            raise _too_large(url, limit)
+        expected = _expected_length(response, start, end, keep)
+        if len(body) < expected:
+            raise _Retry(f"a short body ({len(body)} of {expected} bytes, HTTP {response.status} {response.reason})")
         return response.status, response.reason, response.headers, body
     finally:
-        conn.close()
+        conn.close()  # also drops whatever of the body was not read
+
+
+def _read_at_most(conn, response, n: int, deadline: Deadline) -> bytes:
+    chunks, got = [], 0
+    while got < n:
+        if conn.sock is not None:
+            conn.sock.settimeout(max(0.01, deadline.left()))
+        chunk = response.read(min(CHUNK_BYTES, n - got))
+        if not chunk:
+            break
+        deadline.progress()
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def _expected_length(response, start, end, keep: int) -> int:
+    """The bytes a complete answer holds (of the ``keep`` asked for at most)."""
+    total = Response(response.status, response.headers, b"").total_size
+    if total is None:
+        return 0 if start is None else 1
+    first = 0 if start is None or response.status == 200 else start
+    return max(0, min(keep, total - first))
+
+
+def _too_large(url: str, limit: int) -> FlashRemoteError:
+    return FlashRemoteError(f"{shown(url)}: larger than {limit} bytes, too large to be read whole", 0, shown(url))

@@ -9,6 +9,8 @@ import urllib.parse
 from ..errors import FlashRemoteError
 from ..store_api import ObjectInfo
 from . import http
+from .deadline import Deadline
+from .versions import Versions
 
 
 class HttpStore:
@@ -24,6 +26,8 @@ class HttpStore:
         self.timeout = timeout
         self.urls = urls or {}
         self.single = single
+        self.deadline = Deadline(timeout)  # one per opened checkpoint: every request of it
+        self.versions = Versions()  # reads pinned to the ETags first seen
 
     def describe(self, name: str) -> str:
         return http.shown(self.data_url(name))
@@ -33,6 +37,9 @@ class HttpStore:
         return self.base
 
     def data_url(self, name: str) -> str:
+        return self.versions.pinned_url(name, self._url(name))
+
+    def _url(self, name: str) -> str:
         return self.urls.get(name) or f"{self.base}/{urllib.parse.quote(name)}"
 
     def is_here(self, name: str) -> bool:
@@ -40,14 +47,23 @@ class HttpStore:
 
     def stat(self, name: str) -> ObjectInfo | None:
         # A one-byte GET, not HEAD: presigned URLs are signed for GET only.
-        r = http.request(self.data_url(name), start=0, end=0, timeout=self.timeout, missing_ok=True)
-        return None if r is None else ObjectInfo(r.total_size, r.etag)
+        return self._get(name, 0, 0, True, http.MAX_OBJECT_BYTES, stat=True)
 
-    def read(self, name: str, start: int | None = None, end: int | None = None, missing_ok: bool = False):
-        """``(bytes, ObjectInfo)`` of bytes ``start``..``end`` (inclusive; all when None),
-        or None for a missing object when ``missing_ok``."""
-        r = http.request(self.data_url(name), start=start, end=end, timeout=self.timeout, missing_ok=missing_ok)
-        return None if r is None else (r.body, ObjectInfo(r.total_size, r.etag))
+    def read(self, name: str, start: int | None = None, end: int | None = None, missing_ok: bool = False,
+             limit: int = http.MAX_OBJECT_BYTES):
+        """``(bytes, ObjectInfo)`` of bytes ``start``..``end`` (inclusive; all when None, at
+        most ``limit``), or None for a missing object when ``missing_ok``."""
+        return self._get(name, start, end, missing_ok, limit)
+
+    def _get(self, name, start, end, missing_ok, limit, stat=False):
+        url = self._url(name)
+        r = http.request(url, start=start, end=end, timeout=self.deadline, missing_ok=missing_ok, limit=limit,
+                         etag=self.versions.etag(name))
+        if r is None:
+            return None
+        self.versions.seen(name, r.etag, http.shown(url))
+        info = ObjectInfo(r.total_size, r.etag)
+        return info if stat else (r.body, info)
 
     def list(self) -> list:
         raise FlashRemoteError(f"{self.base}: a web server cannot be listed", url=self.base)

@@ -71,12 +71,14 @@ class TieredStore:
     def data_url(self, name: str) -> str:
         return self.copy(name) or self.remote.data_url(name)
 
-    def read(self, name: str, start: int | None = None, end: int | None = None, missing_ok: bool = False):
+    def read(self, name: str, start: int | None = None, end: int | None = None, missing_ok: bool = False,
+             limit: int | None = None):
         """From the local copy when it is up to date (a damaged copy: from the remote)."""
+        bounded = {} if limit is None else {"limit": limit}
         if self.copy(name) is not None:
             try:
-                body, _ = self.copies.read(name, start, end)
+                body, _ = self.copies.read(name, start, end, **bounded)
                 return body, self.stat(name)
             except FlashFormatError:
                 pass
-        return self.remote.read(name, start, end, missing_ok=missing_ok)
+        return self.remote.read(name, start, end, missing_ok=missing_ok, **bounded)

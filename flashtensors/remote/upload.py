@@ -19,8 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..checkpoint import open_checkpoint
 from ..errors import FlashError
-from ..format import DATA_SUFFIX, INDEX_FILENAME, data_file_paths, read_index, read_index_bytes
+from ..format import DATA_SUFFIX, INDEX_FILENAME
+from ..formats import FLASH
 from ..locations import open_store
 
 # Multipart part size: S3 allows at most 10,000 parts (640 GB files at this size) and at
@@ -50,9 +52,8 @@ def upload_checkpoint(src, url: str, *, overwrite: bool = False, extras=(), thre
     """
     if not url.startswith("s3://"):
         raise FlashError(f"{url}: uploads go to s3:// URLs only (a web server takes no uploads)")
-    index = read_index(src)
-    raw_index = read_index_bytes(src)
-    paths = data_file_paths(src, index)
+    ckpt = open_checkpoint(src, formats=[FLASH])
+    index, raw_index, paths = ckpt.index, ckpt.found.small[INDEX_FILENAME], ckpt.sources
     store = open_store(url.rstrip("/"), 60.0)
     if store.single is not None:
         raise FlashError(f"{url}: names a .safetensors file; give the prefix (directory) to upload to")
@@ -118,7 +119,5 @@ def _upload_file(store, name: str, path: str, pool, part_bytes: int, progress) -
 
 
 def _call(store, name: str, method, **kwargs):
-    try:
-        return method(**kwargs)
-    except Exception as e:  # botocore's errors
-        raise store.error(name, e) from None
+    """``method`` (a method of the store's client) with the store's retries and deadline."""
+    return store.call(name, method.__name__, **kwargs)

@@ -27,6 +27,12 @@ and the model directory holds the config and tokenizer only)::
     llm = LLM(model=fetch_model_files("s3://bucket/qwen"), load_format="flash",
               model_loader_extra_config={"weights": "s3://bucket/qwen"})
 
+Reloading a running engine's weights in place (vLLM's ``reload_weights``, as RL loops do)
+reads through the same loader, afresh each time::
+
+    llm.collective_rpc("reload_weights", kwargs={"weights_path": "/ckpt/step-200"})
+    llm.collective_rpc("reload_flash_weights")   # with FlashWorkerExtension: says what was read
+
 Options (``--model-loader-extra-config``): see :class:`.config.FlashLoaderConfig`.
 """
 
@@ -70,10 +76,14 @@ def register() -> None:
 
 def __getattr__(name):
     # Imported on first use so that the entry point's import of this package stays cheap.
-    if name in ("FlashWorkerExtension", "save_vllm_checkpoint"):
-        from . import per_rank
+    if name == "FlashWorkerExtension":
+        from .worker_extension import FlashWorkerExtension
 
-        return getattr(per_rank, name)
+        return FlashWorkerExtension
+    if name == "save_vllm_checkpoint":
+        from .per_rank import save_vllm_checkpoint
+
+        return save_vllm_checkpoint
     if name == "fetch_model_files":
         from flashtensors.remote.files import fetch_model_files
 

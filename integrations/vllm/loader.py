@@ -24,6 +24,10 @@ flash checkpoint, otherwise the safetensors are read.
 (``flashtensors fetch URL`` fetches them). vLLM's own ``--model s3://...`` cannot be used:
 it pulls the config through its runai extra and then accepts only the runai load formats.
 
+**In-place reload**: vLLM's ``reload_weights`` gets the weights from :meth:`FlashModelLoader.get_all_weights`:
+the full or safetensors layout, read afresh (nothing cached), from ``weights_path`` or from
+where the engine's weights were last read.
+
 Example::
 
     vllm serve /models/qwen --load-format flash            # plain safetensors directory
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -46,16 +51,20 @@ from vllm.config import ModelConfig
 from vllm.config.load import LoadConfig
 from vllm.model_executor.model_loader.base_loader import BaseModelLoader
 
-from flashtensors import flash
-from flashtensors.checkpoint import checkpoint_files, holds_flash, open_checkpoint
-from flashtensors.errors import FlashDeviceError, FlashFormatError
+from flashtensors.checkpoint import holds_flash
+from flashtensors.errors import FlashFormatError
 from flashtensors.locations import is_remote
 
+from ..full_checkpoint import hand_over, layout_of, model_device, no_weights_error, stage, tp_group_for
+from ..loader_options import FlashLoaderConfig, verify_needs_flash
 from . import per_rank
-from .config import FlashConfigError, FlashLoaderConfig
 
 # Under vLLM's logger, so that the messages appear in vLLM's log with its format.
 log = logging.getLogger("vllm.flashtensors")
+# Attributes kept on the model between loads: the model_config.model the engine started with
+# (a reload with another weights_path changes it), and what the latest (re)load read.
+_STARTED_FROM = "_flashtensors_started_from"
+LAST_LOAD = "_flashtensors_last_load"
 
 
 class FlashModelLoader(BaseModelLoader):
@@ -79,73 +88,90 @@ class FlashModelLoader(BaseModelLoader):
         whose index or headers are read) are checked here."""
         root = self._weights(model_config)
         if is_remote(root):
-            if _remote_layout(root, self.options.timeout) != "full" and self.options.verify:
-                raise _verify_needs_flash(root)
+            if layout_of(root, self.options.timeout) != "full" and self.options.verify:
+                raise verify_needs_flash(root)
         elif self.options.verify and not holds_flash(root) and not per_rank.saved_tp_sizes(root):
-            raise _verify_needs_flash(root)
+            raise verify_needs_flash(root)
 
     def load_weights(self, model: nn.Module, model_config: ModelConfig) -> None:
         """Loads the weights in ``model_config``'s directory, or at the URL of ``weights``,
         into ``model`` (see the module docstring)."""
         root = self._weights(model_config)
-        device = _model_device(model)
+        setattr(model, _STARTED_FROM, str(model_config.model))
         started = time.perf_counter()
         _, tp_size = per_rank.tp_rank_and_size()
-        layout = _remote_layout(root, self.options.timeout) if is_remote(root) else _layout(root, tp_size)
+        layout = layout_of(root, self.options.timeout) if is_remote(root) else _layout(root, tp_size)
         if layout == "per-rank":
             per_rank.load_rank(model, root, verify=self.options.verify, threads=self.options.threads)
         else:
-            if layout == "safetensors" and self.options.verify:
-                raise _verify_needs_flash(root)
-            self._load_full(model, model_config, root, device)
-        shared = layout != "per-rank" and tp_size > 1 and self.options.distributed
-        log.info("flashtensors: loaded %s (%s layout%s) in %.2f s", root, layout,
-                 f", read once by the {tp_size} tensor-parallel ranks" if shared else "", time.perf_counter() - started)
+            loaded = model.load_weights(self._checkpoint_weights(model, root, layout))
+            if loaded is not None and model_config.quantization is None:
+                # vLLM's own check, with its exemptions (online quantization, KV-cache scales).
+                from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
 
-    def _load_full(self, model: nn.Module, model_config: ModelConfig, root: Path, device) -> None:
-        """Reads the full flash checkpoint (or else the safetensors) and feeds it to ``load_weights``."""
-        tensors = self._stage(root, device)
-        loaded = model.load_weights(tensors.items())
-        del tensors
-        if loaded is not None and model_config.quantization is None:
-            # vLLM's own check, with its exemptions (online quantization, KV-cache scales).
-            from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
+                try:
+                    DefaultModelLoader.track_weights_loading(self, model, set(loaded))
+                except ValueError as e:
+                    raise FlashFormatError(f"{root}: the checkpoint lacks weights the model needs: {e}") from None
+        _record_load(model, root, layout, "loaded", started, self._shared(layout, tp_size))
 
-            try:
-                DefaultModelLoader.track_weights_loading(self, model, set(loaded))
-            except ValueError as e:
-                raise FlashFormatError(f"{root}: the checkpoint lacks weights the model needs: {e}") from None
+    def get_all_weights(self, model_config: ModelConfig, model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+        """The checkpoint's tensors as ``(name, tensor)`` pairs in the checkpoint's own names, for
+        vLLM's in-place reload (``reload_weights``), which feeds them to the model's ``load_weights``.
+
+        The weights are read afresh from where the engine loaded them (the directory, or the URL
+        of ``weights``), or from ``reload_weights(weights_path=...)``'s directory or URL, which
+        vLLM puts in ``model_config.model``. Nothing is cached between reloads: a checkpoint
+        rewritten in place (``flash.save_dict(..., overwrite=True)``) is read as it is now. They
+        are read (by the tensor-parallel group once, as for the first load) before this returns,
+        so a missing or broken checkpoint fails before vLLM touches the model's weights.
+
+        Raises:
+            FlashFormatError: the weights are per-rank checkpoints only (already sharded into
+                vLLM's parameters, which ``load_weights`` cannot take), or unreadable.
+
+        Example:
+            >>> llm.collective_rpc("reload_weights", kwargs={"weights_path": "/ckpt/step-200"})
+            >>> llm.collective_rpc("reload_weights")   # the same place again, read afresh
+        """
+        root = self._reload_source(model_config, model)
+        started = time.perf_counter()
+        _, tp_size = per_rank.tp_rank_and_size()
+        layout = layout_of(root, self.options.timeout) if is_remote(root) else _layout(root, tp_size, reload=True)
+        if layout == "per-rank":
+            raise FlashFormatError(
+                f"{root}: holds per-rank flash checkpoints only, which are already sharded into vLLM's "
+                f"parameters and cannot be reloaded in place; reload a full flash checkpoint or a "
+                f"safetensors directory (reload_weights(weights_path=DIR)), which load at any "
+                f"tensor-parallel size")
+        weights = self._checkpoint_weights(model, root, layout)
+        _record_load(model, root, layout, "read for reloading", started, self._shared(layout, tp_size))
+        return weights
+
+    def _checkpoint_weights(self, model: nn.Module, root: Path | str, layout: str) -> Iterator:
+        """Reads the full flash checkpoint (or else the safetensors) onto the model's device and
+        returns them as ``(name, tensor)`` pairs for ``load_weights``."""
+        _, tp_size = per_rank.tp_rank_and_size()
+        group_for = tp_group_for(tp_size, self.options.distributed, _vllm_tp_group)
+        return hand_over(stage(root, layout, model_device(model), self.options, group_for, log))
 
     def _weights(self, model_config: ModelConfig) -> Path | str:
         """Where the weights are read from: the URL of ``weights``, else the local directory."""
         return self.options.weights or _weights_dir(model_config)
 
-    def _stage(self, root: Path | str, device: torch.device) -> dict:
-        """The full checkpoint's (or the safetensors') tensors on ``device``, or in host memory if
-        they do not fit there. ``flash.load_dict`` itself prefers a flash checkpoint."""
-        cpu = torch.device("cpu")
-        where = cpu if self.options.staging == "cpu" else device
-        remote = {"timeout": self.options.timeout, "cache_dir": self.options.cache_dir} if is_remote(root) else {}
-        try:
-            return flash.load_dict(root, where, verify=self.options.verify, threads=self.options.threads,
-                                   group=self._group(where), **remote)
-        except FlashDeviceError as e:  # the whole checkpoint does not fit beside the model (on some rank)
-            if where == cpu:
-                raise
-            log.warning("flashtensors: %s; staging the checkpoint in host memory instead", e)
-            return flash.load_dict(root, cpu, threads=self.options.threads, group=self._group(cpu),  # verified
-                                   **remote)
+    def _reload_source(self, model_config: ModelConfig, model: nn.Module) -> Path | str:
+        """Where a reload reads: a URL vLLM put in ``model_config.model`` (``weights_path=URL``);
+        the ``weights`` URL while ``model_config.model`` is still the directory the engine
+        started with; else that directory (a ``weights_path``, or the starting one)."""
+        if is_remote(model_config.model):
+            return model_config.model
+        if self.options.weights and getattr(model, _STARTED_FROM, None) in (None, str(model_config.model)):
+            return self.options.weights
+        return _weights_dir(model_config)
 
-    def _group(self, where: torch.device):
-        """The tensor-parallel group that reads the checkpoint once and shares it, or None:
-        its NCCL group for GPU staging, its gloo group for host staging."""
-        _, tp_size = per_rank.tp_rank_and_size()
-        if tp_size == 1 or not self.options.distributed:
-            return None
-        from vllm.distributed import get_tp_group
-
-        tp = get_tp_group()
-        return tp.device_group if where.type == "cuda" else tp.cpu_group
+    def _shared(self, layout: str, tp_size: int) -> int:
+        """How many tensor-parallel ranks read the checkpoint once together (1: each its own)."""
+        return tp_size if layout != "per-rank" and tp_size > 1 and self.options.distributed else 1
 
 
 def _weights_dir(model_config: ModelConfig) -> Path:
@@ -156,46 +182,32 @@ def _weights_dir(model_config: ModelConfig) -> Path:
             f"--load-format flash reads a local model directory, and {str(root)!r} is not one "
             f"(download it first, e.g. with `hf download`)"
         )
-    if not holds_flash(root) and not per_rank.saved_tp_sizes(root) and checkpoint_files(root) is None:
-        raise FlashFormatError(
-            f"{root}: holds no weights flashtensors reads (no flash_index.json, no "
-            f"{per_rank.RANK_DIR.format(rank='R', size='N')}/, no *.safetensors); convert "
-            f".bin or .pt weights with `flashtensors convert`, or save them with flash.save_dict"
-        )
+    if layout_of(root) == "none" and not per_rank.saved_tp_sizes(root):
+        raise no_weights_error(root, also=f"no {per_rank.RANK_DIR.format(rank='R', size='N')}/, ")
     return root
 
 
-def _verify_needs_flash(root: Path) -> FlashConfigError:
-    return FlashConfigError(
-        f"{root}: model_loader_extra_config 'verify' checks the CRC-32C checksums of a flash "
-        f"checkpoint, and this directory holds safetensors weights, which have none; drop "
-        f"'verify', or convert it with `flashtensors convert`"
-    )
-
-
-def _remote_layout(url: str, timeout: float | None) -> str:
-    """``"full"`` (a flash checkpoint) or ``"safetensors"``: what ``url`` holds, from its
-    index or headers. Raises FlashRemoteError (missing, forbidden, unreachable) naming the
-    URL, or FlashFormatError."""
-    return "full" if open_checkpoint(url, timeout=timeout).kind == "flash" else "safetensors"
-
-
-def _layout(root: Path, tp_size: int) -> str:
+def _layout(root: Path, tp_size: int, *, reload: bool = False) -> str:
     """Which weights of ``root`` this engine reads: ``"per-rank"`` (saved for ``tp_size``),
     ``"full"`` (a flash checkpoint) or ``"safetensors"``. With per-rank checkpoints for
-    other sizes only, ``"per-rank"`` too, so that loading names the sizes present."""
-    if tp_size in per_rank.saved_tp_sizes(root):
+    other sizes only, ``"per-rank"`` too, so that loading names the sizes present. A reload
+    (``reload=True``) prefers the full layouts, which ``load_weights`` takes."""
+    if not reload and tp_size in per_rank.saved_tp_sizes(root):
         return "per-rank"
-    if holds_flash(root):
-        return "full"
-    if checkpoint_files(root) is not None:
-        return "safetensors"
-    return "per-rank"
+    layout = layout_of(root)
+    return "per-rank" if layout == "none" else layout
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    """Where the model's parameters were created (the worker's device, or CPU)."""
-    for p in model.parameters():
-        if p.device.type != "meta":
-            return p.device
-    return torch.device("cpu")
+def _record_load(model: nn.Module, root, layout: str, what: str, started: float, shared: int) -> None:
+    """Logs a (re)load and keeps its facts on the model, for FlashWorkerExtension.flash_last_load."""
+    seconds = time.perf_counter() - started
+    setattr(model, LAST_LOAD, {"source": str(root), "layout": layout, "read_seconds": seconds,
+                               "ranks_sharing_the_read": shared})
+    log.info("flashtensors: %s %s (%s layout%s) in %.2f s", what, root, layout,
+             f", read once by the {shared} tensor-parallel ranks" if shared > 1 else "", seconds)
+
+
+def _vllm_tp_group():
+    from vllm.distributed import get_tp_group
+
+    return get_tp_group()

@@ -143,24 +143,6 @@ def save_worker_rank(worker, path: str, overwrite: bool = False) -> str | None:
     return str(out)
 
 
-class FlashWorkerExtension:
-    """A vLLM worker extension that adds the RPC ``save_flash_rank`` to every worker.
-
-    Pass it as ``worker_extension_cls`` when the engine starts, and
-    :func:`save_vllm_checkpoint` uses it; without it, that function sends the save
-    function itself to the workers, which vLLM allows only in some setups.
-
-    Example:
-        >>> llm = LLM("/models/qwen", worker_extension_cls=FlashWorkerExtension.QUALNAME)
-    """
-
-    QUALNAME = "flashtensors.integrations.vllm.FlashWorkerExtension"
-
-    def save_flash_rank(self, path: str, overwrite: bool = False) -> str | None:
-        """Writes this worker's rank checkpoint into ``path``; see :func:`save_worker_rank`."""
-        return save_worker_rank(self, path, overwrite)
-
-
 def save_vllm_checkpoint(llm, path, *, overwrite: bool = False) -> Path:
     """Saves a running vLLM engine's weights as per-rank flash checkpoints in ``path``.
 
@@ -193,6 +175,8 @@ def save_vllm_checkpoint(llm, path, *, overwrite: bool = False) -> Path:
         ...           worker_extension_cls=FlashWorkerExtension.QUALNAME)
         >>> save_vllm_checkpoint(llm, "/models/qwen-tp2")
     """
+    from .worker_extension import FlashWorkerExtension
+
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     config = llm.llm_engine.vllm_config
@@ -217,6 +201,8 @@ def save_vllm_checkpoint(llm, path, *, overwrite: bool = False) -> Path:
 def _resolves_to_extension(qualname: str | None) -> bool:
     """Whether vLLM's ``worker_extension_cls`` setting names :class:`FlashWorkerExtension`."""
     import importlib
+
+    from .worker_extension import FlashWorkerExtension
 
     module, _, name = (qualname or "").rpartition(".")
     if not module:

@@ -1,0 +1,199 @@
+"""Remote loads at the link's rate: many requests in flight, each on its own connection,
+through a server that caps every connection (as S3 does); host buffers backed by huge
+pages; the remote benchmark with its peers. Only correctness is asserted here (the
+bytes, the requests the server saw); speed is the benchmark's business."""
+
+import json
+import os
+
+import pytest
+import test_cuda_path_async
+import torch
+
+from flashtensors import FlashError, flash, loader, memory, reading
+
+from helpers import assert_same, flashtensors
+from remote_servers import nginx
+
+
+def state(n_tensors=8, numel=64 << 10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {f"t{i}": torch.randn(numel, generator=g) for i in range(n_tensors)}
+
+
+def data_requests(log_path):
+    """(range, body bytes, connection) of each data-file read the server answered (not
+    the one-byte size probes)."""
+    out = []
+    for line in open(log_path).read().splitlines():
+        method, uri, rng, status, sent, connection = line.split(" ")
+        if uri.endswith(".flash") and rng != "-" and int(sent) > 1:
+            out.append((rng, int(sent), connection))
+    return out
+
+
+def test_many_connections_through_a_capped_server(tmp_path, monkeypatch):
+    # 2 MiB in 32 pieces of 64 KiB, each served at 32 KiB/s after its first 32 KiB: every
+    # request lasts about a second, so the pieces can only arrive together if the loader
+    # keeps many requests in flight, each on a connection of its own.
+    sd = state(n_tensors=4, numel=128 << 10)
+    flash.save_dict(sd, tmp_path / "m")
+    monkeypatch.setattr(reading, "CHUNK_BYTES", 64 << 10)
+    monkeypatch.setenv("FLASHTENSORS_CONNECTIONS", "16")
+    log = tmp_path / "access.log"
+    with nginx(tmp_path, access_log=log, log_connections=True, limit_rate="32k") as server:
+        loaded = flash.load_dict(f"{server.url}/m", "cpu", threads=2)
+    assert_same(loaded, sd)
+    requests = data_requests(log)
+    assert len(requests) == 32 and all(sent == 64 << 10 for _, sent, _ in requests)
+    connections = {c for _, _, c in requests}
+    assert 2 < len(connections) <= 16  # more than the 2 threads asked for, at most the 16 allowed
+
+
+def test_remote_pieces_are_at_most_8_mib(tmp_path):
+    sd = {"big": torch.randn(5 << 20), "small": torch.arange(1000)}  # 20 MiB and 8 KB
+    flash.save_dict(sd, tmp_path / "m")
+    log = tmp_path / "access.log"
+    with nginx(tmp_path, access_log=log, log_connections=True) as server:
+        assert_same(flash.load_dict(f"{server.url}/m", "cpu"), sd)
+    sizes = [sent for _, sent, _ in data_requests(log)]
+    assert max(sizes) == 8 << 20 and sum(sizes) >= 20 << 20
+
+
+@pytest.mark.parametrize("value", ["0", "many", "100000"])
+def test_a_bad_connection_count_is_refused_by_name(tmp_path, monkeypatch, value):
+    sd = state(n_tensors=1)
+    flash.save_dict(sd, tmp_path / "m")
+    monkeypatch.setenv("FLASHTENSORS_CONNECTIONS", value)
+    assert_same(flash.load_dict(tmp_path / "m", "cpu", server=False), sd)  # local loads do not use it
+    with nginx(tmp_path) as server:
+        with pytest.raises(FlashError, match=f"FLASHTENSORS_CONNECTIONS must be an integer from 1 to .*'{value}'"):
+            flash.load_dict(f"{server.url}/m", "cpu")
+
+
+def vm_flags(address: int) -> list:
+    """The VmFlags of the mapping of this process that holds ``address``."""
+    inside = False
+    for line in open("/proc/self/smaps").read().splitlines():
+        head = line.split()[0]
+        if "-" in head and not head.endswith(":"):
+            start, end = (int(x, 16) for x in head.split("-"))
+            inside = start <= address < end
+        elif inside and head == "VmFlags:":
+            return line.split()[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+def need_thp():
+    if memory.thp_mode() == "never":
+        pytest.skip("transparent huge pages are off on this machine")
+
+
+def test_huge_page_buffers_are_advised_and_aligned(monkeypatch):
+    need_thp()
+    monkeypatch.setenv(memory.HUGE_PAGES_ENV, "on")
+    address, owner = memory.allocate_host(memory.MIN_HUGE_BUFFER)
+    assert address % memory.HUGE_PAGE == 0 and address + memory.MIN_HUGE_BUFFER <= owner.data_ptr() + owner.nbytes
+    assert "hg" in vm_flags(address)
+    monkeypatch.setenv(memory.HUGE_PAGES_ENV, "off")
+    address, owner = memory.allocate_host(memory.MIN_HUGE_BUFFER)
+    assert address % 4096 == 0 and "hg" not in vm_flags(address)
+
+
+@pytest.mark.parametrize("io", ["direct", "buffered"])
+def test_loads_into_huge_pages_hold_the_bytes(tmp_path, monkeypatch, io):
+    need_thp()
+    sd = state(n_tensors=9, numel=2 << 20, seed=1)  # 72 MiB: one buffer past MIN_HUGE_BUFFER
+    flash.save_dict(sd, tmp_path / "m")
+    monkeypatch.setenv(memory.HUGE_PAGES_ENV, "on")
+    loaded = loader.load(str(tmp_path / "m"), "cpu", io=io)  # read, not mapped
+    assert_same(loaded, sd)
+    assert "hg" in vm_flags(loaded["t0"].data_ptr())
+    with nginx(tmp_path) as server:
+        remote = flash.load_dict(f"{server.url}/m", "cpu")
+    assert_same(remote, sd)
+    assert "hg" in vm_flags(remote["t0"].data_ptr())
+
+
+def test_a_bad_huge_pages_setting_is_refused(monkeypatch):
+    monkeypatch.setenv(memory.HUGE_PAGES_ENV, "sometimes")
+    with pytest.raises(FlashError, match="FLASHTENSORS_HUGE_PAGES must be one of auto, on, off, not 'sometimes'"):
+        memory.allocate_host(memory.MIN_HUGE_BUFFER)
+
+
+def test_free_huge_blocks_are_counted_from_buddyinfo(tmp_path):
+    page = os.sysconf("SC_PAGE_SIZE")
+    if page != 4096:
+        pytest.skip("the sample below is for 4 KiB pages")
+    sample = tmp_path / "buddyinfo"
+    sample.write_text("Node 0, zone      DMA      0    0    0    0    0    0    0    0    1    1    3\n"
+                      "Node 0, zone   Normal    100   50    0    0    0    0    0    0    0    2    5\n")
+    # order 9 blocks are 2 MiB, order 10 blocks 4 MiB; smaller ones do not count
+    assert memory.free_huge_block_bytes(str(sample)) == (1 + 2) * (2 << 20) + (3 + 5) * (4 << 20)
+    assert memory.free_huge_block_bytes(str(tmp_path / "missing")) == 0
+    assert memory.free_huge_block_bytes() >= 0  # this machine's, whatever it holds
+
+
+def test_bench_times_the_peers_on_a_plain_and_a_capped_server(tmp_path):
+    from flashtensors.benchmark.remote_peers import PEERS, curl_binary
+
+    if curl_binary() is None:
+        pytest.skip("the remote benchmark compares with curl, which is not installed")
+    from remote_servers import need_nginx
+
+    need_nginx()
+    out = tmp_path / "bench.json"
+    r = flashtensors("bench", "--size", "0.01", "--nginx", "--limit-rate", "50m", "--device", "cpu", "--runs", "1",
+                     "--dir", tmp_path / "work", "--json", out)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(out.read_text())
+    assert [s["label"] for s in doc["sources"]] == ["loopback", "capped 50m/conn"]
+    for source, capped in zip(doc["sources"], (False, True)):
+        usable = {p.key for p in PEERS if not p.available({"s3_safetensors": ["s3://b/k"], "capped": capped})}
+        assert set(source["peers"]) == usable and {"curl", "flashtensors"} <= usable
+        for key, row in source["peers"].items():
+            assert row["error"] == "" and row["median"] > 0, (key, row)
+        assert source["peers"]["flashtensors"]["peak_rss"] > source["bytes"]
+    assert "loopback: streaming reaches" in r.stdout and "capped 50m/conn: streaming reaches" in r.stdout
+    assert doc["stream_s"] > 0 and doc["curl_s"] > 0
+
+
+async_cudart = test_cuda_path_async.async_cudart  # the stand-in CUDA runtime, built once per module
+
+RING_UNDER_ASYNC_CUDA = """
+import random, sys
+sys.path.insert(0, sys.argv[1])
+import async_cuda_driver as d
+d.connect()
+url, data, chunk = sys.argv[2], open(sys.argv[3], "rb").read(), 1 << 16
+for seed in range(1, 9):
+    d.cuda.acu_configure(seed, 200)
+    rng = random.Random(seed)
+    plan = d.random_plan(rng, data, chunk, rng.choice(["packed", "each"]))
+    threads = rng.randint(1, 4)
+    d.C.release_pinned()
+    d.load(url, plan, threads, chunk, f"seed {seed}")
+    # the ring holds what `threads` local pieces would (plus one alignment block per buffer)
+    assert d.C.pinned_bytes() <= 2 * threads * chunk + 2 * 12 * 4096, (d.C.pinned_bytes(), threads)
+    plan.free()
+print("ok")
+"""
+
+
+def test_remote_pieces_through_the_pinned_ring_under_async_cuda(tmp_path, async_cudart):
+    # The GPU path of a remote load, more connections than threads, under the stand-in
+    # runtime that keeps CUDA's asynchrony (tests/async_cudart.cpp): bit-exact bytes on
+    # both "devices" and the host, no violation, the pinned ring within its budget.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    data = tmp_path / "data.bin"
+    data.write_bytes(os.urandom((1 << 20) + 4096 * 3 + 123))
+    env = dict(os.environ, FLASHTENSORS_CUDART=str(async_cudart), FLASHTENSORS_CONNECTIONS="12")
+    with nginx(tmp_path) as server:
+        proc = subprocess.run([sys.executable, "-c", RING_UNDER_ASYNC_CUDA, str(Path(__file__).parent),
+                               f"{server.url}/data.bin", str(data)], env=env, capture_output=True, text=True,
+                              timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.strip() == "ok"
