@@ -47,7 +47,7 @@ class FlashLoaderConfig:
 
     Attributes:
         threads: I/O threads per load (default: flashtensors picks 4 to 16 by CPU count).
-        verify: check every tensor's CRC-32C before loading (reads the weights twice).
+        verify: check every tensor's CRC-32C over the bytes loaded (once per byte for a group).
         staging: where a full checkpoint is loaded before the model's ``load_weights``
             shards it: ``"device"`` (the worker's GPU, fastest; host memory when the whole
             checkpoint does not fit there beside the model) or ``"cpu"`` (host memory
@@ -62,7 +62,8 @@ class FlashLoaderConfig:
             flash checkpoint or safetensors, as ``flash.load_dict`` reads them.
         cache_dir: with ``weights``: keep a local copy of the files streamed there and read
             unchanged ones from it next time (``flash.load_dict(cache_dir=...)``; default
-            ``$FLASHTENSORS_CACHE_DIR``). Loads shared by a tensor-parallel group keep none.
+            ``$FLASHTENSORS_CACHE_DIR``); a load shared by a tensor-parallel group keeps them too
+            (written once per machine).
         timeout: with ``weights``: seconds a read may go without receiving a byte before the
             load fails (default ``$FLASHTENSORS_TIMEOUT``, else 30).
 
