@@ -43,11 +43,6 @@ class Checkpoint:
     def kind(self) -> str:
         return self.index.kind
 
-    @property
-    def local(self) -> bool:
-        """Whether the data files are files of this machine (not read over the network)."""
-        return self.store.local
-
     def described(self, file: int) -> str:
         """Data file ``file`` as messages name it."""
         return self.store.describe(self.names[file])
@@ -96,15 +91,8 @@ def holds_checkpoint(location) -> bool:
 
     try:
         store = open_store(location)
-        for fmt in FORMATS:
-            try:
-                if fmt.find(store) is not None:
-                    return True
-            except FlashError:
-                if fmt.name == "flash":  # an index is there, whatever its state
-                    return True
-                raise
-        return False
+        # A flash index counts whatever its state (the load then says what is wrong with it).
+        return FLASH.present(store) or find_format(store, [f for f in FORMATS if f is not FLASH]) is not None
     except (FlashError, OSError):
         return False
 

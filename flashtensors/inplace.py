@@ -25,9 +25,6 @@ def _load_into(location, targets: dict, options: LoadOptions, collective) -> Non
     ckpt = open_checkpoint(location, timeout=options.timeout, cache_dir=options.cache_dir)
     options.check_kind(location, ckpt.kind)
     direct, strided = _plan(location, ckpt.index, targets)
-    ops = [(e.file, e.offset, e.length, targets[name].data_ptr(), _device_code(targets[name]))
-           for name, e in direct]
-    owners = {}
     if collective is not None:
         # Each target is its own destination; strided ones are staged as saved bytes and copied after.
         staged = {name: torch.empty(e.length, dtype=torch.uint8) for name, e in strided if e.length}
@@ -41,9 +38,11 @@ def _load_into(location, targets: dict, options: LoadOptions, collective) -> Non
         for name, e in strided:
             targets[name].copy_(_saved_view(staged.get(name), e))
         return
+    ops = [(e.file, e.offset, e.length, targets[name].data_ptr(), _device_code(targets[name]))
+           for name, e in direct]
     for device in {t.device for t in targets.values() if t.device.type == "cuda"}:
         reading.synchronize_before_copies(device)
-    reading.read(ckpt, ops, owners, options, wanted=set(targets), checked={name for name, _ in direct})
+    reading.read(ckpt, ops, {}, options, wanted=set(targets), checked={name for name, _ in direct})
     if strided:
         # Not one run of bytes on both sides: load just those (same checkpoint, same
         # options, checks included) and copy them over.

@@ -186,12 +186,7 @@ def _residency(plan, ckpt, io: str) -> dict:
     if io != "auto":
         return {}
     resident = _native.module().resident_fraction
-    return {f: resident(ckpt.sources[f]) for f in plan.files_used(False) if _is_file(ckpt, f)}
-
-
-def _is_file(ckpt, f: int) -> bool:
-    """Whether data file ``f`` is read from a file of this machine (local, or a local-tier copy)."""
-    return ckpt.here[f]
+    return {f: resident(ckpt.sources[f]) for f in plan.files_used(False) if ckpt.here[f]}
 
 
 def _read_into_page_cache(paths, window: int = 2 << 20) -> None:
@@ -226,7 +221,7 @@ def _files_to_map(plan, ckpt, residency: dict, io: str) -> dict:
         return {}
     out = {}
     for f in plan.files_used(True):
-        if not _is_file(ckpt, f):
+        if not ckpt.here[f]:  # read over the network
             continue
         if io == "mmap" or residency[f] >= 0.5:
             try:

@@ -72,9 +72,6 @@ class LocalStore:
         if os.path.islink(path) and os.path.dirname(os.path.realpath(path)) != os.path.realpath(self.dir):
             raise FlashFormatError(f"{path}: data file resolves outside the checkpoint directory")
 
-    def exists(self, name: str) -> bool:
-        return os.path.lexists(self.describe(name))
-
     def read(self, name: str, start: int | None = None, end: int | None = None, missing_ok: bool = False,
              limit: int = SMALL_FILE_CAP):
         """``(bytes, ObjectInfo)`` of bytes ``start``..``end`` (inclusive; from the start

@@ -20,9 +20,9 @@ import socket
 import stat
 import struct
 
+from ..checkpoint import holds_flash
 from ..errors import FlashError
 from ..format import ALIGNMENT, INDEX_FILENAME, parse_index_bytes
-from ..local_store import open_local
 from . import paths, protocol
 from .protocol import CacheError, ProtocolError
 
@@ -174,11 +174,6 @@ def _check_same_checkpoint(path, index_bytes: bytes) -> None:
         raise CacheError(f"{path}: the daemon's copy is not the checkpoint this process sees there")
 
 
-def _is_flash_directory(path) -> bool:
-    store = open_local(path)
-    return store.single is None and store.exists(INDEX_FILENAME)
-
-
 def try_load(path, device_map=None, server=None):
     """Loads through the daemon when one is reachable; None when the caller should load
     directly (no daemon, a GPU target, or any failure, logged at debug level).
@@ -187,7 +182,7 @@ def try_load(path, device_map=None, server=None):
     None (``$FLASHTENSORS_SERVER``, else the default socket path).
     """
     socket_path = paths.resolve_server(server)
-    if socket_path is None or not _is_flash_directory(path):  # the daemon serves flash checkpoints
+    if socket_path is None or not holds_flash(path):  # the daemon serves flash checkpoints
         return None
     try:
         if not stat.S_ISSOCK(os.stat(socket_path).st_mode):

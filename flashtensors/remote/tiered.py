@@ -29,6 +29,7 @@ class TieredStore:
         self.tier = LocalTier(cache_dir, remote)
         self.copies = LocalStore(self.tier.dir)
         self._objects: dict = {}
+        self._copies: dict = {}
 
     @property
     def listable(self) -> bool:
@@ -61,9 +62,12 @@ class TieredStore:
         return self._objects[name]
 
     def copy(self, name: str) -> str | None:
-        """The path of the up-to-date local copy of object ``name``, or None."""
-        info = self.stat(name)
-        return self.tier.find(name, info) if info is not None else None
+        """The path of the up-to-date local copy of object ``name``, or None (looked up
+        once per store, as its identity is: the load is pinned to what it saw at opening)."""
+        if name not in self._copies:
+            info = self.stat(name)
+            self._copies[name] = self.tier.find(name, info) if info is not None else None
+        return self._copies[name]
 
     def is_here(self, name: str) -> bool:
         return self.copy(name) is not None
