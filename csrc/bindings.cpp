@@ -415,12 +415,13 @@ PYBIND11_MODULE(_C, m) {
       "touch_pages",
       [](const std::vector<std::pair<uint64_t, uint64_t>>& ranges) {
         py::gil_scoped_release nogil;
-        uint64_t sum = 0;
-        for (const auto& [address, length] : ranges)
-          for (uint64_t at = 0; at < length; at += 4096) sum += *reinterpret_cast<volatile const uint8_t*>(address + at);
-        return sum;
+        uint64_t touched = 0;
+        for (const auto& [address, length] : ranges) touched += flash::touch_missing_pages(address, length);
+        return touched;
       },
-      py::arg("ranges"), "Reads one byte per page of each (address, length) host range (benchmarks: fault mappings in).");
+      py::arg("ranges"),
+      "Reads one byte of each page of the (address, length) host ranges not yet mapped in; returns how many "
+      "(benchmarks: fault lazy mappings in, as a user's first read would).");
   m.def(
       "hf_weight_files",
       [](const py::bytes& raw, uint64_t max_files) {

@@ -91,6 +91,31 @@ std::vector<ReadOp> split(const std::vector<ReadOp>& ops, uint64_t chunk) {
   }
 }
 
+// Cuts the end of an ordered list of pieces finer, so that `workers` pulling pieces in
+// turn finish together: each piece is at most the bytes still left divided by the
+// workers (never below `floor` unless the piece was, never above the piece it was). The bulk of a load keeps
+// its pieces; only about the last `workers` pieces' worth of bytes is cut finer.
+std::vector<ReadOp> taper(const std::vector<ReadOp>& pieces, size_t workers, uint64_t floor) {
+  uint64_t left = 0;
+  for (const ReadOp& p : pieces) left += p.length;
+  std::vector<ReadOp> out;
+  out.reserve(pieces.size());
+  for (const ReadOp& p : pieces) {
+    for (uint64_t done = 0; done < p.length;) {
+      const uint64_t share = std::max(floor, left / workers / kDirectAlign * kDirectAlign);
+      ReadOp piece = p;
+      piece.offset += done;
+      piece.dest += done;
+      const uint64_t rest = p.length - done;
+      piece.length = rest < share + floor ? rest : share;  // never leave a remnant under the floor
+      out.push_back(piece);
+      done += piece.length;
+      left -= piece.length;
+    }
+  }
+  return out;
+}
+
 // A worker's pinned staging buffer and the event marking its last copy done.
 struct StagingSlot {
   void* buffer = nullptr;
@@ -213,6 +238,7 @@ int default_connections() {
 struct Concurrency {
   size_t threads;
   uint64_t chunk;
+  bool taper = false;  // cut the last pieces finer (see taper)
 };
 
 // Local files: `threads` threads, pieces of chunk_bytes. Remote sources: one thread per
@@ -228,9 +254,9 @@ Concurrency concurrency_for(const std::vector<std::string>& paths, const LoadOpt
   const size_t connections =
       std::max(threads, clamp_threads(options.connections > 0 ? options.connections : default_connections()));
   const uint64_t piece = std::min(chunk, kRemotePieceBytes);
-  if (!staged) return {connections, align(piece)};
+  if (!staged) return {connections, align(piece), true};
   const uint64_t staging_budget = threads * chunk;  // per staging slot, over all threads
-  return {connections, align(std::min(piece, staging_budget / connections))};
+  return {connections, align(std::min(piece, staging_budget / connections)), true};
 }
 
 }  // namespace
@@ -241,7 +267,8 @@ void execute_plan(const std::vector<std::string>& paths, const std::vector<ReadO
   const bool any_cuda = std::any_of(ops.begin(), ops.end(), [](const ReadOp& op) { return op.device >= 0; });
   const Concurrency plan = concurrency_for(paths, options, any_cuda);
   const uint64_t chunk = plan.chunk;
-  const std::vector<ReadOp> chunks = split(ops, chunk);
+  const std::vector<ReadOp> chunks =
+      plan.taper ? taper(split(ops, chunk), plan.threads, std::min(chunk, kRemoteTailPieceBytes)) : split(ops, chunk);
   if (chunks.empty()) return;
   const auto files = open_all(paths, options.source, options.tees);
   const int n_threads = static_cast<int>(std::min<size_t>(plan.threads, chunks.size()));

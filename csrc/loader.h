@@ -28,6 +28,11 @@ constexpr int kDefaultConnections = 32;
 // ranged GET). Small enough that the last pieces of a load do not leave most
 // connections idle, large enough that the per-request round trip is noise.
 constexpr uint64_t kRemotePieceBytes = 8ull << 20;
+// Remote sources: the smallest piece the end of a load is cut into. A connection capped
+// at ~100 MB/s spends a whole piece's time on its last piece while the others idle, so
+// the last pieces shrink towards this (2 MiB: ~20 ms at S3's rate, still several times
+// the bytes one request round trip costs).
+constexpr uint64_t kRemoteTailPieceBytes = 2ull << 20;
 
 struct LoadOptions {
   int threads = 4;
@@ -47,7 +52,8 @@ struct LoadOptions {
 // Reads every op, each path through its source (a local file or a URL); host targets are read straight into place, CUDA targets go through
 // two pinned staging buffers per thread and cudaMemcpyAsync on per-thread streams, so
 // disk reads and PCIe copies overlap. A plan that reads any URL runs one thread per
-// connection in pieces of at most kRemotePieceBytes, within the pinned memory that
+// connection in pieces of at most kRemotePieceBytes (the last ones shrinking towards
+// kRemoteTailPieceBytes so that the connections finish together), within the pinned memory that
 // `threads` pieces of `chunk_bytes` would have used. Throws IoError/CudaError after all threads stop
 // and all copies in flight have finished.
 void execute_plan(const std::vector<std::string>& paths, const std::vector<ReadOp>& ops,

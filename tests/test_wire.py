@@ -50,14 +50,32 @@ def test_many_connections_through_a_capped_server(tmp_path, monkeypatch):
     assert 2 < len(connections) <= 16  # more than the 2 threads asked for, at most the 16 allowed
 
 
-def test_remote_pieces_are_at_most_8_mib(tmp_path):
-    sd = {"big": torch.randn(5 << 20), "small": torch.arange(1000)}  # 20 MiB and 8 KB
+def test_remote_pieces_are_at_most_8_mib_and_the_last_ones_finer(tmp_path, monkeypatch):
+    # 64 MiB over 4 connections: 8 MiB pieces while each connection has two or more left,
+    # then pieces of (bytes left / 4), never under 2 MiB, so the connections end together.
+    sd = {"big": torch.randn(16 << 20), "small": torch.arange(1000)}  # 64 MiB and 8 KB
+    flash.save_dict(sd, tmp_path / "m")
+    monkeypatch.setenv("FLASHTENSORS_CONNECTIONS", "4")
+    log = tmp_path / "access.log"
+    with nginx(tmp_path, access_log=log, log_connections=True) as server:
+        assert_same(flash.load_dict(f"{server.url}/m", "cpu", threads=1), sd)
+    sizes = [sent for _, sent, _ in data_requests(log)]
+    assert sum(sizes) >= 64 << 20
+    assert max(sizes) == 8 << 20 and sizes.count(8 << 20) >= 4
+    tail = sorted(s for s in sizes if s < 8 << 20)
+    assert len(tail) >= 4 and tail[1] >= 2 << 20  # one piece may be the plan's last few bytes
+    assert tail[-1] <= 6 << 20
+
+
+def test_a_small_remote_checkpoint_is_spread_over_connections(tmp_path):
+    # 20 MiB is less than one 8 MiB piece per connection: 2 MiB pieces, ten requests at once.
+    sd = {"big": torch.randn(5 << 20)}
     flash.save_dict(sd, tmp_path / "m")
     log = tmp_path / "access.log"
     with nginx(tmp_path, access_log=log, log_connections=True) as server:
         assert_same(flash.load_dict(f"{server.url}/m", "cpu"), sd)
     sizes = [sent for _, sent, _ in data_requests(log)]
-    assert max(sizes) == 8 << 20 and sum(sizes) >= 20 << 20
+    assert sum(sizes) >= 20 << 20 and max(sizes) == 2 << 20 and len(sizes) == 10
 
 
 @pytest.mark.parametrize("value", ["0", "many", "100000"])

@@ -31,7 +31,8 @@ class Result:
 
 def settle(tensors: dict, device) -> None:
     """Waits until the tensors' data is really there: CUDA copies finished, or every
-    host page touched (a lazily mapped file is not loaded until then)."""
+    host page read once that is not mapped in yet (a lazily mapped file is not loaded
+    until then; memory a loader already filled costs only the page-table check)."""
     import torch
 
     from .. import _native
