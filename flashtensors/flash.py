@@ -51,7 +51,8 @@ def save_dict(state_dict, path, *, overwrite: bool = False, metadata: dict | Non
 
 
 def load_dict(path, device_map=None, *, verify: bool = False, threads: int | None = None,
-              server=None, group=None, timeout: float | None = None, cache_dir=None) -> dict:
+              server=None, group=None, timeout: float | None = None, cache_dir=None,
+              connections: int | None = None) -> dict:
     """Loads a flash checkpoint and returns ``{name: tensor}`` in saved order.
 
     Each device gets one allocation holding all its tensors; the tensors are views into
@@ -98,6 +99,11 @@ def load_dict(path, device_map=None, *, verify: bool = False, threads: int | Non
             data file whose remote object is unchanged (same size and ETag) as it reads
             local files (page cache, O_DIRECT). A copy is kept only once every byte of its
             file arrived; a failed load keeps none. See docs/remote.md.
+        connections: remote checkpoints (a FlashError for a local one): requests kept in
+            flight, one connection each, 1 to 1024 (default ``$FLASHTENSORS_CONNECTIONS``,
+            else 32: S3 serves a connection at about 100 MB/s, and 32 fill 25 Gb/s). Memory
+            in flight for CPU targets: none beyond the tensors'; for GPU targets the pinned
+            ring stays within 512 MiB whatever the count. See docs/remote.md.
 
     Raises:
         FlashFormatError: the checkpoint is missing, invalid, truncated or corrupt.
@@ -113,9 +119,10 @@ def load_dict(path, device_map=None, *, verify: bool = False, threads: int | Non
         >>> sd = flash.load_dict("/models/m", {"": rank}, group=torch.distributed.group.WORLD)
         >>> sd = flash.load_dict("s3://bucket/models/Qwen3-8B", {"": 0})
         >>> sd = flash.load_dict("s3://bucket/models/Qwen3-8B", {"": 0}, cache_dir="/nvme/weights")
+        >>> sd = flash.load_dict("https://weights.example.com/m", "cpu", connections=64)
     """
     options = LoadOptions.resolve(path, verify=verify, threads=threads, server=server, group=group,
-                                  timeout=timeout, cache_dir=cache_dir)
+                                  timeout=timeout, cache_dir=cache_dir, connections=connections)
     if options.server is not False:
         cached = try_load(path, device_map, options.server)
         if cached is not None:
@@ -124,7 +131,7 @@ def load_dict(path, device_map=None, *, verify: bool = False, threads: int | Non
 
 
 def load_into(path, tensors: dict, *, verify: bool = False, threads: int | None = None, group=None,
-              timeout: float | None = None, cache_dir=None) -> None:
+              timeout: float | None = None, cache_dir=None, connections: int | None = None) -> None:
     """Reads checkpoint tensors straight into existing tensors, such as a model's
     parameters, with no intermediate copy and no new allocation.
 
@@ -140,6 +147,7 @@ def load_into(path, tensors: dict, *, verify: bool = False, threads: int | None 
         timeout: remote checkpoints, as for :func:`load_dict`.
         cache_dir: remote checkpoints, as for :func:`load_dict`. Only data files all of
             whose tensors are named in ``tensors`` are copied there.
+        connections: remote checkpoints, as for :func:`load_dict`.
 
     Raises:
         FlashFormatError: a name is not in the checkpoint, a dtype or shape differs, or
@@ -152,7 +160,8 @@ def load_into(path, tensors: dict, *, verify: bool = False, threads: int | None 
         >>> flash.load_into("https://weights.example.com/m", {n: p.data for n, p in params.items()})
     """
     _load_into(path, tensors, LoadOptions.resolve(path, verify=verify, threads=threads, group=group,
-                                                  timeout=timeout, cache_dir=cache_dir, server=False))
+                                                  timeout=timeout, cache_dir=cache_dir, server=False,
+                                                  connections=connections))
 
 
 def verify(path, *, threads: int | None = None, timeout: float | None = None) -> int:

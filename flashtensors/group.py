@@ -112,7 +112,7 @@ class Collective:
     # -- the exchange -----------------------------------------------------------------
 
     def exchange(self, paths, ranges, needs, threads: int, io: str, timeout: float, *, chunk_bytes: int,
-                 tees=None, checks=None) -> list:
+                 tees=None, checks=None, connections: int = 0) -> list:
         """Reads the owned pieces of ``ranges`` (in native reads of ``chunk_bytes``) and
         broadcasts every piece; copies each piece's bytes into the ``needs`` that overlap
         it. A piece that lies inside one need is read and received in place, with no copy.
@@ -122,7 +122,8 @@ class Collective:
         ``checks``: index entries, sorted by (file, offset), of the tensors to check:
         each is checked by one rank (the owner of the piece where it starts) as its
         pieces pass, so each byte is checked once by the group. Returns the entries whose
-        checksum differs, the same list on every rank."""
+        checksum differs, the same list on every rank. ``connections``: remote requests in
+        flight per read (0: the default)."""
         import torch
 
         pieces = _pieces(ranges)
@@ -130,7 +131,8 @@ class Collective:
         targets = [_inside(needs, piece, self.device) for piece in pieces]
         mine = [i for i in range(len(pieces)) if i % self.size == self.rank]
         checker = _Checker(checks, pieces, self.rank, self.size) if checks is not None else None
-        reader = _Reader(paths, [(pieces[i], targets[i]) for i in mine], threads, io, timeout, chunk_bytes)
+        reader = _Reader(paths, [(pieces[i], targets[i]) for i in mine], threads, io, timeout, chunk_bytes,
+                         connections)
         staging = torch.empty(PIECE_BYTES, dtype=torch.uint8, device=self.device)
         cursor, error = 0, None
         try:
@@ -182,7 +184,7 @@ class _Reader:
     native reads release the GIL, so they overlap the broadcasts): straight into the
     piece's target where it has one in host memory, else into a staging buffer."""
 
-    def __init__(self, paths, pieces, threads: int, io: str, timeout: float, chunk_bytes: int):
+    def __init__(self, paths, pieces, threads: int, io: str, timeout: float, chunk_bytes: int, connections: int):
         import torch
 
         self._free: queue.Queue = queue.Queue()
@@ -191,12 +193,12 @@ class _Reader:
         self._ready: queue.Queue = queue.Queue()
         self._ahead = threading.Semaphore(READ_AHEAD)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(paths, pieces, threads, io, timeout, chunk_bytes),
+        self._thread = threading.Thread(target=self._run, args=(paths, pieces, threads, io, timeout, chunk_bytes, connections),
                                         daemon=True, name="flashtensors-group-reader")
         self._thread.start()
         self._held = None
 
-    def _run(self, paths, pieces, threads, io, timeout, chunk_bytes):
+    def _run(self, paths, pieces, threads, io, timeout, chunk_bytes, connections):
         execute = _native.module().execute_plan
         for (file, start, end), target in pieces:
             while not self._ahead.acquire(timeout=0.1):
@@ -210,7 +212,8 @@ class _Reader:
                 shift = -buf.data_ptr() % _BLOCK  # O_DIRECT wants aligned memory
                 data = buf[shift:shift + end - start]
             try:
-                execute(paths, [(file, start, end - start, data.data_ptr(), -1)], threads, chunk_bytes, io, timeout)
+                execute(paths, [(file, start, end - start, data.data_ptr(), -1)], threads, chunk_bytes, io, timeout,
+                        connections=connections)
                 self._ready.put((buf, data, None))
             except Exception as e:  # reported to the group after the exchange, never a hang
                 self._ready.put((buf, None, f"{type(e).__name__}: {e}"))

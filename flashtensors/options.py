@@ -22,6 +22,7 @@ from .errors import FlashError
 from .locations import is_remote, resolve_timeout
 
 MAX_THREADS = 256
+MAX_CONNECTIONS = 1024  # the native reader's bound, as for $FLASHTENSORS_CONNECTIONS
 # How bytes reach host memory. "auto" maps cached files and reads the rest, choosing
 # the page cache or O_DIRECT per piece; the others force one way (for benchmarks).
 IO_MODES = ("auto", "mmap", "buffered", "direct")
@@ -31,7 +32,9 @@ CACHE_DIR_ENV = "FLASHTENSORS_CACHE_DIR"
 @dataclass(frozen=True)
 class LoadOptions:
     """The options of one load, resolved. ``server`` is the daemon's socket (a path,
-    None for the default lookup, False for none); ``cache_dir`` the local tier or None."""
+    None for the default lookup, False for none); ``cache_dir`` the local tier or None;
+    ``connections`` the remote requests in flight (0: ``$FLASHTENSORS_CONNECTIONS``,
+    else 32, as the native reader decides)."""
 
     threads: int
     timeout: float
@@ -40,10 +43,11 @@ class LoadOptions:
     server: object
     group: object
     io: str
+    connections: int = 0
 
     @classmethod
     def resolve(cls, location, *, threads=None, timeout=None, cache_dir=None, verify=False, server=None,
-                group=None, io="auto") -> LoadOptions:
+                group=None, io="auto", connections=None) -> LoadOptions:
         """Checks the arguments of a load of ``location`` and fills in the defaults.
 
         Example:
@@ -59,6 +63,9 @@ class LoadOptions:
         if not isinstance(verify, bool):
             raise FlashError(f"verify must be True or False, not {verify!r}")
         remote = is_remote(location)
+        if connections is not None and not remote:
+            raise FlashError(f"{location}: connections= sizes the requests in flight of a remote checkpoint "
+                             "(http(s)://, s3://); a local one is read with threads=: drop connections")
         if cache_dir not in (None, False) and not remote:
             raise FlashError(f"{location}: cache_dir= is the local tier of remote checkpoints (http(s)://, s3://); "
                              "a local checkpoint is read where it lies: drop cache_dir")
@@ -70,7 +77,7 @@ class LoadOptions:
                              f"process and cannot be combined with {' and '.join(clashes)}; drop server=")
         use_server = False if (clashes or server is False) else server
         return cls(resolve_threads(threads), resolve_timeout(timeout), _cache_dir(cache_dir) if remote else None,
-                   verify, use_server, group, io)
+                   verify, use_server, group, io, _connections(connections))
 
     def check_kind(self, location, kind: str) -> None:
         """Refuses options the opened checkpoint's format cannot honour."""
@@ -93,6 +100,15 @@ def resolve_threads(threads) -> int:
     if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
         raise FlashError(f"threads must be an integer from 1 to {MAX_THREADS}, not {threads!r}")
     return threads
+
+
+def _connections(connections) -> int:
+    """``connections`` checked (0 for None: the environment or the default decides)."""
+    if connections is None:
+        return 0
+    if isinstance(connections, bool) or not isinstance(connections, int) or not 1 <= connections <= MAX_CONNECTIONS:
+        raise FlashError(f"connections must be an integer from 1 to {MAX_CONNECTIONS}, not {connections!r}")
+    return connections
 
 
 def _cache_dir(cache_dir) -> str | None:

@@ -45,7 +45,8 @@ def read(ckpt, ops, owners, options, *, collective=None, wanted=None, mapped=Non
     tier = _tier(ckpt, wanted)
     with _kept_if_good(tier, options):
         execute(ckpt, lambda threads: _native.module().execute_plan(
-            ckpt.sources, ops, threads, CHUNK_BYTES, options.io, options.timeout, tier and tier.tees),
+            ckpt.sources, ops, threads, CHUNK_BYTES, options.io, options.timeout, tier and tier.tees,
+            options.connections),
             options.threads, to_gpu=any(device >= 0 for *_, device in ops))
         if options.verify:
             check_memory(ckpt, _checked_tensors(ckpt, wanted if checked is None else checked),
@@ -67,7 +68,8 @@ def _read_collectively(c, ckpt, ops, owners, options, wanted, mapped) -> bool:
         synchronize_before_copies(device)
     with _kept_if_good(tier, options):
         bad = c.exchange(ckpt.sources, agreed["ranges"], needs, options.threads, options.io, options.timeout,
-                         chunk_bytes=CHUNK_BYTES, tees=tier and tier.tees, checks=covered if options.verify else None)
+                         chunk_bytes=CHUNK_BYTES, tees=tier and tier.tees, checks=covered if options.verify else None,
+                         connections=options.connections)
         if bad:
             raise checksum_error(ckpt, bad)
     return leader

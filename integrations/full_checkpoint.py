@@ -58,7 +58,8 @@ def stage(root: Path | str, layout: str, device: torch.device, options: FlashLoa
         raise verify_needs_flash(root)
     cpu = torch.device("cpu")
     where = cpu if options.staging == "cpu" else device
-    remote = {"timeout": options.timeout, "cache_dir": options.cache_dir} if is_remote(root) else {}
+    remote = {"timeout": options.timeout, "cache_dir": options.cache_dir,
+              "connections": options.connections} if is_remote(root) else {}
     try:
         return flash.load_dict(root, where, verify=options.verify, threads=options.threads,
                                group=group_for(where), **remote)

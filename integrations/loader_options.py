@@ -22,6 +22,7 @@ from typing import Any
 
 from flashtensors.errors import FlashError
 from flashtensors.locations import SCHEMES, is_remote
+from flashtensors.options import MAX_CONNECTIONS
 
 STAGING_CHOICES = ("device", "cpu")
 MAX_TIMEOUT_S = 86400
@@ -66,6 +67,9 @@ class FlashLoaderConfig:
             (written once per machine).
         timeout: with ``weights``: seconds a read may go without receiving a byte before the
             load fails (default ``$FLASHTENSORS_TIMEOUT``, else 30).
+        connections: with ``weights``: requests kept in flight, one connection each, 1 to
+            1024 (``flash.load_dict(connections=...)``; default ``$FLASHTENSORS_CONNECTIONS``,
+            else 32).
 
     Example:
         >>> FlashLoaderConfig.from_extra_config({"threads": 8}).threads
@@ -81,6 +85,7 @@ class FlashLoaderConfig:
     weights: str | None = None
     cache_dir: str | None = None
     timeout: float | None = None
+    connections: int | None = None
 
     @classmethod
     def from_extra_config(cls, extra: Mapping[str, Any] | None) -> FlashLoaderConfig:
@@ -124,12 +129,16 @@ class FlashLoaderConfig:
         if timeout is not None and (type(timeout) not in (int, float) or not 0 < timeout <= MAX_TIMEOUT_S):
             raise FlashConfigError(f"model_loader_extra_config 'timeout' must be a number of seconds, more than 0 "
                                    f"and at most {MAX_TIMEOUT_S}, got {timeout!r}")
-        for key, value in (("cache_dir", cache_dir), ("timeout", timeout)):
+        connections = extra.get("connections")
+        if connections is not None and (type(connections) is not int or not 1 <= connections <= MAX_CONNECTIONS):
+            raise FlashConfigError(f"model_loader_extra_config 'connections' must be an integer from 1 to "
+                                   f"{MAX_CONNECTIONS}, got {connections!r}")
+        for key, value in (("cache_dir", cache_dir), ("timeout", timeout), ("connections", connections)):
             if value is not None and weights is None:
                 raise FlashConfigError(f"model_loader_extra_config {key!r} applies to weights streamed from a URL: "
                                        f"give the URL as 'weights' too")
         return cls(threads=threads, verify=verify, staging=staging, distributed=distributed, weights=weights,
-                   cache_dir=cache_dir, timeout=None if timeout is None else float(timeout))
+                   cache_dir=cache_dir, timeout=None if timeout is None else float(timeout), connections=connections)
 
 
 def _url_hint(value) -> str:

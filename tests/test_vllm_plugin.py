@@ -63,8 +63,9 @@ def test_extra_config_defaults_and_values():
 
 
 def test_remote_weight_options():
-    got = FlashLoaderConfig.from_extra_config({"weights": "s3://bucket/qwen", "cache_dir": "/nvme/w", "timeout": 5})
-    assert (got.weights, got.cache_dir, got.timeout) == ("s3://bucket/qwen", "/nvme/w", 5.0)
+    got = FlashLoaderConfig.from_extra_config({"weights": "s3://bucket/qwen", "cache_dir": "/nvme/w", "timeout": 5,
+                                               "connections": 64})
+    assert (got.weights, got.cache_dir, got.timeout, got.connections) == ("s3://bucket/qwen", "/nvme/w", 5.0, 64)
     assert FlashLoaderConfig.from_extra_config({"weights": "https://h/m"}).weights == "https://h/m"
 
 
@@ -74,6 +75,7 @@ def test_remote_weight_options():
     ({"weights": "S3://bucket/qwen"}, "URL schemes are lowercase"),
     ({"cache_dir": "/nvme/w"}, "'cache_dir' applies to weights streamed from a URL"),
     ({"timeout": 10}, "'timeout' applies to weights streamed from a URL"),
+    ({"connections": 8}, "'connections' applies to weights streamed from a URL"),
 ])
 def test_remote_weight_option_errors_say_what_to_do(extra, message):
     with pytest.raises(FlashConfigError, match=message):
@@ -81,7 +83,7 @@ def test_remote_weight_option_errors_say_what_to_do(extra, message):
 
 
 def test_loader_rejects_unknown_extra_config_keys():
-    options = r"\['threads', 'verify', 'staging', 'distributed', 'weights', 'cache_dir', 'timeout'\]"
+    options = r"\['threads', 'verify', 'staging', 'distributed', 'weights', 'cache_dir', 'timeout', 'connections'\]"
     with pytest.raises(FlashConfigError, match=r"\['thread'\].*the options are " + options):
         FlashModelLoader(LoadConfig(load_format="flash", model_loader_extra_config={"thread": 4}))
 
@@ -104,6 +106,9 @@ def test_loader_rejects_unknown_extra_config_keys():
         ({"weights": "s3://b/m", "timeout": "30"}, "timeout"),
         ({"weights": "s3://b/m", "timeout": True}, "timeout"),
         ({"weights": "s3://b/m", "timeout": 86401}, "timeout"),
+        ({"weights": "s3://b/m", "connections": 0}, "connections"),
+        ({"weights": "s3://b/m", "connections": 1025}, "connections"),
+        ({"weights": "s3://b/m", "connections": "32"}, "connections"),
     ],
 )
 def test_bad_extra_config_values_are_errors(extra, key):

@@ -51,7 +51,7 @@ def test_many_connections_through_a_capped_server(tmp_path, monkeypatch):
 
 
 def test_remote_pieces_are_at_most_8_mib_and_the_last_ones_finer(tmp_path, monkeypatch):
-    # 64 MiB over 4 connections: 8 MiB pieces while each connection has two or more left,
+    # 64 MiB over 4 connections: 8 MiB pieces while 8 MiB or more per connection is left,
     # then pieces of (bytes left / 4), never under 2 MiB, so the connections end together.
     sd = {"big": torch.randn(16 << 20), "small": torch.arange(1000)}  # 64 MiB and 8 KB
     flash.save_dict(sd, tmp_path / "m")
@@ -76,6 +76,39 @@ def test_a_small_remote_checkpoint_is_spread_over_connections(tmp_path):
         assert_same(flash.load_dict(f"{server.url}/m", "cpu"), sd)
     sizes = [sent for _, sent, _ in data_requests(log)]
     assert sum(sizes) >= 20 << 20 and max(sizes) == 2 << 20 and len(sizes) == 10
+
+
+def test_the_connections_keyword_sets_the_requests_in_flight(tmp_path, monkeypatch):
+    sd = state(n_tensors=4, numel=128 << 10)  # 2 MiB: 32 pieces of 64 KiB
+    flash.save_dict(sd, tmp_path / "m")
+    monkeypatch.setattr(reading, "CHUNK_BYTES", 64 << 10)
+    monkeypatch.setenv("FLASHTENSORS_CONNECTIONS", "16")  # the keyword wins over the environment
+    for connections in (1, 3):
+        log = tmp_path / f"access-{connections}.log"
+        with nginx(tmp_path, access_log=log, log_connections=True) as server:
+            assert_same(flash.load_dict(f"{server.url}/m", "cpu", threads=1, connections=connections), sd)
+        requests = data_requests(log)
+        assert len(requests) == 32
+        assert 1 <= len({c for _, _, c in requests}) <= connections
+
+
+@pytest.mark.parametrize("connections, message", [
+    (0, "connections must be an integer from 1 to 1024, not 0"),
+    (1025, "connections must be an integer from 1 to 1024, not 1025"),
+    ("8", "connections must be an integer from 1 to 1024, not '8'"),
+    (True, "connections must be an integer from 1 to 1024, not True"),
+])
+def test_a_bad_connections_keyword_is_refused(connections, message):
+    with pytest.raises(FlashError, match=message):
+        flash.load_dict("https://weights.example.com/m", "cpu", connections=connections)
+
+
+def test_connections_on_a_local_checkpoint_is_refused_by_name(tmp_path):
+    flash.save_dict(state(n_tensors=1), tmp_path / "m")
+    with pytest.raises(FlashError, match="connections= sizes the requests in flight of a remote checkpoint"):
+        flash.load_dict(tmp_path / "m", "cpu", connections=8)
+    with pytest.raises(FlashError, match="connections= sizes the requests in flight of a remote checkpoint"):
+        flash.load_into(tmp_path / "m", {}, connections=8)
 
 
 @pytest.mark.parametrize("value", ["0", "many", "100000"])
