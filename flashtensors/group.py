@@ -193,7 +193,8 @@ class _Reader:
         self._ready: queue.Queue = queue.Queue()
         self._ahead = threading.Semaphore(READ_AHEAD)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(paths, pieces, threads, io, timeout, chunk_bytes, connections),
+        self._thread = threading.Thread(target=self._run,
+                                        args=(paths, pieces, threads, io, timeout, chunk_bytes, connections),
                                         daemon=True, name="flashtensors-group-reader")
         self._thread.start()
         self._held = None
