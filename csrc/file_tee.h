@@ -59,6 +59,10 @@ class TeeSource : public Source {
     inner_->read(dst, offset, length);
     tee_->write(dst, offset, length);
   }
+  void read_fresh(void* dst, uint64_t offset, uint64_t length) const override {
+    inner_->read_fresh(dst, offset, length);
+    tee_->write(dst, offset, length);
+  }
 
  private:
   std::unique_ptr<Source> inner_;

@@ -1,8 +1,8 @@
 // Host memory that reads land in, made ready before the bytes arrive. Receiving into
 // fresh memory otherwise takes one page fault per 4 KiB page in the middle of each
-// recv()/read() (about 260k for 1 GiB, ~0.3-0.45 s of CPU here): faulting a piece's pages
-// in with one madvise call first costs about a third less, and huge pages (where they
-// are cheap, see flashtensors/memory.py) cost far less again.
+// recv()/read() (about 260k for 1 GiB, ~0.3-0.45 s of CPU here): faulting the pages in
+// with madvise calls just ahead of the bytes (Source::read_fresh) costs about a third
+// less, and huge pages (where they are cheap, see flashtensors/memory.py) far less again.
 #pragma once
 #include <cstdint>
 

@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "errors.h"
+#include "host_memory.h"
 #include "tls_api.h"
 
 namespace flash {
@@ -26,6 +27,10 @@ constexpr int kMaxRedirects = 8;
 constexpr int kMaxFailures = 8;          // failed attempts in a row (with no byte received) before giving up
 constexpr size_t kMaxHeaderBytes = 64 << 10;
 constexpr double kFirstBackoffS = 0.05, kMaxBackoffS = 2.0;
+// read_fresh: pages faulted in per window of the body, just ahead of the bytes. 1 MiB
+// windows load 1 GiB over loopback 2-4% faster than faulting each 8 MiB piece before its
+// request (medians of 10, 2 vCPUs); much smaller windows cut the receives too short.
+constexpr uint64_t kFreshWindowBytes = 1ull << 20;
 
 double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
@@ -223,7 +228,7 @@ void HttpSource::give(std::unique_ptr<Connection> connection) const {
 }
 
 HttpSource::Attempt HttpSource::attempt(const Url& url, char* dst, uint64_t offset, uint64_t length,
-                                        double seconds_left) const {
+                                        double seconds_left, bool fresh) const {
   Attempt out;
   Proxy proxy;
   try {
@@ -281,8 +286,14 @@ HttpSource::Attempt HttpSource::attempt(const Url& url, char* dst, uint64_t offs
   const uint64_t want = plan.want;
   out.received = std::min<uint64_t>(want, body_start.size());
   std::memcpy(dst, body_start.data(), out.received);
+  uint64_t ready = fresh ? out.received : want;  // dst bytes whose pages are faulted in
   while (out.received < want) {
-    const long n = conn->receive(dst + out.received, want - out.received);
+    if (out.received == ready) {
+      const uint64_t window = std::min(kFreshWindowBytes, want - ready);
+      populate_for_write(reinterpret_cast<uint64_t>(dst + ready), window);
+      ready += window;
+    }
+    const long n = conn->receive(dst + out.received, ready - out.received);
     if (n <= 0) {
       out.kind = Attempt::Retry;
       out.problem = n == 0 ? "the server closed the connection mid-body"
@@ -298,8 +309,15 @@ HttpSource::Attempt HttpSource::attempt(const Url& url, char* dst, uint64_t offs
 }
 
 void HttpSource::read(void* dst, uint64_t offset, uint64_t length) const {
+  fetch(static_cast<char*>(dst), offset, length, false);
+}
+
+void HttpSource::read_fresh(void* dst, uint64_t offset, uint64_t length) const {
+  fetch(static_cast<char*>(dst), offset, length, true);
+}
+
+void HttpSource::fetch(char* out, uint64_t offset, uint64_t length, bool fresh) const {
   if (length == 0) return;
-  char* out = static_cast<char*>(dst);
   uint64_t done = 0;
   Url url = parsed_;
   int redirects = 0, failures = 0;
@@ -316,7 +334,7 @@ void HttpSource::read(void* dst, uint64_t offset, uint64_t length) const {
       fail("no data for " + std::to_string(static_cast<int>(timeout_s_ + 0.5)) + " s, retries included; last: " +
                (problem.empty() ? "timed out" : problem),
            0);
-    Attempt a = attempt(url, out + done, offset + done, length - done, left);
+    Attempt a = attempt(url, out + done, offset + done, length - done, left, fresh);
     if (a.received) {
       done += a.received;
       progress = Clock::now();

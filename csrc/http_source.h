@@ -33,10 +33,13 @@ class HttpSource : public Source {
   HttpSource(std::string url, double timeout_s);
   ~HttpSource() override;
   void read(void* dst, uint64_t offset, uint64_t length) const override;
+  void read_fresh(void* dst, uint64_t offset, uint64_t length) const override;
 
  private:
   struct Attempt;
-  Attempt attempt(const Url& url, char* dst, uint64_t offset, uint64_t length, double seconds_left) const;
+  void fetch(char* dst, uint64_t offset, uint64_t length, bool fresh) const;
+  Attempt attempt(const Url& url, char* dst, uint64_t offset, uint64_t length, double seconds_left,
+                  bool fresh) const;
   std::unique_ptr<Connection> take(const Url& url, bool& reused) const;
   void give(std::unique_ptr<Connection> connection) const;
 

@@ -13,7 +13,6 @@
 #include "crc32c.h"
 #include "cuda_api.h"
 #include "errors.h"
-#include "host_memory.h"
 #include "pinned_pool.h"
 
 namespace flash {
@@ -286,8 +285,10 @@ void execute_plan(const std::vector<std::string>& paths, const std::vector<ReadO
       const ReadOp& c = chunks[i];
       const Source& file = *files[c.file];
       if (c.device < 0) {
-        if (options.populate) populate_for_write(c.dest, c.length);
-        file.read(reinterpret_cast<void*>(c.dest), c.offset, c.length);
+        if (options.populate)
+          file.read_fresh(reinterpret_cast<void*>(c.dest), c.offset, c.length);
+        else
+          file.read(reinterpret_cast<void*>(c.dest), c.offset, c.length);
       } else {
         // Staging buffers are aligned: reading from the block that holds the piece's
         // start keeps the read eligible for O_DIRECT at any file offset (safetensors

@@ -41,8 +41,8 @@ struct LoadOptions {
   // $FLASHTENSORS_CONNECTIONS, else kDefaultConnections. Never fewer than `threads`.
   // Local files use `threads`.
   int connections = 0;
-  // Fault each host destination piece in with one call before reading into it (see
-  // host_memory.h) rather than page by page during the read.
+  // Fault host destination pages in ahead of the bytes (Source::read_fresh, see
+  // host_memory.h) rather than page by page in the middle of the reads.
   bool populate = true;
   SourceOptions source;  // how each path becomes a source (I/O mode, remote timeout)
   // Per path (or empty): where to also write each piece read from it (null: nowhere).

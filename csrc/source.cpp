@@ -1,9 +1,15 @@
 #include "source.h"
 
 #include "data_file.h"
+#include "host_memory.h"
 #include "http_source.h"
 
 namespace flash {
+
+void Source::read_fresh(void* dst, uint64_t offset, uint64_t length) const {
+  populate_for_write(reinterpret_cast<uint64_t>(dst), length);
+  read(dst, offset, length);
+}
 
 bool is_remote(const std::string& location) {
   return location.rfind("http://", 0) == 0 || location.rfind("https://", 0) == 0;

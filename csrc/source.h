@@ -20,6 +20,11 @@ class Source {
   // Reads exactly `length` bytes at `offset` into `dst`, or throws IoError (RemoteError
   // for remote sources) naming the file or URL. Safe to call from many threads at once.
   virtual void read(void* dst, uint64_t offset, uint64_t length) const = 0;
+  // read() into fresh host memory, whose pages are faulted in writable first
+  // (host_memory.h): all at once before a local read. Remote sources do it a window at a
+  // time as the body arrives, after the request has gone out, so the server sends while
+  // the pages are made and each window is still in cache when the bytes land in it.
+  virtual void read_fresh(void* dst, uint64_t offset, uint64_t length) const;
 };
 
 struct SourceOptions {
