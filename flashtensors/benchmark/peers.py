@@ -1,5 +1,6 @@
 """The loaders measured side by side. Each returns {name: tensor} on the device and is
-timed until the data is really there (CUDA synchronized, or every host page touched)."""
+timed until the data is really there (CUDA synchronized, or every host page mapped in: the pages
+not yet in the page tables are read once)."""
 
 from __future__ import annotations
 
