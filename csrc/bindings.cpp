@@ -415,9 +415,7 @@ PYBIND11_MODULE(_C, m) {
       "touch_pages",
       [](const std::vector<std::pair<uint64_t, uint64_t>>& ranges) {
         py::gil_scoped_release nogil;
-        uint64_t touched = 0;
-        for (const auto& [address, length] : ranges) touched += flash::touch_missing_pages(address, length);
-        return touched;
+        return flash::touch_missing_pages(ranges);
       },
       py::arg("ranges"),
       "Reads one byte of each page of the (address, length) host ranges not yet mapped in; returns how many "

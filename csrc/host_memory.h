@@ -5,6 +5,8 @@
 // less, and huge pages (where they are cheap, see flashtensors/memory.py) far less again.
 #pragma once
 #include <cstdint>
+#include <utility>
+#include <vector>
 
 namespace flash {
 
@@ -20,10 +22,10 @@ void populate_for_write(uint64_t address, uint64_t length);
 // the kernel refused).
 uint64_t advise_huge_pages(uint64_t address, uint64_t length);
 
-// Reads one byte of every page of [address, address + length) that this process cannot
+// Reads one byte of every page of the (address, length) ranges that this process cannot
 // read yet without a fault (not present in its page tables, per /proc/self/pagemap; every
 // page where that cannot be read), so a lazily mapped range is really loaded and a
 // loaded one costs nothing more. Returns the pages touched (benchmarks).
-uint64_t touch_missing_pages(uint64_t address, uint64_t length);
+uint64_t touch_missing_pages(const std::vector<std::pair<uint64_t, uint64_t>>& ranges);
 
 }  // namespace flash

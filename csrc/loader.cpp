@@ -241,7 +241,8 @@ struct Concurrency {
 };
 
 // Local files: `threads` threads, pieces of chunk_bytes. Remote sources: one thread per
-// connection, pieces of at most kRemotePieceBytes, shrunk where needed so that the
+// connection (as many as asked for, more or fewer than `threads`), pieces of at most
+// kRemotePieceBytes, the last ones cut finer (taper), shrunk where needed so that the
 // pinned staging memory (two pieces per thread, GPU targets only) stays within what
 // `threads` pieces of chunk_bytes would take.
 Concurrency concurrency_for(const std::vector<std::string>& paths, const LoadOptions& options, bool staged) {
@@ -250,8 +251,7 @@ Concurrency concurrency_for(const std::vector<std::string>& paths, const LoadOpt
   const uint64_t chunk = align(options.chunk_bytes);
   if (!std::any_of(paths.begin(), paths.end(), [](const std::string& p) { return is_remote(p); }))
     return {threads, chunk};
-  const size_t connections =
-      std::max(threads, clamp_threads(options.connections > 0 ? options.connections : default_connections()));
+  const size_t connections = clamp_threads(options.connections > 0 ? options.connections : default_connections());
   const uint64_t piece = std::min(chunk, kRemotePieceBytes);
   if (!staged) return {connections, align(piece), true};
   const uint64_t staging_budget = threads * chunk;  // per staging slot, over all threads

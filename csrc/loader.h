@@ -38,8 +38,7 @@ struct LoadOptions {
   int threads = 4;
   uint64_t chunk_bytes = 16ull << 20;  // reads are split into pieces of at most this
   // Remote sources: requests in flight (one connection and one thread each); 0 for
-  // $FLASHTENSORS_CONNECTIONS, else kDefaultConnections. Never fewer than `threads`.
-  // Local files use `threads`.
+  // $FLASHTENSORS_CONNECTIONS, else kDefaultConnections. Local files use `threads`.
   int connections = 0;
   // Fault host destination pages in ahead of the bytes (Source::read_fresh, see
   // host_memory.h) rather than page by page in the middle of the reads.

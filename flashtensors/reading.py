@@ -86,7 +86,7 @@ def _kept_if_good(tier, options):
             tier.abort()
         raise
     if tier is not None:
-        tier.commit(options.threads, options.timeout)
+        tier.commit(options.threads, options.timeout, options.connections)
 
 
 def _tier(ckpt, wanted):

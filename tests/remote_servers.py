@@ -45,6 +45,7 @@ class Faults:
         self.lock = threading.Lock()
         self.fail_5xx = 0          # the first N big reads of each file answer 503
         self.reset_after = None    # the first big read of each file sends this many bytes, then resets
+        self.close_after = None    # the first big read of each file sends this many bytes, then closes
         self.stall_big = False     # big reads get no answer at all
         self.status_big = None     # big reads answer this status (403, 404, ...)
         self.ignore_range = False  # answer 200 with the whole object
@@ -52,6 +53,7 @@ class Faults:
         self.empty_body = None     # big reads answer this status (200 or 206) with Content-Length: 0
         self.after_big_read = None  # called with (name, count) after each big read was answered
         self.bytes_sent = 0        # body bytes written to sockets, all requests
+        self.big_reads: list = []  # (name, first byte, last byte) of each big read asked for
         self.seen: dict = {}
         self.requests = 0
         self.stop = threading.Event()
@@ -109,6 +111,9 @@ def _handler(root: str, faults: Faults):
             start, end = (int(m[1]), min(size - 1, int(m[2]) if m[2] else size - 1)) if m else (0, size - 1)
             big = m is not None and end > start
             n = faults.count(name) if big else 0
+            if big:
+                with faults.lock:
+                    faults.big_reads.append((name, start, end))
             if big and faults.stall_big:
                 faults.stop.wait(120)
                 return
@@ -142,6 +147,12 @@ def _handler(root: str, faults: Faults):
                     self.wfile.flush()
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01" + bytes(7))
                     self.connection.close()
+                    self.close_connection = True
+                    return
+                if big and n == 1 and faults.close_after is not None:  # every byte sent arrives, then EOF
+                    self.wfile.write(f.read(min(faults.close_after, end - start + 1)))
+                    self.wfile.flush()
+                    self.connection.shutdown(socket.SHUT_WR)
                     self.close_connection = True
                     return
                 try:  # in pieces, counted as they go (a client may hang up), never the whole file in memory

@@ -67,8 +67,9 @@ def test_remote_pieces_are_at_most_8_mib_and_the_last_ones_finer(tmp_path, monke
     assert tail[-1] <= 6 << 20
 
 
-def test_a_small_remote_checkpoint_is_spread_over_connections(tmp_path):
+def test_a_small_remote_checkpoint_is_spread_over_connections(tmp_path, monkeypatch):
     # 20 MiB is less than one 8 MiB piece per connection: 2 MiB pieces, ten requests at once.
+    monkeypatch.delenv("FLASHTENSORS_CONNECTIONS", raising=False)  # the default, 32
     sd = {"big": torch.randn(5 << 20)}
     flash.save_dict(sd, tmp_path / "m")
     log = tmp_path / "access.log"
@@ -83,10 +84,10 @@ def test_the_connections_keyword_sets_the_requests_in_flight(tmp_path, monkeypat
     flash.save_dict(sd, tmp_path / "m")
     monkeypatch.setattr(reading, "CHUNK_BYTES", 64 << 10)
     monkeypatch.setenv("FLASHTENSORS_CONNECTIONS", "16")  # the keyword wins over the environment
-    for connections in (1, 3):
+    for connections in (1, 3):  # fewer than the 4 threads, too
         log = tmp_path / f"access-{connections}.log"
         with nginx(tmp_path, access_log=log, log_connections=True) as server:
-            assert_same(flash.load_dict(f"{server.url}/m", "cpu", threads=1, connections=connections), sd)
+            assert_same(flash.load_dict(f"{server.url}/m", "cpu", threads=4, connections=connections), sd)
         requests = data_requests(log)
         assert len(requests) == 32
         assert 1 <= len({c for _, _, c in requests}) <= connections

@@ -54,17 +54,18 @@ class CachedLoad:
         if any(tees):
             self.tees = tees
 
-    def commit(self, threads: int, timeout: float) -> int:
+    def commit(self, threads: int, timeout: float, connections: int = 0) -> int:
         """After a successful load: fetches the bytes the load did not read of each file
-        being copied, then commits every complete copy. Problems are logged, never
-        raised (the load itself succeeded). Returns the number of files committed."""
+        being copied (``connections`` requests in flight, 0 for the default), then commits
+        every complete copy. Problems are logged, never raised (the load itself
+        succeeded). Returns the number of files committed."""
         kept = 0
         for f, tee in enumerate(self.tees or []):
             if tee is None:
                 continue
             name = self.ckpt.names[f]
             try:
-                self._fill(f, tee, threads, timeout)
+                self._fill(f, tee, threads, timeout, connections)
             except OSError as e:  # the native RemoteError and IoError are OSErrors
                 log.warning("not keeping a local copy of %s: fetching its remaining bytes failed: %s",
                             self.ckpt.store.describe(name), e)
@@ -84,7 +85,7 @@ class CachedLoad:
                 self.tier.discard(tee)
         self.tees = None
 
-    def _fill(self, f: int, tee, threads: int, timeout: float) -> None:
+    def _fill(self, f: int, tee, threads: int, timeout: float, connections: int) -> None:
         import numpy as np
 
         gaps = merge_gaps(tee.missing(), MERGE_GAPS_BYTES)
@@ -95,7 +96,8 @@ class CachedLoad:
             for offset, length in batch:
                 ops.append((0, offset, length, at, -1))
                 at += length
-            _native.module().execute_plan([url], ops, threads, FILL_BATCH_BYTES, "auto", timeout, tees=[tee])
+            _native.module().execute_plan([url], ops, threads, FILL_BATCH_BYTES, "auto", timeout, tees=[tee],
+                                          connections=connections)
 
 
 def whole_files(index, wanted) -> set:
