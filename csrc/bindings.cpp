@@ -18,6 +18,7 @@
 #include "http_protocol.h"
 #include "hf_weight_index.h"
 #include "host_memory.h"
+#include "http_source.h"
 #include "load_plan.h"
 #include "loader.h"
 #include "pinned_pool.h"
@@ -411,6 +412,14 @@ PYBIND11_MODULE(_C, m) {
       [](uint64_t address, uint64_t length) { return flash::advise_huge_pages(address, length); },
       py::arg("address"), py::arg("length"),
       "Marks the whole 2 MiB pages inside a host range MADV_HUGEPAGE; returns the bytes advised.");
+  m.def(
+      "release_idle_connections",
+      []() {
+        py::gil_scoped_release nogil;
+        return flash::release_idle_connections();
+      },
+      "Closes the keep-alive connections remote reads kept for later reads of this process; returns how many "
+      "(every load calls it when it ends).");
   m.def(
       "touch_pages",
       [](const std::vector<std::pair<uint64_t, uint64_t>>& ranges) {

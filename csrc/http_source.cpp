@@ -11,8 +11,11 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <mutex>
 #include <random>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "errors.h"
 #include "host_memory.h"
@@ -31,6 +34,8 @@ constexpr double kFirstBackoffS = 0.05, kMaxBackoffS = 2.0;
 // windows load 1 GiB over loopback 2-4% faster than faulting each 8 MiB piece before its
 // request (medians of 10, 2 vCPUs); much smaller windows cut the receives too short.
 constexpr uint64_t kFreshWindowBytes = 1ull << 20;
+// Idle connections kept for later reads of the process (ConnectionPool), all origins.
+constexpr size_t kMaxIdleConnections = 256;
 
 double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
@@ -195,6 +200,74 @@ struct HttpSource::Attempt {
   bool stale = false;       // a reused connection the server had closed: retry at once
 };
 
+namespace {
+
+// Idle keep-alive connections, kept across sources (one per path and read call), so that
+// a load that reads in many calls (a group's pieces, the local tier's fill) does not open
+// its connections afresh each time. The Python side empties it when a load ends
+// (release_idle_connections). A forked child never uses its parent's connections: it
+// only closes its copies of the sockets (a TLS session is freed without a word).
+class ConnectionPool {
+ public:
+  static ConnectionPool& instance() {
+    static ConnectionPool* pool = new ConnectionPool;  // never destroyed: no TLS calls after exit
+    return *pool;
+  }
+
+  std::unique_ptr<Connection> take(const std::string& key) {
+    std::vector<std::unique_ptr<Connection>> dropped;  // closed outside the lock
+    std::lock_guard<std::mutex> lock(mu_);
+    forget_if_forked(dropped);
+    for (auto it = idle_.rbegin(); it != idle_.rend(); ++it) {  // the most recently used first
+      if (it->first == key) {
+        auto c = std::move(it->second);
+        idle_.erase(std::next(it).base());
+        return c;
+      }
+    }
+    return nullptr;
+  }
+
+  void give(const std::string& key, std::unique_ptr<Connection> connection) {
+    std::vector<std::unique_ptr<Connection>> dropped;
+    std::lock_guard<std::mutex> lock(mu_);
+    forget_if_forked(dropped);
+    idle_.emplace_back(key, std::move(connection));
+    if (idle_.size() > kMaxIdleConnections) {
+      dropped.push_back(std::move(idle_.front().second));
+      idle_.erase(idle_.begin());
+    }
+  }
+
+  size_t release() {
+    std::vector<std::pair<std::string, std::unique_ptr<Connection>>> dropped;
+    std::lock_guard<std::mutex> lock(mu_);
+    dropped.swap(idle_);
+    return dropped.size();
+  }
+
+ private:
+  void forget_if_forked(std::vector<std::unique_ptr<Connection>>& dropped) {
+    if (pid_ == ::getpid()) return;
+    for (auto& kv : idle_) dropped.push_back(std::move(kv.second));
+    idle_.clear();
+    pid_ = ::getpid();
+  }
+
+  std::mutex mu_;
+  pid_t pid_ = ::getpid();
+  std::vector<std::pair<std::string, std::unique_ptr<Connection>>> idle_;  // (key, connection), oldest first
+};
+
+// Which idle connections a request may use: the same origin, reached the same way.
+std::string pool_key(const Url& url, const Proxy& proxy) {
+  return url.origin() + (proxy.use ? " via " + proxy.host + ":" + proxy.port : "");
+}
+
+}  // namespace
+
+size_t release_idle_connections() { return ConnectionPool::instance().release(); }
+
 HttpSource::HttpSource(std::string url, double timeout_s)
     : url_(std::move(url)),
       shown_(shown_url(url_)),
@@ -205,27 +278,6 @@ HttpSource::HttpSource(std::string url, double timeout_s)
 
 HttpSource::~HttpSource() = default;
 
-std::unique_ptr<Connection> HttpSource::take(const Url& url, bool& reused) const {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    const std::string origin = url.origin();
-    for (auto it = idle_.rbegin(); it != idle_.rend(); ++it) {
-      if ((*it)->origin() == origin) {
-        auto c = std::move(*it);
-        idle_.erase(std::next(it).base());
-        reused = true;
-        return c;
-      }
-    }
-  }
-  reused = false;
-  return nullptr;  // the caller connects (outside the lock)
-}
-
-void HttpSource::give(std::unique_ptr<Connection> connection) const {
-  std::lock_guard<std::mutex> lock(mu_);
-  idle_.push_back(std::move(connection));
-}
 
 HttpSource::Attempt HttpSource::attempt(const Url& url, char* dst, uint64_t offset, uint64_t length,
                                         double seconds_left, bool fresh) const {
@@ -238,8 +290,9 @@ HttpSource::Attempt HttpSource::attempt(const Url& url, char* dst, uint64_t offs
     out.problem = e.what();
     return out;
   }
-  bool reused = false;
-  std::unique_ptr<Connection> conn = take(url, reused);
+  const std::string key = pool_key(url, proxy);
+  std::unique_ptr<Connection> conn = ConnectionPool::instance().take(key);
+  const bool reused = conn != nullptr;
   if (!conn) {
     bool fatal = false;
     conn = std::make_unique<Connection>(url, proxy, seconds_left, shown_, out.problem, fatal);
@@ -303,7 +356,7 @@ HttpSource::Attempt HttpSource::attempt(const Url& url, char* dst, uint64_t offs
     }
     out.received += static_cast<uint64_t>(n);
   }
-  if (!plan.close_after && body_start.size() <= want) give(std::move(conn));
+  if (!plan.close_after && body_start.size() <= want) ConnectionPool::instance().give(key, std::move(conn));
   out.kind = Attempt::Done;
   return out;
 }

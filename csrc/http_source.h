@@ -2,7 +2,8 @@
 // the system's OpenSSL, tls_api.h): each piece is one `Range: bytes=a-b` request whose
 // body is received straight into the piece's destination (a host buffer or a pinned
 // staging buffer), with no copy and no Python. Connections are kept alive and reused:
-// about one per worker thread, since each thread has one request in flight at a time.
+// about one per worker thread, since each thread has one request in flight at a time,
+// and kept across read calls until release_idle_connections (one load, many calls).
 // The protocol itself (URLs, proxies, parsing what the server sends) is http_protocol.h.
 //
 // Faults: 5xx, 408, 429, refused or reset connections, short or empty bodies and
@@ -15,11 +16,10 @@
 // Proxies: http_proxy / https_proxy (CONNECT tunnels) / all_proxy / no_proxy, lower or
 // upper case, as curl honours them.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <string>
-#include <vector>
 
 #include "http_protocol.h"
 #include "source.h"
@@ -40,8 +40,6 @@ class HttpSource : public Source {
   void fetch(char* dst, uint64_t offset, uint64_t length, bool fresh) const;
   Attempt attempt(const Url& url, char* dst, uint64_t offset, uint64_t length, double seconds_left,
                   bool fresh) const;
-  std::unique_ptr<Connection> take(const Url& url, bool& reused) const;
-  void give(std::unique_ptr<Connection> connection) const;
 
   std::string url_;
   std::string shown_;
@@ -49,8 +47,11 @@ class HttpSource : public Source {
   Url parsed_;
   ProxyEnv proxies_;
   double timeout_s_;
-  mutable std::mutex mu_;
-  mutable std::vector<std::unique_ptr<Connection>> idle_;
 };
+
+// Closes the idle keep-alive connections that reads keep for the process's later reads
+// (of any source); returns how many. Loads call it when they end, so no socket outlives a
+// load; between the read calls of one load, connections are reused.
+size_t release_idle_connections();
 
 }  // namespace flash

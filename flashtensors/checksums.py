@@ -18,8 +18,12 @@ def verify(location, *, threads: int | None = None, timeout=None) -> int:
     entries = list(ckpt.index.tensors.values())
     ranges = [(e.file, e.offset, e.length) for e in entries]
     crcs = []
-    execute(ckpt, lambda n: crcs.extend(_native.module().checksum_ranges(ckpt.sources, ranges, n, options.timeout)),
-            options.threads, to_gpu=False)
+    try:
+        execute(ckpt, lambda n: crcs.extend(_native.module().checksum_ranges(ckpt.sources, ranges, n,
+                                                                              options.timeout)),
+                options.threads, to_gpu=False)
+    finally:
+        _native.module().release_idle_connections()
     bad = [e for e, crc in zip(entries, crcs) if crc != e.crc32c]
     if bad:
         raise checksum_error(ckpt, bad)

@@ -42,12 +42,16 @@ def load(location, device_map=None, options: LoadOptions | None = None, **settin
 def run_load(location, options: LoadOptions, body):
     """Runs ``body(collective or None)``, one load of ``location``: collectively when
     ``options.group`` is set (every rank raises when one fails), else again when the
-    checkpoint was replaced by a save while it was read (:func:`with_retry`)."""
-    if options.group is not None:
-        from . import group as collective
+    checkpoint was replaced by a save while it was read (:func:`with_retry`). The
+    keep-alive connections its remote reads kept between calls are closed at the end."""
+    try:
+        if options.group is not None:
+            from . import group as collective
 
-        return collective.run(options.group, location, body)
-    return with_retry(location, lambda: body(None))
+            return collective.run(options.group, location, body)
+        return with_retry(location, lambda: body(None))
+    finally:
+        _native.module().release_idle_connections()
 
 
 def _load(location, device_map, options: LoadOptions, collective) -> dict:

@@ -32,6 +32,16 @@ def data_requests(log_path):
     return out
 
 
+def data_requests_any(log_path):
+    """As data_requests, for any file's reads (ranged, more than one byte)."""
+    out = []
+    for line in open(log_path).read().splitlines():
+        method, uri, rng, status, sent, connection = line.split(" ")
+        if rng != "-" and int(sent) > 1:
+            out.append((rng, int(sent), connection))
+    return out
+
+
 def test_many_connections_through_a_capped_server(tmp_path, monkeypatch):
     # 2 MiB in 32 pieces of 64 KiB, each served at 32 KiB/s after its first 32 KiB: every
     # request lasts about a second, so the pieces can only arrive together if the loader
@@ -91,6 +101,77 @@ def test_the_connections_keyword_sets_the_requests_in_flight(tmp_path, monkeypat
         requests = data_requests(log)
         assert len(requests) == 32
         assert 1 <= len({c for _, _, c in requests}) <= connections
+
+
+def connections_of(log_path, since: int = 0) -> list:
+    """nginx's connection serial of each ranged read in the log, from the ``since``-th on."""
+    return [c for _, _, c in data_requests_any(log_path)[since:]]
+
+
+def test_read_calls_of_one_load_share_their_connections(tmp_path):
+    # A load that reads in several native calls (a group's pieces, the local tier's fill)
+    # reuses the connections of the calls before; loads close them when they end.
+    from flashtensors import _native
+
+    native = _native.module()
+    data = tmp_path / "data.bin"
+    data.write_bytes(os.urandom(3 << 20))
+    buffer = torch.empty(1 << 20, dtype=torch.uint8)
+    log = tmp_path / "access.log"
+    native.release_idle_connections()
+    with nginx(tmp_path, access_log=log, log_connections=True) as server:
+        url = f"{server.url}/data.bin"
+        for i in range(3):
+            native.execute_plan([url], [(0, i << 20, 1 << 20, buffer.data_ptr(), -1)], 1, 1 << 20, "auto", 10.0,
+                                connections=1)
+            assert buffer.numpy().tobytes() == data.read_bytes()[i << 20:(i + 1) << 20]
+        first = connections_of(log)
+        assert len(first) == 3 and len(set(first)) == 1  # one connection for the three calls
+        assert native.release_idle_connections() == 1
+        native.execute_plan([url], [(0, 0, 1 << 20, buffer.data_ptr(), -1)], 1, 1 << 20, "auto", 10.0,
+                            connections=1)
+        assert connections_of(log, 3)[0] != first[0]  # released: a new connection
+        assert native.release_idle_connections() == 1
+        flash.save_dict(state(n_tensors=2), tmp_path / "m")
+        flash.load_dict(f"{server.url}/m", "cpu")
+        assert native.release_idle_connections() == 0  # the load closed its own
+
+
+FORKED_CHILD_READS = """
+import os, sys, torch
+from flashtensors import _native
+native, url = _native.module(), sys.argv[1]
+buffer = torch.empty(4096, dtype=torch.uint8)
+def read():
+    native.execute_plan([url], [(0, 0, 4096, buffer.data_ptr(), -1)], 1, 4096, "auto", 10.0, connections=1)
+    return buffer.numpy().tobytes()
+expected = open(sys.argv[2], "rb").read(4096)
+assert read() == expected  # the parent keeps this connection idle
+pid = os.fork()
+if pid == 0:  # the child must open its own, never speak on its parent's socket
+    ok = read() == expected
+    os._exit(0 if ok and native.release_idle_connections() == 1 else 3)
+_, status = os.waitpid(pid, 0)
+assert os.waitstatus_to_exitcode(status) == 0, status
+assert read() == expected  # the parent's connection still works
+print(native.release_idle_connections())
+"""
+
+
+def test_a_forked_child_never_uses_its_parents_connections(tmp_path):
+    import subprocess
+    import sys
+
+    data = tmp_path / "data.bin"
+    data.write_bytes(os.urandom(8192))
+    log = tmp_path / "access.log"
+    with nginx(tmp_path, access_log=log, log_connections=True) as server:
+        proc = subprocess.run([sys.executable, "-c", FORKED_CHILD_READS, f"{server.url}/data.bin", str(data)],
+                              capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "1"
+    parent_first, child, parent_again = connections_of(log)
+    assert parent_again == parent_first and child != parent_first
 
 
 @pytest.mark.parametrize("connections, message", [
