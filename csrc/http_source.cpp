@@ -278,7 +278,6 @@ HttpSource::HttpSource(std::string url, double timeout_s)
 
 HttpSource::~HttpSource() = default;
 
-
 HttpSource::Attempt HttpSource::attempt(const Url& url, char* dst, uint64_t offset, uint64_t length,
                                         double seconds_left, bool fresh) const {
   Attempt out;

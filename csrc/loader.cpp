@@ -91,9 +91,10 @@ std::vector<ReadOp> split(const std::vector<ReadOp>& ops, uint64_t chunk) {
 }
 
 // Cuts the end of an ordered list of pieces finer, so that `workers` pulling pieces in
-// turn finish together: each piece is at most the bytes still left divided by the
-// workers (never below `floor` unless the piece was, never above the piece it was). The bulk of a load keeps
-// its pieces; only about the last `workers` pieces' worth of bytes is cut finer.
+// turn finish together: each piece is about the bytes still left divided by the workers,
+// never above the piece it was and never below `floor` (a remnant under it joins the
+// piece before). The bulk of a load keeps its pieces; only about the last `workers`
+// pieces' worth of bytes is cut finer.
 std::vector<ReadOp> taper(const std::vector<ReadOp>& pieces, size_t workers, uint64_t floor) {
   uint64_t left = 0;
   for (const ReadOp& p : pieces) left += p.length;
