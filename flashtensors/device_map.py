@@ -30,27 +30,36 @@ def normalize_device_map(device_map) -> dict:
     for key, value in device_map.items():
         if not isinstance(key, str):
             raise FlashDeviceError(f"device_map keys must be strings (name prefixes), got {key!r}")
-        out[key] = _to_device(value, key, torch)
+        out[key] = to_device(value, f"device_map[{key!r}] = {value!r}")
     return out
 
 
-def _to_device(value, key: str, torch):
+def to_device(value, label: str):
+    """The ``torch.device`` that ``value`` names, checked to exist here; errors begin with
+    ``label``, the value as the caller's user wrote it.
+
+    Example:
+        >>> to_device("cpu", "--device cpu")
+        device(type='cpu')
+    """
+    import torch
+
     try:
         if isinstance(value, bool):
             raise TypeError
         device = torch.device("cuda", value) if isinstance(value, int) else torch.device(value)
     except (TypeError, RuntimeError, ValueError):
-        raise FlashDeviceError(f"device_map[{key!r}] = {value!r} is not a device "
+        raise FlashDeviceError(f"{label} is not a device "
                                "(use a GPU index, 'cuda:N', 'cpu' or a torch.device)") from None
     if device.type == "cpu":
         return torch.device("cpu")
     if device.type != "cuda":
-        raise FlashDeviceError(f"device_map[{key!r}] = {value!r}: flashtensors loads to 'cpu' and 'cuda' devices")
+        raise FlashDeviceError(f"{label}: flashtensors loads to 'cpu' and 'cuda' devices")
     if not torch.cuda.is_available():
-        raise FlashDeviceError(f"device_map[{key!r}] = {value!r}, but CUDA is not available on this machine")
+        raise FlashDeviceError(f"{label}, but CUDA is not available on this machine")
     index = torch.cuda.current_device() if device.index is None else device.index
     if not 0 <= index < torch.cuda.device_count():
-        raise FlashDeviceError(f"device_map[{key!r}] = {value!r}, but this machine has "
+        raise FlashDeviceError(f"{label}, but this machine has "
                                f"{torch.cuda.device_count()} CUDA device(s)")
     return torch.device("cuda", index)
 

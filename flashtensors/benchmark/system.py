@@ -46,9 +46,14 @@ def drop_from_cache(files) -> bool:
 
 
 def warm_up(files) -> None:
-    """Reads the files once so that they sit in the page cache."""
+    """Reads the files once so that they sit in the page cache (skipping those already
+    wholly there: reading them again would only copy memory)."""
+    from .. import _native
+
     buf = bytearray(BLOCK)
     for f in files:
+        if _native.module().resident_fraction(str(f)) >= 1.0:
+            continue
         with open(f, "rb", buffering=0) as fh:
             while fh.readinto(buf):
                 pass

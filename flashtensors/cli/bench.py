@@ -6,6 +6,7 @@ import argparse
 import datetime
 import json
 import os
+import shutil
 import sys
 import tempfile
 
@@ -27,7 +28,7 @@ def register(subparsers) -> None:
         "bench", help="time flashtensors against safetensors and other loaders",
         description="Make (or take) a checkpoint in flash and safetensors form, load it with each "
                     "loader installed, warm (files cached) and cold (evicted from the page cache), "
-                    "check every tensor, and print seconds, GB/s and the speedup over safetensors.",
+                    "check every tensor, and print seconds, GB/s and the ratio to safetensors' load_file.",
         epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     what = p.add_mutually_exclusive_group()
     what.add_argument("--model", choices=["0.6b", "4b", "8b", "14b", "32b"], help="a Qwen3-like shape")
@@ -46,8 +47,9 @@ def register(subparsers) -> None:
                         "(the default, as a serving replica loads: pinning, opening, first faults included)")
     p.add_argument("--loaders", help="comma-separated loader names to run (default: all installed); for remote "
                                      "sources: curl, flashtensors, runai, s5cmd, curl+load")
-    p.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "flashtensors-bench"),
-                   help="where generated checkpoints are kept and reused (default: %(default)s)")
+    p.add_argument("--dir", help="where generated checkpoints are written, kept and reused (default: a new "
+                                 "temporary directory, removed at the end)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory, and print where it is")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--nginx", action="store_true",
                    help="serve the checkpoint with a throwaway nginx on loopback and time streaming it "
@@ -64,6 +66,20 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    if args.dir:
+        return _run(args, log)
+    args.dir = tempfile.mkdtemp(prefix="flashtensors-bench-")
+    try:
+        return _run(args, log)
+    finally:
+        if args.keep:
+            log(f"kept the checkpoints in {args.dir}")
+        else:
+            shutil.rmtree(args.dir, ignore_errors=True)
+
+
+def _run(args, log) -> int:
     import torch
 
     from ..benchmark import system
@@ -71,12 +87,12 @@ def run(args) -> int:
     from ..benchmark.runner import run as run_loaders
     from ..benchmark.runner import table
     from ..checkpoint import open_checkpoint
-    from ..device_map import normalize_device_map
+    from ..device_map import to_device
 
     if not (args.model or args.size or args.path or args.tensors):
         args.size = 1.0
-    device = normalize_device_map(args.device or ("cuda:0" if torch.cuda.is_available() else "cpu"))[""]
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    device = to_device(args.device, f"--device {args.device}") if args.device else \
+        torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     from ..locations import is_remote
 
     if args.limit_rate and not args.nginx:
