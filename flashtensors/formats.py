@@ -214,11 +214,12 @@ def read_header(store, name: str) -> tuple | None:
     probe, info = got
     if info.size is None:
         raise store.missing(name, "the server did not tell the file's size")
-    if len(probe) < 8:
-        raise FlashFormatError(f"{where}: not a safetensors file (shorter than its 8-byte header length)")
     n = int.from_bytes(probe[:8], "little")
-    if n > MAX_HEADER_BYTES:
-        raise FlashFormatError(f"{where}: header of {n} bytes is larger than safetensors allows ({MAX_HEADER_BYTES})")
+    if len(probe) < 8 or n > MAX_HEADER_BYTES:
+        # Not a damaged safetensors file but another kind of file: its first 8 bytes read
+        # as a header length would be meaningless, its size says what it is.
+        raise FlashFormatError(f"{where}: not a safetensors file ({info.size} bytes, not beginning with a "
+                               "safetensors header)")
     if 8 + n > info.size:
         raise FlashFormatError(f"{where}: header of {n} bytes does not fit in the file ({info.size} bytes; "
                                "truncated?)")

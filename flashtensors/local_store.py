@@ -124,8 +124,24 @@ def _pread_all(fd: int, offset: int, length: int) -> bytes:
 
 def open_local(location) -> LocalStore:
     """The store of a local location: a directory, or one ``.safetensors`` file (then a
-    store of its directory with ``single`` set)."""
+    store of its directory with ``single`` set). FlashFormatError when there is nothing
+    at ``location``, or something that cannot be a checkpoint (another file)."""
     path = os.fspath(location)
-    if os.path.isfile(path) and path.endswith(".safetensors"):
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        if e.errno in _NO_SUCH_FILE:
+            raise no_such_location(path) from None
+        raise FlashFormatError(f"{path}: cannot stat: {e.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        return LocalStore(path)
+    if stat.S_ISREG(st.st_mode) and path.endswith(".safetensors"):
         return LocalStore(os.path.dirname(os.path.abspath(path)), os.path.basename(path))
-    return LocalStore(path)
+    what = "a file" if stat.S_ISREG(st.st_mode) else "neither a file nor a directory"
+    raise FlashFormatError(f"{path}: {what}, not a checkpoint; expected a flash checkpoint directory, "
+                           "a .safetensors file or a directory of safetensors files")
+
+
+def no_such_location(path) -> FlashFormatError:
+    """The one error every command and function gives for a local path with nothing there."""
+    return FlashFormatError(f"{os.fspath(path)}: no such file or directory")

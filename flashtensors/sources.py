@@ -38,8 +38,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from flashtensors import INDEX_FILENAME, FlashError, FlashFormatError
-from flashtensors.formats import find_format, safetensors_formats
-from flashtensors.local_store import LocalStore
+from flashtensors.formats import find_format, read_header, safetensors_formats
+from flashtensors.local_store import LocalStore, no_such_location
 from flashtensors.locations import is_remote
 from flashtensors.safetensors_format import HF_INDEX_FILENAME, hf_shard_names
 from flashtensors.weight_names import SAFETENSORS_SUFFIXES, TORCH_SUFFIXES, is_weight_file
@@ -104,7 +104,9 @@ def open_source(path: str | Path):
     (same attributes and methods).
 
     Raises:
-        SourceError: ``path`` does not exist, holds no weights, or has an unsupported type.
+        FlashFormatError: there is nothing at ``path`` ("no such file or directory", as from
+            every command).
+        SourceError: ``path`` holds no weights, or is a file of another type.
 
     Example:
         >>> open_source("model.safetensors").shards         # doctest: +SKIP
@@ -118,11 +120,11 @@ def open_source(path: str | Path):
     if path.is_dir():
         return _open_dir(path)
     if not path.exists():
-        raise SourceError(f"{path}: no such file or directory")
+        raise no_such_location(path)
     if not path.is_file():
         raise SourceError(f"{path}: not a regular file or directory")
     if not path.name.endswith(SAFETENSORS_SUFFIXES + TORCH_SUFFIXES):
-        raise SourceError(f"{path}: unsupported input; expected {_accepted()}")
+        raise SourceError(f"{path}: a file, not a checkpoint; expected {_accepted()}")
     return Source(path=path, shards=(path,))
 
 
@@ -201,6 +203,7 @@ def _existing(index_path: Path, names: list) -> list[Path]:
 
 
 def _read_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    read_header(LocalStore(str(path.parent)), path.name)  # another kind of file is named as every load names it
     try:
         with safe_open(path, framework="pt") as f:
             # File order where this safetensors release has offset_keys (2025 and later), else name order.

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from flashtensors import flash
+from flashtensors.errors import FlashFormatError
 
 from helpers import flashtensors
 
@@ -36,10 +37,43 @@ class Hostile:
         return (os.system, (f"touch {self.marker}",))
 
 
-@pytest.mark.parametrize("command", ["convert", "info", "verify"])
+@pytest.mark.parametrize("command", ["convert", "info", "verify", "fetch"])
 def test_missing_path(tmp_path, command):
-    args = [tmp_path / "nope", tmp_path / "dst"] if command == "convert" else [tmp_path / "nope"]
-    assert_fails(flashtensors(command, *args), command, str(tmp_path / "nope"))
+    """One message for a location with nothing there, from every command and from the API."""
+    nope = tmp_path / "nope" / "model"
+    args = [nope, tmp_path / "dst"] if command == "convert" else [nope]
+    result = flashtensors(command, *args)
+    assert_fails(result, command)
+    assert result.stderr == f"flashtensors {command}: error: {nope}: no such file or directory\n"
+    for function in (flash.load_dict, flash.read_index, flash.verify):
+        with pytest.raises(FlashFormatError) as e:
+            function(nope)
+        assert str(e.value) == f"{nope}: no such file or directory"
+
+
+@pytest.mark.parametrize("command", ["convert", "info", "verify"])
+def test_a_file_that_is_not_a_checkpoint_is_called_a_file(tmp_path, command):
+    (tmp_path / "NOTES.txt").write_text("notes, not weights\n")
+    args = [tmp_path / "NOTES.txt"] + ([tmp_path / "dst"] if command == "convert" else [])
+    result = flashtensors(command, *args)
+    assert_fails(result, command, f"{tmp_path / 'NOTES.txt'}: a file, not a checkpoint; expected ")
+    assert "flash_index.json" not in result.stderr
+    with pytest.raises(FlashFormatError, match="NOTES.txt: a file, not a checkpoint"):
+        flash.load_dict(tmp_path / "NOTES.txt")
+
+
+@pytest.mark.parametrize("command", ["convert", "info", "verify"])
+def test_another_file_renamed_safetensors_is_called_that_with_its_size(tmp_path, command):
+    text = b"Some notes that someone saved under the wrong name.\n" * 3
+    (tmp_path / "model.safetensors").write_bytes(text)
+    args = [tmp_path / "model.safetensors"] + ([tmp_path / "dst"] if command == "convert" else [])
+    message = f"{tmp_path / 'model.safetensors'}: not a safetensors file ({len(text)} bytes, "
+    result = flashtensors(command, *args)
+    assert_fails(result, command, message)
+    assert "header of" not in result.stderr
+    with pytest.raises(FlashFormatError) as e:
+        flash.load_dict(tmp_path / "model.safetensors")
+    assert str(e.value).startswith(message)
 
 
 @pytest.mark.parametrize("command", ["info", "verify"])
@@ -75,8 +109,8 @@ def test_hostile_pickle_in_a_model_dir(tmp_path):
 @pytest.mark.parametrize(
     "name, content, message",
     [
-        ("weights.txt", b"hello", "unsupported input"),
-        ("model.safetensors", b"\xff" * 100, "not a valid safetensors file"),
+        ("weights.txt", b"hello", "a file, not a checkpoint"),
+        ("model.safetensors", b"\xff" * 100, "not a safetensors file (100 bytes"),
         ("model.bin", b"not a pickle at all", "not a PyTorch checkpoint"),
         ("model.pth", b"\x80\x02garbage", "refused to unpickle"),
         ("model.pt", b"", "not a PyTorch checkpoint"),

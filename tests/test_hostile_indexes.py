@@ -294,5 +294,5 @@ def test_an_index_over_its_cap_is_refused_by_size(tmp_path, cap, name):
 def test_a_header_over_the_cap_is_refused_by_its_length(tmp_path):
     path = tmp_path / "model.safetensors"
     path.write_bytes(struct.pack("<Q", MAX_HEADER_BYTES + 1) + b" " * 64)
-    out = load_in_child(path)
-    assert str(path) in out["error"] and str(MAX_HEADER_BYTES) in out["error"], out
+    out = load_in_child(path)  # beyond the cap the 8 bytes are no header length: another kind of file
+    assert f"{path}: not a safetensors file (72 bytes," in out["error"], out

@@ -4,6 +4,7 @@ weights, in a local directory (for an engine that streams the weights from the U
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 EXAMPLES = """\
@@ -35,11 +36,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``flashtensors fetch`` with parsed ``args``; returns the exit code."""
     from ..errors import FlashError
+    from ..local_store import no_such_location
     from ..locations import is_remote
     from ..remote.files import fetch_model_files
 
     if not is_remote(args.url):
-        raise FlashError(f"{args.url}: not a URL (s3://, http://, https://); a local directory needs no fetching")
+        if not os.path.exists(args.url):
+            raise no_such_location(args.url)
+        raise FlashError(f"{args.url}: not a URL (s3://, http://, https://); a local path needs no fetching")
     directory = fetch_model_files(args.url, args.dir)
     print(directory)  # alone on stdout, for $(flashtensors fetch URL)
     print(f"fetched the config and tokenizer of {args.url}; serve it with:\n"
