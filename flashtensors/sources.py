@@ -78,6 +78,20 @@ class Source:
         """Size of one weight file, in bytes."""
         return shard.stat().st_size
 
+    @property
+    def metadata(self) -> dict:
+        """The safetensors files' ``__metadata__`` (string pairs; where files differ, the
+        first file's value), which ``convert`` keeps in the flash index. Headers are read
+        and checked as a load reads them (FlashFormatError naming a bad file)."""
+        from flashtensors.checkpoint import open_checkpoint
+
+        merged = {}
+        for shard in self.shards:
+            if shard.name.endswith(SAFETENSORS_SUFFIXES):
+                for key, value in open_checkpoint(shard).index.metadata.items():
+                    merged.setdefault(key, value)
+        return merged
+
     def batches(self, shard: Path, limit: int) -> Iterator[dict]:
         """The tensors of one weight file (see :func:`read_shard`) as dicts of about
         ``limit`` bytes. Safetensors files hold no shared tensors, so they can be split;

@@ -190,6 +190,53 @@ def test_dtype_cast_keeps_tied_weights_shared(tmp_path):
     assert loaded["lm_head.weight"].data_ptr() == loaded["embed.weight"].data_ptr()
 
 
+def test_summary_reports_what_was_written(tmp_path):
+    """With --dtype the size is the result's, and the size read is named beside it."""
+    sd = {"a": torch.randn(1000, 10), "b": torch.randn(500), "ids": torch.arange(100)}
+    save_file(sd, tmp_path / "model.safetensors")
+    result = flashtensors("convert", tmp_path / "model.safetensors", tmp_path / "dst", "--dtype", "bfloat16")
+    assert_converted(result, 3)
+    read, written = 4 * 10500 + 8 * 100, 2 * 10500 + 8 * 100
+    size = lambda n: tqdm.format_sizeof(n, "B")  # noqa: E731
+    assert f"({size(written)}, cast to bfloat16 from {size(read)})" in result.stdout
+
+    result = flashtensors("convert", tmp_path / "model.safetensors", tmp_path / "same")
+    assert f"into {tmp_path / 'same'} ({size(read)})" in result.stdout
+
+
+def test_safetensors_metadata_is_kept_and_shown_by_info(tmp_path):
+    sd = weights()
+    save_file(sd, tmp_path / "model.safetensors", metadata={"format": "pt", "origin": "unit test"})
+
+    result = flashtensors("convert", tmp_path / "model.safetensors", tmp_path / "dst")
+
+    assert_converted(result, len(sd))
+    assert "kept metadata format, origin" in result.stdout
+    assert flash.read_index(tmp_path / "dst").metadata == {"format": "pt", "origin": "unit test"}
+    info = flashtensors("info", tmp_path / "dst")
+    shown = info.stdout.split("metadata:\n")[1].split("\n\n")[0].splitlines()
+    assert sorted(shown) == ["  format: pt", "  origin: unit test"]
+    assert json.loads(flashtensors("info", tmp_path / "dst", "--json").stdout)["metadata"] == \
+        {"format": "pt", "origin": "unit test"}
+
+
+def test_metadata_of_shards_is_merged_the_first_shard_winning(tmp_path):
+    (tmp_path / "src").mkdir()
+    save_file({"a": torch.ones(2)}, tmp_path / "src" / "model-00001-of-00002.safetensors",
+              metadata={"format": "pt", "step": "1"})
+    save_file({"b": torch.ones(2)}, tmp_path / "src" / "model-00002-of-00002.safetensors",
+              metadata={"format": "pt", "step": "2", "extra": "x"})
+    assert flashtensors("convert", tmp_path / "src", tmp_path / "dst").returncode == 0
+    assert flash.read_index(tmp_path / "dst").metadata == {"format": "pt", "step": "1", "extra": "x"}
+
+
+def test_pytorch_files_have_no_metadata(tmp_path):
+    torch.save(weights(), tmp_path / "model.pt")
+    result = flashtensors("convert", tmp_path / "model.pt", tmp_path / "dst")
+    assert "metadata" not in result.stdout
+    assert flash.read_index(tmp_path / "dst").metadata == {}
+
+
 def test_overwrite(tmp_path):
     save_file(weights(0), tmp_path / "a.safetensors")
     save_file(weights(1), tmp_path / "b.safetensors")

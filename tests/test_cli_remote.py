@@ -28,7 +28,7 @@ def hf_dir(where, sd):
     weight_map = {}
     for i, keys in enumerate((names[:2], names[2:])):
         shard = f"model-0000{i + 1}-of-00002.safetensors"
-        save_file({k: sd[k] for k in keys}, where / shard)
+        save_file({k: sd[k] for k in keys}, where / shard, metadata={"format": "pt", "shard": str(i)})
         weight_map.update({k: shard for k in keys})
     (where / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     (where / "config.json").write_text('{"model_type": "tiny"}')
@@ -64,6 +64,7 @@ def test_convert_from_a_web_server_with_a_cast(tmp_path):
     loaded = flash.load_dict(tmp_path / "out")
     assert_same({k: loaded[k] for k in sd}, {k: v.to(torch.bfloat16) for k, v in sd.items()})
     assert (tmp_path / "out" / "config.json").exists() and (tmp_path / "out" / "tokenizer.json").exists()
+    assert flash.read_index(tmp_path / "out").metadata == {"format": "pt", "shard": "0"}  # the first shard's
 
 
 def test_convert_a_remote_flash_checkpoint_keeps_ties(s3, tmp_path):

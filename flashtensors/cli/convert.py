@@ -106,7 +106,8 @@ def convert(
 
     Example:
         >>> convert("Qwen3-0.6B/", "Qwen3-0.6B-flash/", dtype="bfloat16")  # doctest: +SKIP
-        'converted 311 tensors (1.50GB) from Qwen3-0.6B into Qwen3-0.6B-flash; copied 7 files'
+        'converted 311 tensors from Qwen3-0.6B into Qwen3-0.6B-flash (1.50GB, cast to bfloat16 from 3.01GB);
+        copied 7 files'
         >>> convert("s3://bucket/hf/Qwen3-0.6B", "Qwen3-0.6B-flash/")      # doctest: +SKIP
         >>> convert("Qwen3-0.6B-flash/", "s3://bucket/flash/Qwen3-0.6B")   # doctest: +SKIP
     """
@@ -114,6 +115,7 @@ def convert(
     from tqdm import tqdm
 
     from flashtensors.checkpoint import holds_flash
+    from flashtensors.flash import read_index
     from flashtensors.locations import is_remote
     from flashtensors.sources import open_source
     from flashtensors.writer import CheckpointWriter
@@ -131,6 +133,7 @@ def convert(
         raise DestinationError(f"{dst}: already holds a flash checkpoint; pass --overwrite to replace it")
     extras = _extras_to_copy(source, dst, overwrite) if copy_files else []
     cast_to = getattr(torch, dtype) if dtype else None
+    metadata = source.metadata  # safetensors' __metadata__ stays with the weights
 
     bar = tqdm(
         total=source.nbytes,
@@ -142,8 +145,8 @@ def convert(
     )
     created = not dst.exists()
     try:
-        with bar, CheckpointWriter(dst, overwrite=overwrite) as writer:
-            n_tensors = _write_weights(source, writer, cast_to, bar)
+        with bar, CheckpointWriter(dst, overwrite=overwrite, metadata=metadata) as writer:
+            n_tensors, n_read = _write_weights(source, writer, cast_to, bar)
             for path in extras:  # before the commit: a failed copy leaves no checkpoint behind
                 source.copy_extra(path, dst)
     except BaseException:
@@ -151,8 +154,12 @@ def convert(
             shutil.rmtree(dst, ignore_errors=True)
         raise
 
-    size = tqdm.format_sizeof(source.nbytes, "B")
-    summary = f"converted {_plural(n_tensors, 'tensor')} ({size}) from {source.path} into {dst}"
+    written = {(t.file, t.offset, t.length) for t in read_index(dst).tensors.values()}  # tied tensors once
+    size = tqdm.format_sizeof(sum(length for _, _, length in written), "B")  # what was written, after any cast
+    read = f", cast to {dtype} from {tqdm.format_sizeof(n_read, 'B')}" if dtype else ""
+    summary = f"converted {_plural(n_tensors, 'tensor')} from {source.path} into {dst} ({size}{read})"
+    if metadata:
+        summary += f"; kept metadata {', '.join(sorted(metadata))}"
     if extras:
         summary += f"; copied {_plural(len(extras), 'file')}"
     if copy_files and source.skipped_dirs:
@@ -160,18 +167,25 @@ def convert(
     return summary
 
 
-def _write_weights(source, writer, cast_to, bar) -> int:
-    """Stream every weight file of ``source`` into ``writer``; returns the number of tensors."""
-    n_tensors = 0
+def _write_weights(source, writer, cast_to, bar) -> tuple:
+    """Stream every weight file of ``source`` into ``writer``; returns the number of tensors
+    and of their bytes as read (tied tensors once)."""
+    n_tensors, n_bytes = 0, 0
     for shard in source.shards:
         end = bar.n + source.shard_bytes(shard)
         for batch in source.batches(shard, BATCH_BYTES):
             read = sum(t.nbytes for t in batch.values())
+            n_bytes += sum(n for _, _, n in {_region(t) for t in batch.values()})
             writer.write(_cast(batch, cast_to) if cast_to is not None else batch)
             n_tensors += len(batch)
             bar.update(min(read, end - bar.n))
         bar.update(end - bar.n)  # the file's header and padding
-    return n_tensors
+    return n_tensors, n_bytes
+
+
+def _region(t) -> tuple:
+    """The bytes a tensor occupies, to count tied tensors once."""
+    return t.untyped_storage().data_ptr(), t.storage_offset() * t.element_size(), t.nbytes
 
 
 def _extras_to_copy(source, dst: Path, overwrite: bool) -> list[Path]:

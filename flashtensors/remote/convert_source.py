@@ -40,6 +40,11 @@ class RemoteSource:
     def shard_bytes(self, shard: str) -> int:
         return self.ckpt.objects[self.ckpt.names.index(shard)].size
 
+    @property
+    def metadata(self) -> dict:
+        """The checkpoint's metadata (a flash index's, or the safetensors ``__metadata__``)."""
+        return dict(self.ckpt.index.metadata)
+
     def batches(self, shard: str, limit: int = BATCH_BYTES):
         """The tensors of data file ``shard`` as dicts of about ``limit`` bytes, in file
         order, each fetched with one native load. Tensors sharing bytes (ties) stay in
