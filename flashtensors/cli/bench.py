@@ -93,7 +93,7 @@ def _run(args, log) -> int:
         args.size = 1.0
     device = to_device(args.device, f"--device {args.device}") if args.device else \
         torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    from ..locations import is_remote
+    from ..stores import is_remote
 
     if args.limit_rate and not args.nginx:
         raise SystemExit("flashtensors bench: --limit-rate needs --nginx")

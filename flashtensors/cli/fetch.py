@@ -35,10 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``flashtensors fetch`` with parsed ``args``; returns the exit code."""
+    from ..convert.model_files import fetch_model_files
     from ..errors import FlashError
-    from ..local_store import no_such_location
-    from ..locations import is_remote
-    from ..remote.files import fetch_model_files
+    from ..stores import is_remote
+    from ..stores.local import no_such_location
 
     if not is_remote(args.url):
         if not os.path.exists(args.url):
