@@ -203,7 +203,7 @@ def _storage_groups(tensors, already: dict):
         if not isinstance(name, str):
             raise FlashError(f"tensor names must be strings, got {name!r}")
         if not isinstance(tensor, torch.Tensor):
-            raise FlashError(f"value for {name!r} is a {type(tensor).__name__}, not a torch.Tensor")
+            raise FlashError(f"value for {name!r} is of type {type(tensor).__name__}, not a torch.Tensor")
         if name in already or name in groups:
             raise FlashError(f"tensor {name!r} written twice")
         if tensor.layout != torch.strided or tensor.device.type == "meta":

@@ -134,9 +134,9 @@ def test_truncated_safetensors_file(tmp_path):
 @pytest.mark.parametrize(
     "obj, message",
     [
-        ([torch.ones(2)], "holds a list, not a state dict"),
-        ({"state_dict": {"w": torch.ones(2)}}, "entry 'state_dict' is a dict, not a tensor"),
-        ({"w": torch.ones(2), "step": 3}, "entry 'step' is a int, not a tensor"),
+        ([torch.ones(2)], "holds an object of type list, not a state dict"),
+        ({"state_dict": {"w": torch.ones(2)}}, "entry 'state_dict' is of type dict, not a tensor"),
+        ({"w": torch.ones(2), "step": 3}, "entry 'step' is of type int, not a tensor"),
     ],
 )
 def test_pytorch_file_that_is_not_a_flat_state_dict(tmp_path, obj, message):
@@ -215,6 +215,26 @@ def test_bad_dtype_is_a_usage_error(tmp_path):
     result = flashtensors("convert", tmp_path, tmp_path / "dst", "--dtype", "int8")
     assert result.returncode == 2  # argparse's usage error
     assert "invalid choice: 'int8'" in result.stderr
+
+
+@pytest.mark.parametrize("command, args", [("info", ["DIR", "--jsn"]), ("verify", ["DIR", "--thred", "2"]),
+                                           ("convert", ["SRC", "DST", "--typ", "bfloat16"]),
+                                           ("info", [])])
+def test_usage_errors_exit_2_with_the_commands_own_usage(tmp_path, command, args):
+    """A mistyped option or a missing argument: the command's usage and the problem, exit code 2."""
+    result = flashtensors(command, *[tmp_path if a in ("DIR", "SRC") else a for a in args])
+    assert result.returncode == 2
+    usage, error = result.stderr.splitlines()[0], result.stderr.splitlines()[-1]
+    assert usage.startswith(f"usage: flashtensors {command} ")
+    assert error.startswith(f"flashtensors {command}: error: ")
+    assert ("unrecognized arguments: " + " ".join(a for a in args if a.startswith("--"))) in error or not args
+
+
+def test_verify_of_safetensors_says_there_is_nothing_to_verify(tmp_path):
+    save_file({"a": torch.ones(2)}, tmp_path / "model.safetensors")
+    result = flashtensors("verify", tmp_path / "model.safetensors")
+    assert_fails(result, "verify", "safetensors files carry no checksums, so there is nothing to verify")
+    assert "drop verify" not in result.stderr
 
 
 @pytest.mark.parametrize("command", ["convert", "fetch", "info", "verify"])

@@ -73,7 +73,7 @@ def test_info_json(checkpoint):
 def test_verify_ok(checkpoint):
     result = flashtensors("verify", checkpoint)
     assert result.returncode == 0, result.stderr
-    assert result.stdout == f"ok: 4 tensors in {checkpoint} match their checksums\n"
+    assert result.stdout == f"ok: 4 tensors match their checksums in {checkpoint}\n"
 
 
 def test_verify_catches_a_flipped_byte(checkpoint):

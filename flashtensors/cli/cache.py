@@ -41,7 +41,8 @@ def run(args) -> int:
         raise FlashError(f"no cache daemon at {client.socket_path} (start one with `flashtensors serve`)")
     if args.action == "ls":
         info = client.ls()
-        print(f"{info['used'] / 1e9:.2f} of {info['budget'] / 1e9:.2f} GB used, {len(info['entries'])} checkpoints")
+        print(f"{info['used'] / 1e9:.2f} of {info['budget'] / 1e9:.2f} GB used, "
+              f"{len(info['entries'])} checkpoint{'' if len(info['entries']) == 1 else 's'}")
         for e in info["entries"]:
             print(f"{e['bytes'] / 1e9:9.2f} GB  {e['tensors']:7d} tensors  served {e['served']:6d}x  {e['path']}")
     elif args.action == "load":

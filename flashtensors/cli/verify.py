@@ -42,5 +42,6 @@ def run(args: argparse.Namespace) -> int:
 
     n = flash.verify(args.dir, threads=args.threads)
     if not args.quiet:
-        print(f"ok: {n} tensors in {args.dir} match their checksums")
+        matches = "tensor matches its checksum" if n == 1 else "tensors match their checksums"
+        print(f"ok: {n} {matches} in {args.dir}")
     return 0

@@ -250,11 +250,12 @@ def _read_torch(path: Path) -> dict[str, torch.Tensor]:
     except Exception as e:  # for other input torch.load raises KeyError, EOFError, RuntimeError, ...
         raise SourceError(f"{path}: not a PyTorch checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(state_dict, dict):
-        raise SourceError(f"{path}: holds a {type(state_dict).__name__}, not a state dict (name -> tensor)")
+        raise SourceError(f"{path}: holds an object of type {type(state_dict).__name__}, "
+                          "not a state dict (name -> tensor)")
     for name, value in state_dict.items():
         if not isinstance(name, str) or not isinstance(value, torch.Tensor):
             raise SourceError(
-                f"{path}: entry {name!r} is a {type(value).__name__}, not a tensor; "
+                f"{path}: entry {name!r} is of type {type(value).__name__}, not a tensor; "
                 "only flat state dicts (name -> tensor) can be converted"
             )
     return state_dict
