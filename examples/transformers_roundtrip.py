@@ -6,6 +6,7 @@ and checks the two models give the same logits.
 
     python examples/transformers_roundtrip.py                 # a small random Llama, built offline
     python examples/transformers_roundtrip.py /models/qwen2   # any local causal LM directory
+                                                              # (its tokenizer too, if it has one)
 
 Needs transformers and accelerate, which ``pip install ".[transformers]"`` adds in the
 versions flashtensors supports (plain ``pip install .`` leaves them out).
@@ -36,6 +37,15 @@ def small_llama() -> LlamaForCausalLM:
     return LlamaForCausalLM(config).eval()
 
 
+def tokenizer_of(model_dir: str):
+    """The directory's tokenizer, or None for a directory of weights and config alone."""
+    try:
+        return AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError):  # transformers' ways of saying there are no tokenizer files
+        print(f"no tokenizer in {model_dir}: saving the model without one")
+        return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,7 +54,7 @@ def main() -> None:
 
     if args.model:
         model = AutoModelForCausalLM.from_pretrained(args.model).eval()
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
+        tokenizer = tokenizer_of(args.model)
     else:
         model, tokenizer = small_llama(), None
 

