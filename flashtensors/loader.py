@@ -19,6 +19,7 @@ from . import _native, reading
 from .checkpoint import open_checkpoint
 from .device_map import device_codes, device_of_code, normalize_device_map, uncovered_error
 from .errors import FlashDeviceError, FlashError, FlashFormatError
+from .files import version_stamp
 from .formats.flash import ALIGNMENT, INDEX_FILENAME
 from .formats.index import DTYPE_NAMES, torch_dtype
 from .memory import allocate_host
@@ -123,10 +124,9 @@ def _index_identity(location):
     if not isinstance(location, (str, os.PathLike)):
         return None
     try:
-        st = os.stat(os.path.join(location, INDEX_FILENAME))
+        return version_stamp(os.path.join(location, INDEX_FILENAME))
     except (OSError, TypeError, ValueError):
         return None
-    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def new_plan(index, device_map, only=None):

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from .. import _native
 from ..checkpoint import open_checkpoint
 from ..errors import FlashFormatError
+from ..files import version_stamp
 from ..formats import FLASH
 from ..formats.flash import INDEX_FILENAME
 from ..options import resolve_threads
@@ -72,16 +73,12 @@ def index_identity(path: str) -> tuple:
     """What identifies the checkpoint's current version: (device, inode, size, mtime_ns,
     ctime_ns) of its index and of every data file the index names, so that a data file
     replaced or rewritten in place is noticed too. FlashFormatError if it has no index."""
-    def stamp(p):
-        st = os.stat(p)
-        return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
-
     try:
-        own = stamp(os.path.join(path, INDEX_FILENAME))
+        own = version_stamp(os.path.join(path, INDEX_FILENAME))
     except OSError as e:
         raise FlashFormatError(f"{path}: no flash checkpoint here ({e.strerror})") from None
     try:
-        files = tuple(stamp(p) for p in open_checkpoint(path, formats=[FLASH]).sources)
+        files = tuple(version_stamp(p) for p in open_checkpoint(path, formats=[FLASH]).sources)
     except (OSError, FlashFormatError):
         files = ()  # the load that follows reports what is wrong
     return own, files
