@@ -53,7 +53,9 @@ def save_dict(state_dict, path, *, overwrite: bool = False, metadata: dict | Non
 def load_dict(path, device_map=None, *, verify: bool = False, threads: int | None = None,
               server=None, group=None, timeout: float | None = None, cache_dir=None,
               connections: int | None = None) -> dict:
-    """Loads a flash checkpoint and returns ``{name: tensor}`` in saved order.
+    """Loads a checkpoint, flash or safetensors, local or remote, and returns
+    ``{name: tensor}`` (a flash checkpoint's tensors in saved order; safetensors files'
+    as ``safetensors.torch.load_file`` returns them, merged over the shards).
 
     Each device gets one allocation holding all its tensors; the tensors are views into
     it. GPU tensors are read through a small reusable ring of pinned host buffers and
@@ -132,8 +134,9 @@ def load_dict(path, device_map=None, *, verify: bool = False, threads: int | Non
 
 def load_into(path, tensors: dict, *, verify: bool = False, threads: int | None = None, group=None,
               timeout: float | None = None, cache_dir=None, connections: int | None = None) -> None:
-    """Reads checkpoint tensors straight into existing tensors, such as a model's
-    parameters, with no intermediate copy and no new allocation.
+    """Reads a checkpoint's tensors (flash or safetensors, local or remote, as for
+    :func:`load_dict`) straight into existing tensors, such as a model's parameters,
+    with no intermediate copy and no new allocation. Returns None.
 
     Args:
         path: a checkpoint, as for :func:`load_dict`.
@@ -165,14 +168,23 @@ def load_into(path, tensors: dict, *, verify: bool = False, threads: int | None 
 
 
 def verify(path, *, threads: int | None = None, timeout: float | None = None) -> int:
-    """Recomputes every tensor's CRC-32C and compares it with the index (of a local or
-    remote flash checkpoint; ``timeout`` as for :func:`load_dict`).
+    """Recomputes every tensor's CRC-32C from the stored bytes and compares it with the
+    one the index records, without loading the checkpoint anywhere.
 
-    Returns the number of tensors checked.
+    Args:
+        path: a flash checkpoint directory, local or remote (``http(s)://``, ``s3://``).
+            Safetensors files carry no checksums: they raise FlashFormatError.
+        threads: I/O threads (default: between 4 and 16, by CPU count).
+        timeout: remote checkpoints, as for :func:`load_dict`.
+
+    Returns:
+        The number of tensors checked (all of them match).
 
     Raises:
         FlashChecksumError: (a FlashFormatError) naming the mismatching tensors and files.
-        FlashFormatError: the checkpoint is missing, invalid or truncated.
+        FlashFormatError: the checkpoint is missing, invalid or truncated, or is not a
+            flash checkpoint.
+        FlashRemoteError: as for :func:`load_dict`.
 
     Example:
         >>> flash.verify("/models/m")

@@ -16,7 +16,8 @@ SUBCOMMANDS = ("convert", "fetch", "info", "verify", "bench", "serve", "cache")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flashtensors",
-        description="Save, inspect, verify and benchmark flash checkpoints.",
+        description="Convert weights to flash checkpoints; inspect, verify and benchmark checkpoints "
+                    "(flash or safetensors); run the cache daemon.",
         epilog="Run `flashtensors COMMAND --help` for a command's options and an example.")
     from .. import __version__
 

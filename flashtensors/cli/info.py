@@ -1,4 +1,5 @@
-"""``flashtensors info DIR``: what a flash checkpoint holds, read from its index alone."""
+"""``flashtensors info DIR``: what a checkpoint holds (flash or safetensors), read from its
+index or headers alone."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``info`` subcommand to the ``flashtensors`` parser."""
     p = subparsers.add_parser(
         "info",
-        help="list a flash checkpoint's tensors, size, data files and format version",
+        help="list a checkpoint's tensors, size, data files, metadata and format (flash or safetensors)",
         description="List the tensors (name, dtype, shape), total size, data files, metadata and\n"
         "format version of the checkpoint in DIR: a flash checkpoint, a .safetensors file or a\n"
         "directory of safetensors weights, local or at an http(s):// or s3:// URL. Only the index (or\n"

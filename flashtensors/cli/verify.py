@@ -26,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("dir", metavar="DIR", help="checkpoint directory (holds flash_index.json)")
+    p.add_argument("dir", metavar="DIR", help="flash checkpoint directory (holds flash_index.json), or its URL "
+                   "(http(s)://, s3://)")
     p.add_argument("--threads", type=positive_int, metavar="N", help="I/O threads (default: by CPU count)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     p.set_defaults(func=run)
