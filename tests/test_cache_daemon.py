@@ -144,7 +144,7 @@ def test_cli_cache_ls_load_evict(daemon, tmp_path, capsys):
     assert "cached " in capsys.readouterr().out
     assert main(["cache", "--socket", daemon.socket, "ls"]) == 0
     out = capsys.readouterr().out
-    assert "1 checkpoints" in out and str(ckpt.resolve()) in out
+    assert " GB used, 1 checkpoint\n" in out and str(ckpt.resolve()) in out
     assert main(["cache", "--socket", daemon.socket, "evict", str(ckpt)]) == 0
     assert "evicted" in capsys.readouterr().out
     assert main(["cache", "--socket", daemon.socket, "load", str(tmp_path / "absent")]) == 1
