@@ -1,5 +1,7 @@
 """Real CUDA loads. Skipped without a GPU; run on the device machine."""
 
+import os
+
 import pytest
 import torch
 
@@ -52,8 +54,10 @@ def test_load_into_gpu_parameters(ckpt):
 
 
 def test_large_round_trip_with_checksums(ckpt):
+    """GiB as benchmarks/gpu_check.sh sizes it for its stage's disk and time (default 2),
+    within what the GPU has free for the tensors and their loaded copy."""
     free, _ = torch.cuda.mem_get_info()
-    gib = 16 if free > 40 * 2**30 else 2
+    gib = min(int(os.environ.get("FLASH_GPU_ROUNDTRIP_GIB", "2")), max(1, free // (3 * 2**30)))
     gen = torch.Generator(device="cuda").manual_seed(0)
     sd = {f"layer.{i}": torch.randn(256 << 20, device="cuda", generator=gen, dtype=torch.float32)
           .to(torch.bfloat16) for i in range(gib * 2)}
