@@ -284,8 +284,16 @@ def python_load_dict(path, data, rng, seed):
     load_dict_to_pretend_gpus(cuda, rng, seed, check_quiet)
 
 
+def odd_safetensors_offsets(path, data, rng, seed):
+    """A hand-written safetensors file with tensors at odd offsets, to two GPUs: aligned addresses."""
+    from async_cuda_torch import odd_offsets_to_pretend_gpus
+
+    odd_offsets_to_pretend_gpus(cuda, rng, seed, check_quiet)
+
+
 SCENARIOS = {f.__name__: f for f in (ring_reuse, devices_and_host, odd_lengths_and_offsets, random_plans,
-                                      concurrent_loads, errors_mid_load, pinning_fails, python_load_dict)}
+                                      concurrent_loads, errors_mid_load, pinning_fails, python_load_dict,
+                                      odd_safetensors_offsets)}
 
 
 def connect():

@@ -126,3 +126,58 @@ def load_dict_to_pretend_gpus(cuda, rng, seed, check_quiet):
                 events = [(kind, copies) for kind, i, copies in gpus.log if i == index]
                 assert [kind for kind, _ in events] == ["alloc", "sync"], (index, gpus.log)
                 assert events[1][1] == copies_before, f"device {index}: torch's stream synchronized after copies began"
+
+
+def write_unsorted_safetensors(path, tensors: dict, header_pad: int) -> None:
+    """A safetensors file written by hand, tensors packed in the given order with no
+    padding (as a writer that does not sort by dtype leaves them), the data starting at
+    8 + header length, made odd by ``header_pad`` spaces (the format allows them)."""
+    import json
+    import struct
+
+    import torch
+
+    names = {torch.float32: "F32", torch.bfloat16: "BF16", torch.uint8: "U8", torch.float64: "F64",
+             torch.int16: "I16", torch.int64: "I64"}
+    header, data = {}, b""
+    for name, t in tensors.items():
+        raw = t.contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+        header[name] = {"dtype": names[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [len(data), len(data) + len(raw)]}
+        data += raw
+    text = json.dumps(header).encode() + b" " * header_pad
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + data)
+
+
+def odd_offsets_to_pretend_gpus(cuda, rng, seed, check_quiet):
+    """A safetensors file whose tensors sit at odd file offsets (fp32 at 1 mod 4, bf16 and
+    int16 at odd bytes, float64 at 5 mod 8): loaded to two GPUs, every tensor's device
+    address is a multiple of its item size (CUDA kernels fault on misaligned ones), and
+    the values are the file's, bit for bit."""
+    import os
+
+    import torch
+
+    from flashtensors import flash
+
+    gen = torch.Generator().manual_seed(seed)
+    order = [torch.uint8, torch.float32, torch.bfloat16, torch.float64, torch.int16, torch.int64]
+    tensors = {}
+    for i in range(rng.randint(6, 14)):
+        dtype = rng.choice(order) if i >= len(order) else order[i]
+        n = rng.choice([1, 3, 5, rng.randint(1, 3000)])
+        t = torch.randn(n, generator=gen) * 1000
+        tensors[f"{'ab'[i % 2]}.t{i}"] = t.to(dtype)
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "model.safetensors")
+        write_unsorted_safetensors(path, tensors, header_pad=rng.choice([1, 3, 5, 7]))
+        with PretendGpus(cuda, free_bytes=1 << 30).installed() as gpus:
+            out = flash.load_dict(path, {"a": 0, "b": 1}, server=False, threads=rng.randint(1, 8))
+            check_quiet(f"seed {seed}: odd offsets")
+            for name, want in tensors.items():
+                got = out[name]
+                assert gpus.device_of(got) == (0 if name[0] == "a" else 1), name
+                assert got.data_ptr() % min(want.element_size(), 16) == 0, \
+                    f"seed {seed}: {name} ({want.dtype}) at device address {got.data_ptr():#x}: misaligned"
+                assert torch.equal(got.view(torch.uint8), want.view(torch.uint8)), f"seed {seed}: {name} differs"
