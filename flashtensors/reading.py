@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 from . import _native
-from .errors import FlashChecksumError, FlashError, FlashFormatError, FlashRemoteError
+from .errors import FlashChecksumError, FlashDeviceError, FlashError, FlashFormatError, FlashRemoteError
 
 CHUNK_BYTES = 16 << 20
 # Pinned staging memory for GPU loads: two CHUNK_BYTES buffers (and a block) per thread, pinned once per
@@ -231,6 +231,8 @@ def execute(ckpt, read, threads: int, *, to_gpu: bool) -> None:
         raise FlashRemoteError(str(e) + _tensor_named(ckpt, e.url, e.offset), e.status, e.url) from None
     except OSError as e:
         raise FlashFormatError(f"{ckpt.location}: reading the checkpoint failed: {e}") from None
+    except native.CudaError as e:  # pinning the staging ring, a copy, a stream: the device's side
+        raise FlashDeviceError(f"{ckpt.location}: copying the checkpoint to the GPU failed: {e}") from None
     except RuntimeError as e:
         raise FlashError(f"{ckpt.location}: copying the checkpoint to the GPU failed: {e}") from None
 

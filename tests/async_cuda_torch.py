@@ -181,3 +181,26 @@ def odd_offsets_to_pretend_gpus(cuda, rng, seed, check_quiet):
                 assert got.data_ptr() % min(want.element_size(), 16) == 0, \
                     f"seed {seed}: {name} ({want.dtype}) at device address {got.data_ptr():#x}: misaligned"
                 assert torch.equal(got.view(torch.uint8), want.view(torch.uint8)), f"seed {seed}: {name} differs"
+
+
+def pinning_failure_is_a_device_error(cuda, seed, check_quiet):
+    """flash.load_dict to a pretend GPU while cudaHostAlloc fails: FlashDeviceError (a
+    FlashError), naming the checkpoint and the CUDA call."""
+    import torch
+
+    from flashtensors import flash
+    from flashtensors.errors import FlashDeviceError
+
+    with tempfile.TemporaryDirectory() as d:
+        flash.save_dict({"w": torch.arange(1000, dtype=torch.float32)}, d)
+        with PretendGpus(cuda, free_bytes=1 << 30).installed():
+            cuda.acu_fail_host_alloc(0)
+            try:
+                flash.load_dict(d, 0, server=False)
+            except FlashDeviceError as e:
+                assert d in str(e) and "cudaHostAlloc" in str(e), e
+            else:
+                raise AssertionError(f"seed {seed}: a load whose pinning failed returned")
+            finally:
+                cuda.acu_fail_host_alloc(-1)
+            check_quiet(f"seed {seed}: pinning failed under load_dict")
