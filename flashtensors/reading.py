@@ -252,3 +252,19 @@ def synchronize_before_copies(device) -> None:
     import torch
 
     torch.cuda.current_stream(device).synchronize()
+
+
+@contextmanager
+def ordered_on_devices(devices):
+    """Around reads into memory that already exists (a model's parameters): every stream of
+    each device, not only torch's current one (vLLM's, a user's), finishes its work before
+    the copies start, which may still read or write that memory; and once the block ends
+    the bytes are on the device for work on any stream (the core waits for its copies; the
+    second device-wide wait covers copies a group's exchange queued on torch's streams)."""
+    import torch
+
+    for device in devices:
+        torch.cuda.synchronize(device)
+    yield
+    for device in devices:
+        torch.cuda.synchronize(device)

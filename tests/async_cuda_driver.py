@@ -413,16 +413,29 @@ def odd_safetensors_offsets(path, data, rng, seed):
     odd_offsets_to_pretend_gpus(cuda, rng, seed, check_quiet)
 
 
+def load_into_after_pending_work(path, data, rng, seed):
+    """flash.load_into GPU parameters another stream is still writing: ordered after it."""
+    from async_cuda_torch import load_into_after_other_streams
+
+    load_into_after_other_streams(cuda, rng, seed, check_quiet)
+
+
 SCENARIOS = {f.__name__: f for f in (ring_reuse, devices_and_host, odd_lengths_and_offsets, random_plans,
                                       concurrent_loads, errors_mid_load, pinning_fails, python_load_dict,
                                       odd_safetensors_offsets, one_ring_for_every_piece_size,
-                                      pinned_on_the_target_device, fork_after_a_load)}
+                                      pinned_on_the_target_device, fork_after_a_load, load_into_after_pending_work)}
+
+
+def runtime_expected() -> str:
+    """The stand-in the core must use: FLASHTENSORS_CUDART, or, where that is unset, the one
+    FLASH_ASYNC_RUNTIME names (linked by the torch-like CUDA library preloaded, see main)."""
+    return os.environ.get("FLASHTENSORS_CUDART") or os.environ["FLASH_ASYNC_RUNTIME"]
 
 
 def connect():
     global C, cuda
     C = _native.module()
-    cuda = ctypes.CDLL(os.environ["FLASHTENSORS_CUDART"])
+    cuda = ctypes.CDLL(runtime_expected())
     cuda.acu_configure.argtypes = [ctypes.c_uint64, ctypes.c_int]
     cuda.acu_report.restype = ctypes.c_char_p
     cuda.acu_contexts.restype = ctypes.c_uint
@@ -433,8 +446,13 @@ def connect():
 
 
 def main(scenario, path, rounds, first_seed):
+    # FLASH_ASYNC_PRELOAD: libraries mapped first, in order, as other packages (CuPy, JAX)
+    # and torch map theirs (privately: RTLD_LOCAL), before the core looks for a runtime.
+    preloaded = [ctypes.CDLL(lib) for lib in filter(None, os.environ.get("FLASH_ASYNC_PRELOAD", "").split(":"))]
     connect()
-    assert C.cuda_runtime_available() and C.cuda_runtime_path() == os.environ["FLASHTENSORS_CUDART"]
+    assert C.cuda_runtime_available(), "the core found no CUDA runtime"
+    found, expected = os.path.realpath(C.cuda_runtime_path()), os.path.realpath(runtime_expected())
+    assert found == expected, f"the core uses {found}, not {expected}"
     data = open(path, "rb").read()
     for seed in range(first_seed, first_seed + rounds):
         cuda.acu_configure(seed, 200)
@@ -442,6 +460,9 @@ def main(scenario, path, rounds, first_seed):
     C.release_pinned()
     assert C.pinned_bytes() == 0
     check_quiet("releasing the pinned ring")
+    for lib in preloaded:  # a runtime mapped first but not torch's was never called
+        if os.path.basename(lib._name).startswith("libcudart") and os.path.realpath(lib._name) != expected:
+            assert lib.acu_copies() == 0 and lib.acu_host_allocs() == 0, f"{lib._name} was used"
     print("ok")
 
 

@@ -55,12 +55,24 @@ class PretendGpus:
 
         return Stream()
 
+    def synchronize(self, device=None):
+        """torch.cuda.synchronize: every stream of the device, through the stand-in."""
+        import ctypes
+
+        index = self.torch.device(device).index if device is not None else 0
+        self.log.append(("device sync", index, self.cuda.acu_copies()))
+        caller = ctypes.c_int()
+        self.cuda.cudaGetDevice(ctypes.byref(caller))
+        assert self.cuda.cudaSetDevice(index) == 0 and self.cuda.cudaDeviceSynchronize() == 0
+        assert self.cuda.cudaSetDevice(caller.value) == 0
+
     @contextlib.contextmanager
     def installed(self):
         tc = self.torch.cuda
         with contextlib.ExitStack() as stack:
             for name, value in [("is_available", lambda: True), ("device_count", lambda: 2),
                                 ("current_device", lambda: 0), ("current_stream", self.current_stream),
+                                ("synchronize", self.synchronize),
                                 ("mem_get_info", lambda device=None: (self.free_bytes, 2 * self.free_bytes)),
                                 ("memory_reserved", lambda device=None: 0),
                                 ("memory_allocated", lambda device=None: 0)]:
@@ -204,3 +216,59 @@ def pinning_failure_is_a_device_error(cuda, seed, check_quiet):
             finally:
                 cuda.acu_fail_host_alloc(-1)
             check_quiet(f"seed {seed}: pinning failed under load_dict")
+
+
+def pretend_cuda_tensor(t, index: int):
+    """``t`` (host memory the stand-in knows as device ``index``'s) as a tensor that says it
+    is on cuda:``index``, as a model's parameter would."""
+    import torch
+
+    class OnPretendGpu(torch.Tensor):
+        @property
+        def device(self):
+            return torch.device("cuda", index)
+
+    return torch.Tensor._make_subclass(OnPretendGpu, t)
+
+
+def load_into_after_other_streams(cuda, rng, seed, check_quiet):
+    """flash.load_into parameters that a stream the loader did not make (vLLM's, a user's)
+    is still writing: the load is ordered after that work (the values that come back are the
+    checkpoint's, not the stream's), and no copy is left queued on any stream on return."""
+    import ctypes
+
+    import torch
+
+    from flashtensors import flash
+
+    gen = torch.Generator().manual_seed(seed)
+    sd = {f"{part}.w": torch.randn(rng.randint(1000, 20000), generator=gen) for part in "ab"}
+    c = ctypes.c_void_p
+    with tempfile.TemporaryDirectory() as d:
+        flash.save_dict(sd, d)
+        targets, streams, stale = {}, [], []
+        for index, (name, want) in enumerate(sd.items()):
+            t = torch.empty_like(want)
+            cuda.acu_register_device_memory(t.data_ptr(), t.nbytes, index)
+            targets[name] = pretend_cuda_tensor(t, index)
+            source, stream = c(), c()
+            assert cuda.cudaSetDevice(index) == 0 and cuda.cudaStreamCreateWithFlags(ctypes.byref(stream), 1) == 0
+            assert cuda.cudaHostAlloc(ctypes.byref(source), c(t.nbytes), 1) == 0
+            ctypes.memset(source, 0x5A, t.nbytes)
+            for _ in range(100):  # work still queued when load_into starts, its last copy the whole target
+                assert cuda.cudaMemcpyAsync(c(t.data_ptr()), source, c(64), 1, stream) == 0
+            assert cuda.cudaMemcpyAsync(c(t.data_ptr()), source, c(t.nbytes), 1, stream) == 0
+            streams.append(stream)
+            stale.append(source)
+        assert cuda.cudaSetDevice(0) == 0
+        with PretendGpus(cuda, free_bytes=1 << 30).installed():
+            flash.load_into(d, targets, threads=rng.randint(1, 8))
+            assert cuda.acu_pending() == 0, f"seed {seed}: copies still queued when load_into returned"
+        for name, want in sd.items():
+            assert torch.equal(targets[name].view(torch.uint8), want.view(torch.uint8)), \
+                f"seed {seed}: {name}: another stream's pending copy landed over the loaded values"
+        for stream, source in zip(streams, stale):
+            assert cuda.cudaStreamDestroy(stream) == 0 and cuda.cudaFreeHost(source) == 0
+        for t in targets.values():
+            cuda.acu_unregister_device_memory(t.data_ptr())
+        check_quiet(f"seed {seed}: load_into after other streams")

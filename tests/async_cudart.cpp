@@ -270,6 +270,21 @@ int cudaStreamSynchronize(void* handle) {
   return ret(s->error);
 }
 
+// Waits for every stream of the current device, whoever made it (torch.cuda.synchronize).
+int cudaDeviceSynchronize(void) {
+  const int device = current_device;
+  std::unique_lock<std::mutex> lock(g.mu);
+  touch(device);
+  int error = kSuccess;
+  const auto streams = g.running;  // the set changes while we wait
+  for (const auto& s : streams) {
+    if (s->device != device) continue;
+    g.progress.wait(lock, [&] { return s->done == s->queued; });
+    if (!error) error = s->error;
+  }
+  return ret(error);
+}
+
 int cudaEventCreateWithFlags(void** handle, unsigned flags) {
   (void)flags;
   auto e = std::make_unique<Event>();
