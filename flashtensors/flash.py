@@ -9,10 +9,10 @@ Example:
 
 from __future__ import annotations
 
-from .cache.client import try_load
 from .checkpoint import holds_checkpoint, open_checkpoint
 from .checksums import verify as _verify
-from .format import Index
+from .daemon.client import try_load
+from .formats.index import Index
 from .inplace import load_into as _load_into
 from .loader import load as _load
 from .options import LoadOptions
@@ -84,7 +84,7 @@ def load_dict(path, device_map=None, *, verify: bool = False, threads: int | Non
             the default socket, if a daemon listens there; without one (or if it fails)
             the checkpoint is loaded directly. The daemon serves local flash checkpoints
             to one process: naming a server together with ``group``, ``verify=True`` or
-            a URL raises FlashError (by default it is just not used then). See docs/cache.md.
+            a URL raises FlashError (by default it is just not used then). See docs/daemon.md.
         group: a ``torch.distributed`` process group: a collective call (every rank of
             the group must make it, with the same checkpoint). Each rank gets what its
             own call asks for (its device_map), while the group reads each byte from
@@ -197,7 +197,7 @@ def read_index(path) -> Index:
 def is_checkpoint(path) -> bool:
     """Whether ``path`` holds a checkpoint :func:`load_dict` loads: a flash checkpoint, a
     ``.safetensors`` file or a directory of safetensors weights (the same formats, in the
-    same order, as every load: flashtensors/formats.py). A local path or a URL; never
+    same order, as every load: flashtensors/formats/__init__.py). A local path or a URL; never
     raises for a missing or unreadable one.
 
     Example:

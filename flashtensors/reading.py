@@ -43,15 +43,22 @@ def read(ckpt, ops, owners, options, *, collective=None, wanted=None, mapped=Non
     if collective is not None:
         return _read_collectively(collective, ckpt, ops, owners, options, wanted, mapped)
     tier = _tier(ckpt, wanted)
+    if tier is None:  # the common case, without the context manager's cost (small loads)
+        _read_and_check(ckpt, ops, options, None, wanted, mapped, checked)
+        return True
     with _kept_if_good(tier, options):
-        execute(ckpt, lambda threads: _native.module().execute_plan(
-            ckpt.sources, ops, threads, CHUNK_BYTES, options.io, options.timeout, tier and tier.tees,
-            options.connections),
-            options.threads, to_gpu=any(device >= 0 for *_, device in ops))
-        if options.verify:
-            check_memory(ckpt, _checked_tensors(ckpt, wanted if checked is None else checked),
-                         locate(ops, mapped or {}), options.threads)
+        _read_and_check(ckpt, ops, options, tier, wanted, mapped, checked)
     return True
+
+
+def _read_and_check(ckpt, ops, options, tier, wanted, mapped, checked) -> None:
+    execute(ckpt, lambda threads: _native.module().execute_plan(
+        ckpt.sources, ops, threads, CHUNK_BYTES, options.io, options.timeout, tier and tier.tees,
+        options.connections),
+        options.threads, to_gpu=any(device >= 0 for *_, device in ops))
+    if options.verify:
+        check_memory(ckpt, _checked_tensors(ckpt, wanted if checked is None else checked),
+                     locate(ops, mapped or {}), options.threads)
 
 
 def _read_collectively(c, ckpt, ops, owners, options, wanted, mapped) -> bool:
@@ -94,7 +101,7 @@ def _tier(ckpt, wanted):
     tier = getattr(ckpt.store, "tier", None)
     if tier is None:
         return None
-    from .remote.cached import CachedLoad
+    from .stores.tier import CachedLoad
 
     load = CachedLoad(ckpt, wanted)
     return load if load.tees else None
@@ -239,7 +246,7 @@ def execute(ckpt, read, threads: int, *, to_gpu: bool) -> None:
 
 def _tensor_named(ckpt, url: str, offset: int) -> str:
     """`` (tensor 'name')`` for the tensor at ``offset`` of the data file at ``url``."""
-    from .remote.http import shown
+    from .stores.http_client import shown
 
     files = [f for f, p in enumerate(ckpt.sources) if shown(p) == url]
     name = ckpt.tensor_at(files[0], offset) if files else None

@@ -22,7 +22,7 @@ import struct
 from dataclasses import dataclass
 
 from ..errors import FlashError
-from ..format import MAX_INDEX_BYTES
+from ..formats.flash import MAX_INDEX_BYTES
 
 PROTOCOL_VERSION = 1
 MAX_REQUEST_BYTES = 16 << 10
@@ -33,11 +33,11 @@ PATH_OPS = ("get", "load", "evict")
 _HEADER = struct.Struct(">I")
 
 
-class CacheError(FlashError):
+class DaemonError(FlashError):
     """The cache daemon refused a request, or could not be reached or understood."""
 
 
-class ProtocolError(CacheError):
+class ProtocolError(DaemonError):
     """A malformed, oversized or truncated message."""
 
 
