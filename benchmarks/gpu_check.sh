@@ -77,6 +77,8 @@ install_tree() {
   fi
   log "import check"
   within "$PY" - <<'EOF' 2>&1 | tee "$OUT/import.txt"
+import os
+
 import torch
 from flashtensors import _native
 
@@ -86,6 +88,11 @@ torch.empty(1, device="cuda:0")  # CUDA initialised, as before any load
 print("torch", torch.__version__, "CUDA", torch.version.cuda, torch.cuda.get_device_name(0))
 print("CUDA runtime found:", C.cuda_runtime_available(), C.cuda_runtime_path() or "(none)")
 assert C.cuda_runtime_available(), "the core found no CUDA runtime"
+mapped = sorted({os.path.realpath(line.split()[-1]) for line in open("/proc/self/maps") if "libcudart" in line})
+print("libcudart files mapped:", mapped)
+assert os.path.realpath(C.cuda_runtime_path()) in mapped, "the core's runtime is not one the process had mapped"
+if len(mapped) > 1:
+    print("WARNING: more than one CUDA runtime mapped")
 EOF
 }
 
