@@ -22,8 +22,9 @@ from . import _native
 from .errors import FlashChecksumError, FlashDeviceError, FlashError, FlashFormatError, FlashRemoteError
 
 CHUNK_BYTES = 16 << 20
-# Pinned staging memory for GPU loads: two CHUNK_BYTES buffers (and a block) per thread, pinned once per
-# process, so GPU loads use at most PINNED_RING_BYTES // (2 * CHUNK_BYTES) threads.
+# Pinned staging memory for GPU loads: two blocks of CHUNK_BYTES (and 8 KiB) per thread, pinned once per
+# process with the load's first GPU current and shared by local and remote loads (csrc/pinned_pool.h), so GPU
+# loads use at most PINNED_RING_BYTES // (2 * CHUNK_BYTES) threads.
 PINNED_RING_BYTES = 512 << 20
 # Checksums of memory are computed in slices of this much (spread over the load's threads).
 CHECK_SLICE_BYTES = 64 << 20
