@@ -78,7 +78,7 @@ void* open_runtime(std::string& path, std::string& why) {
     path = mapped.cudart;
     return dlopen(path.c_str(), RTLD_NOW | RTLD_NOLOAD);
   }
-  for (const char* name : {"libcudart.so.12", "libcudart.so.13", "libcudart.so.11.0", "libcudart.so"}) {
+  for (const char* name : {"libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0", "libcudart.so"}) {
     if (void* h = dlopen(name, RTLD_NOW | RTLD_LOCAL)) {
       path = name;
       return h;
