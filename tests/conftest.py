@@ -1,9 +1,14 @@
 """Shared fixtures. GPU tests carry the `gpu` marker and skip cleanly without CUDA."""
 
 import os
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
+
+SUPPORT = Path(__file__).parent / "support"  # the helper modules, on pytest's pythonpath
 
 
 def pytest_collection_modifyitems(config, items):
@@ -74,3 +79,16 @@ def s3(s3_server, monkeypatch):
     c.create_bucket(Bucket=bucket)
     s3_server.requests.clear()
     return c, bucket
+
+
+@pytest.fixture(scope="session")
+def async_cudart(tmp_path_factory):
+    """The stand-in CUDA runtime that keeps CUDA's asynchrony (support/async_cudart.cpp),
+    built once: a path for FLASHTENSORS_CUDART."""
+    cxx = shutil.which("c++") or shutil.which("g++")
+    if cxx is None:
+        pytest.skip("no C++ compiler to build the stand-in CUDA runtime")
+    out = tmp_path_factory.mktemp("asynccuda") / "libcudart_async.so"
+    subprocess.run([cxx, "-std=c++17", "-shared", "-fPIC", "-O2", "-pthread", "-o", str(out),
+                    str(SUPPORT / "async_cudart.cpp")], check=True)
+    return out

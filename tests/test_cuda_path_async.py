@@ -1,33 +1,21 @@
 """The native core's CUDA path under a stand-in CUDA runtime that keeps CUDA's
-asynchrony (tests/async_cudart.cpp): streams run later, on threads of their own, after
-random delays. Each scenario of tests/async_cuda_driver.py runs ROUNDS times with
+asynchrony (tests/support/async_cudart.cpp, built by conftest's `async_cudart`): streams
+run later, on threads of their own, after random delays. Each scenario of
+tests/support/async_cuda_driver.py runs ROUNDS times with
 different seeds, asserting bit-exact results and no violation of CUDA's rules. The
 real GPU runs in test_cuda.py."""
 
 import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+import async_cuda_driver
 from async_cuda_driver import SCENARIOS
 
-HERE = Path(__file__).parent
 ROUNDS = int(os.environ.get("FLASH_ASYNC_ROUNDS", "24"))
 FIRST_SEED = int(os.environ.get("FLASH_ASYNC_FIRST_SEED", "1"))  # failures name their seed
-
-
-@pytest.fixture(scope="module")
-def async_cudart(tmp_path_factory):
-    cxx = shutil.which("c++") or shutil.which("g++")
-    if cxx is None:
-        pytest.skip("no C++ compiler to build the stand-in CUDA runtime")
-    out = tmp_path_factory.mktemp("asynccuda") / "libcudart_async.so"
-    subprocess.run([cxx, "-std=c++17", "-shared", "-fPIC", "-O2", "-pthread", "-o", str(out),
-                    str(HERE / "async_cudart.cpp")], check=True)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +27,7 @@ def data_file(tmp_path_factory):
 
 def drive(runtime, scenario, data_file, rounds=ROUNDS, first_seed=FIRST_SEED) -> subprocess.CompletedProcess:
     env = dict(os.environ, FLASHTENSORS_CUDART=str(runtime))
-    return subprocess.run([sys.executable, str(HERE / "async_cuda_driver.py"), scenario, str(data_file),
+    return subprocess.run([sys.executable, async_cuda_driver.__file__, scenario, str(data_file),
                            str(rounds), str(first_seed)], env=env, capture_output=True, text=True, timeout=300)
 
 

@@ -1,6 +1,6 @@
 """transformers' from_pretrained reading flash checkpoints (flashtensors.integrations.transformers).
 
-Every test builds real tiny models (tests/tiny_models.py), saves them both as safetensors
+Every test builds real tiny models (tests/support/tiny_models.py), saves them both as safetensors
 (transformers' own save_pretrained) and as flash, loads both and compares bit for bit.
 """
 

@@ -7,7 +7,6 @@ import json
 import os
 
 import pytest
-import test_cuda_path_async
 import torch
 
 from flashtensors import FlashError, flash, loader, memory, reading
@@ -291,8 +290,6 @@ def test_bench_times_the_peers_on_a_plain_and_a_capped_server(tmp_path):
     assert doc["stream_s"] > 0 and doc["curl_s"] > 0
 
 
-async_cudart = test_cuda_path_async.async_cudart  # the stand-in CUDA runtime, built once per module
-
 RING_UNDER_ASYNC_CUDA = """
 import random, sys
 sys.path.insert(0, sys.argv[1])
@@ -315,17 +312,19 @@ print("ok")
 
 def test_remote_pieces_through_the_pinned_ring_under_async_cuda(tmp_path, async_cudart):
     # The GPU path of a remote load, more connections than threads, under the stand-in
-    # runtime that keeps CUDA's asynchrony (tests/async_cudart.cpp): bit-exact bytes on
+    # runtime that keeps CUDA's asynchrony (tests/support/async_cudart.cpp): bit-exact bytes on
     # both "devices" and the host, no violation, the pinned ring within its budget.
     import subprocess
     import sys
-    from pathlib import Path
 
+    import async_cuda_driver
+
+    support = os.path.dirname(async_cuda_driver.__file__)
     data = tmp_path / "data.bin"
     data.write_bytes(os.urandom((1 << 20) + 4096 * 3 + 123))
     env = dict(os.environ, FLASHTENSORS_CUDART=str(async_cudart), FLASHTENSORS_CONNECTIONS="12")
     with nginx(tmp_path) as server:
-        proc = subprocess.run([sys.executable, "-c", RING_UNDER_ASYNC_CUDA, str(Path(__file__).parent),
+        proc = subprocess.run([sys.executable, "-c", RING_UNDER_ASYNC_CUDA, support,
                                f"{server.url}/data.bin", str(data)], env=env, capture_output=True, text=True,
                               timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
