@@ -9,6 +9,7 @@ import pytest
 import torch
 
 SUPPORT = Path(__file__).parent / "support"  # the helper modules, on pytest's pythonpath
+pytest.register_assert_rewrite("helpers")  # assert_same's failures show the values compared
 
 
 def pytest_collection_modifyitems(config, items):
@@ -52,6 +53,23 @@ def daemon(sock):
         yield d
 
 
+@pytest.fixture
+def small_pieces(monkeypatch):
+    """Remote reads in pieces of 8 KiB, so that every tensor is read in many range requests."""
+    from flashtensors import reading
+
+    monkeypatch.setattr(reading, "CHUNK_BYTES", 8 << 10)  # every path reads it when a load runs
+
+
+@pytest.fixture
+def transformers_patched():
+    """transformers patched (flashtensors' defaults) during the test, unpatched after it."""
+    from model_checks import patched_transformers
+
+    with patched_transformers():
+        yield
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     """moto's S3 server on loopback, for the whole session (a remote_servers.MotoServer)."""
@@ -62,16 +80,14 @@ def s3_server():
 
 
 @pytest.fixture
-def s3(s3_server, monkeypatch):
+def s3(s3_server, monkeypatch, small_pieces):
     """``(botocore client, bucket)``: a fresh bucket on the moto server, with the AWS
     environment pointing flashtensors at it, and remote reads in 8 KiB pieces."""
-    from flashtensors import reading
     from flashtensors.benchmark.nginx import free_port
 
     from remote_servers import point_aws_at
 
     point_aws_at(monkeypatch, s3_server.url)
-    monkeypatch.setattr(reading, "CHUNK_BYTES", 8 << 10)
     from flashtensors.stores.s3 import client
 
     c = client()

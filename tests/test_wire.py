@@ -11,13 +11,8 @@ import torch
 
 from flashtensors import FlashError, flash, loader, memory, reading
 
-from helpers import assert_same, flashtensors
+from helpers import assert_same, flashtensors, state_dict
 from remote_servers import nginx
-
-
-def state(n_tensors=8, numel=64 << 10, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return {f"t{i}": torch.randn(numel, generator=g) for i in range(n_tensors)}
 
 
 def data_requests(log_path):
@@ -45,7 +40,7 @@ def test_many_connections_through_a_capped_server(tmp_path, monkeypatch):
     # 2 MiB in 32 pieces of 64 KiB, each served at 32 KiB/s after its first 32 KiB: every
     # request lasts about a second, so the pieces can only arrive together if the loader
     # keeps many requests in flight, each on a connection of its own.
-    sd = state(n_tensors=4, numel=128 << 10)
+    sd = state_dict(n=4, shape=(128 << 10,))
     flash.save_dict(sd, tmp_path / "m")
     monkeypatch.setattr(reading, "CHUNK_BYTES", 64 << 10)
     monkeypatch.setenv("FLASHTENSORS_CONNECTIONS", "16")
@@ -89,7 +84,7 @@ def test_a_small_remote_checkpoint_is_spread_over_connections(tmp_path, monkeypa
 
 
 def test_the_connections_keyword_sets_the_requests_in_flight(tmp_path, monkeypatch):
-    sd = state(n_tensors=4, numel=128 << 10)  # 2 MiB: 32 pieces of 64 KiB
+    sd = state_dict(n=4, shape=(128 << 10,))  # 2 MiB: 32 pieces of 64 KiB
     flash.save_dict(sd, tmp_path / "m")
     monkeypatch.setattr(reading, "CHUNK_BYTES", 64 << 10)
     monkeypatch.setenv("FLASHTENSORS_CONNECTIONS", "16")  # the keyword wins over the environment
@@ -131,7 +126,7 @@ def test_read_calls_of_one_load_share_their_connections(tmp_path):
                             connections=1)
         assert connections_of(log, 3)[0] != first[0]  # released: a new connection
         assert native.release_idle_connections() == 1
-        flash.save_dict(state(n_tensors=2), tmp_path / "m")
+        flash.save_dict(state_dict(n=2), tmp_path / "m")
         flash.load_dict(f"{server.url}/m", "cpu")
         assert native.release_idle_connections() == 0  # the load closed its own
 
@@ -185,7 +180,7 @@ def test_a_bad_connections_keyword_is_refused(connections, message):
 
 
 def test_connections_on_a_local_checkpoint_is_refused_by_name(tmp_path):
-    flash.save_dict(state(n_tensors=1), tmp_path / "m")
+    flash.save_dict(state_dict(n=1), tmp_path / "m")
     with pytest.raises(FlashError, match="connections= sizes the requests in flight of a remote checkpoint"):
         flash.load_dict(tmp_path / "m", "cpu", connections=8)
     with pytest.raises(FlashError, match="connections= sizes the requests in flight of a remote checkpoint"):
@@ -194,7 +189,7 @@ def test_connections_on_a_local_checkpoint_is_refused_by_name(tmp_path):
 
 @pytest.mark.parametrize("value", ["0", "many", "100000"])
 def test_a_bad_connection_count_is_refused_by_name(tmp_path, monkeypatch, value):
-    sd = state(n_tensors=1)
+    sd = state_dict(n=1)
     flash.save_dict(sd, tmp_path / "m")
     monkeypatch.setenv("FLASHTENSORS_CONNECTIONS", value)
     assert_same(flash.load_dict(tmp_path / "m", "cpu", server=False), sd)  # local loads do not use it
@@ -235,16 +230,16 @@ def test_huge_page_buffers_are_advised_and_aligned(monkeypatch):
 @pytest.mark.parametrize("io", ["direct", "buffered"])
 def test_loads_into_huge_pages_hold_the_bytes(tmp_path, monkeypatch, io):
     need_thp()
-    sd = state(n_tensors=9, numel=2 << 20, seed=1)  # 72 MiB: one buffer past MIN_HUGE_BUFFER
+    sd = state_dict(1, 9, (2 << 20,))  # 72 MiB: one buffer past MIN_HUGE_BUFFER
     flash.save_dict(sd, tmp_path / "m")
     monkeypatch.setenv(memory.HUGE_PAGES_ENV, "on")
     loaded = loader.load(str(tmp_path / "m"), "cpu", io=io)  # read, not mapped
     assert_same(loaded, sd)
-    assert "hg" in vm_flags(loaded["t0"].data_ptr())
+    assert "hg" in vm_flags(loaded["layer.0"].data_ptr())
     with nginx(tmp_path) as server:
         remote = flash.load_dict(f"{server.url}/m", "cpu")
     assert_same(remote, sd)
-    assert "hg" in vm_flags(remote["t0"].data_ptr())
+    assert "hg" in vm_flags(remote["layer.0"].data_ptr())
 
 
 def test_a_bad_huge_pages_setting_is_refused(monkeypatch):

@@ -15,14 +15,10 @@ from flashtensors import FlashError
 from flashtensors.daemon import spawn
 from flashtensors.daemon.client import CacheClient
 
-from concurrency_workers import report
+from helpers import state_dict
+from processes import report
 
 START_TIMEOUT_S = 90.0
-
-
-def state_dict(seed: int, n: int = 8, numel: int = 64 * 1024) -> dict:
-    gen = torch.Generator().manual_seed(seed)
-    return {f"layer.{i}": torch.randn(numel, generator=gen) for i in range(n)}
 
 
 @contextlib.contextmanager

@@ -1,4 +1,5 @@
-"""Helpers shared by the tests."""
+"""Helpers shared by the tests: the state dicts they save, the one comparison of loaded
+tensors with what was saved, Hugging Face-style shards, and the CLI run as a user runs it."""
 
 import json
 import subprocess
@@ -8,9 +9,35 @@ import torch
 from safetensors.torch import save_file
 
 
-def assert_same(loaded: dict, expected: dict):
-    """Same names in the same order, and each tensor equal in dtype, shape and bits."""
-    assert list(loaded) == list(expected)
+def state_dict(seed: int = 0, n: int = 8, shape: tuple = (64 << 10,), *, name: str = "layer.{i}",
+               grow: int = 0) -> dict[str, torch.Tensor]:
+    """``n`` float32 tensors of random values drawn from ``seed`` (the same seed, the same
+    tensors), named ``name.format(i=i)``. Tensor ``i`` has ``shape`` with its first dimension
+    grown by ``grow * i``: with ``grow``, tensors read in each other's place differ in shape.
+
+        state_dict(3, 4, (32, 16), name="model.layers.{i}.w", grow=1)  # 32x16, 33x16, 34x16, 35x16
+    """
+    gen = torch.Generator().manual_seed(seed)
+    first, *rest = shape
+    return {name.format(i=i): torch.randn(first + grow * i, *rest, generator=gen) for i in range(n)}
+
+
+def mixed_state_dict(seed: int = 0, n: int = 6) -> dict[str, torch.Tensor]:
+    """A small checkpoint of three dtypes: ``n`` float32 ``layers.{i}.weight`` of different
+    shapes, an int16 ``layers.0.bias`` and a bfloat16 ``emb``."""
+    sd = state_dict(seed, n, (64, 48), name="layers.{i}.weight", grow=1)
+    sd["layers.0.bias"] = torch.arange(17, dtype=torch.int16)
+    sd["emb"] = torch.randn(3, 5, generator=torch.Generator().manual_seed(seed)).to(torch.bfloat16)
+    return sd
+
+
+def assert_same(loaded: dict, expected: dict, *, ordered: bool = True):
+    """The same names (in the same order, unless not ``ordered``), and each tensor equal in
+    dtype, shape and bits."""
+    in_order = list if ordered else sorted
+    assert in_order(loaded) == in_order(expected), (
+        f"missing {sorted(set(expected) - set(loaded))}, unexpected {sorted(set(loaded) - set(expected))}"
+        + (", or in another order" if ordered else ""))
     for name, want in expected.items():
         got = loaded[name]
         assert got.dtype == want.dtype, name
