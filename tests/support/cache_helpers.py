@@ -66,6 +66,8 @@ class Daemon:
 
 
 def same_tensors(a: dict, b: dict) -> bool:
+    """The same names in the same order, and tensors equal in dtype, shape, strides and
+    values (a predicate, unlike helpers.assert_same: the daemon's tensors keep their views)."""
     return list(a) == list(b) and all(
         a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and a[k].stride() == b[k].stride()
         and torch.equal(a[k], b[k]) for k in a)
