@@ -1,8 +1,6 @@
 """Shared fixtures. GPU tests carry the `gpu` marker and skip cleanly without CUDA."""
 
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -101,10 +99,6 @@ def s3(s3_server, monkeypatch, small_pieces):
 def async_cudart(tmp_path_factory):
     """The stand-in CUDA runtime that keeps CUDA's asynchrony (support/async_cudart.cpp),
     built once: a path for FLASHTENSORS_CUDART."""
-    cxx = shutil.which("c++") or shutil.which("g++")
-    if cxx is None:
-        pytest.skip("no C++ compiler to build the stand-in CUDA runtime")
-    out = tmp_path_factory.mktemp("asynccuda") / "libcudart_async.so"
-    subprocess.run([cxx, "-std=c++17", "-shared", "-fPIC", "-O2", "-pthread", "-o", str(out),
-                    str(SUPPORT / "async_cudart.cpp")], check=True)
-    return out
+    from helpers import build_library
+
+    return build_library(SUPPORT / "async_cudart.cpp", tmp_path_factory.mktemp("asynccuda") / "libcudart_async.so")

@@ -2,6 +2,7 @@
 tensors with what was saved, Hugging Face-style shards, and the CLI run as a user runs it."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -72,3 +73,16 @@ def flashtensors(*args) -> subprocess.CompletedProcess:
     """Runs the CLI in a fresh process, as a user would (stderr is a pipe: no progress bar)."""
     cmd = [sys.executable, "-m", "flashtensors.cli", *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+def build_library(source, out, *flags: str):
+    """Compiles ``source`` (C++17) into the shared library ``out`` with the system compiler,
+    ``flags`` last; skips the test where there is no compiler. Returns ``out``."""
+    import pytest
+
+    cxx = shutil.which("c++") or shutil.which("g++")
+    if cxx is None:
+        pytest.skip("no C++ compiler to build a test library")
+    subprocess.run([cxx, "-std=c++17", "-shared", "-fPIC", "-O2", "-pthread", "-o", str(out), str(source), *flags],
+                   check=True)
+    return out
