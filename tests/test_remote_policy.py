@@ -1,8 +1,8 @@
-"""One retry policy: the Python client's copy (flashtensors.remote.deadline,
-flashtensors.remote.http) is the native reader's (csrc/http_protocol.h)."""
+"""One retry policy: the Python client's copy (flashtensors.stores.deadline,
+flashtensors.stores.http_client) is the native reader's (csrc/http_protocol.h)."""
 
 from flashtensors import _native
-from flashtensors.remote import deadline, http
+from flashtensors.stores import deadline, http_client
 
 
 def test_the_retryable_statuses_are_the_native_readers():
@@ -12,7 +12,7 @@ def test_the_retryable_statuses_are_the_native_readers():
 
 
 def test_the_redirect_cap_is_the_native_readers():
-    assert http.MAX_REDIRECTS == _native.module().HTTP_MAX_REDIRECTS
+    assert http_client.MAX_REDIRECTS == _native.module().HTTP_MAX_REDIRECTS
 
 
 def test_retry_after_is_read_as_the_native_reader_reads_it():

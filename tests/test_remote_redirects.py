@@ -101,7 +101,7 @@ def test_a_retry_after_past_the_timeout_fails_at_once_saying_so(tmp_path):
 def test_the_python_client_waits_retry_after_too(tmp_path):
     import time
 
-    from flashtensors.remote import http
+    from flashtensors.stores import http_client as http
 
     (tmp_path / "x.bin").write_bytes(os.urandom(4096))
     with FaultServer(tmp_path) as server:

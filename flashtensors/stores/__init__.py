@@ -7,7 +7,7 @@ one line in SCHEMES, or a call to :func:`register_scheme`. Nothing else in flash
 asks what kind of location it was given: it asks the store (``store.local``).
 
 With a local tier (``cache_dir``), a remote store is wrapped in a
-:class:`flashtensors.remote.tiered.TieredStore`, which answers from the local copies.
+:class:`flashtensors.stores.tier.TieredStore`, which answers from the local copies.
 
 Example:
     >>> open_store("/models/m").local
@@ -23,16 +23,16 @@ import os
 
 # scheme -> "module:function" opening a store for a location of that scheme.
 SCHEMES = {
-    "http": "flashtensors.remote.store:open_http",
-    "https": "flashtensors.remote.store:open_http",
-    "s3": "flashtensors.remote.s3:open_s3",
+    "http": "flashtensors.stores.http:open_http",
+    "https": "flashtensors.stores.http:open_http",
+    "s3": "flashtensors.stores.s3:open_s3",
 }
 DEFAULT_TIMEOUT_S = 30.0
 
 
 def register_scheme(scheme: str, opener: str) -> None:
     """Makes ``scheme://`` locations open with ``opener`` ("module:function", the function
-    taking ``(location, timeout)`` and returning a store; see flashtensors/store_api.py).
+    taking ``(location, timeout)`` and returning a store; see flashtensors/stores/api.py).
 
     Example:
         >>> register_scheme("gs", "my_package.gcs:open_gcs")            # doctest: +SKIP
@@ -74,13 +74,13 @@ def open_store(location, timeout: float | None = None, cache_dir: str | None = N
     """
     scheme = scheme_of(location)
     if scheme is None:
-        from .local_store import open_local
+        from .local import open_local
 
         return open_local(location)
     module, _, function = SCHEMES[scheme].partition(":")
     store = getattr(importlib.import_module(module), function)(location, resolve_timeout(timeout))
     if cache_dir:
-        from .remote.tiered import TieredStore
+        from .tier import TieredStore
 
         store = TieredStore(store, cache_dir)
     return store
@@ -94,7 +94,7 @@ def resolve_timeout(timeout) -> float:
         >>> resolve_timeout(None), resolve_timeout(5)
         (30.0, 5.0)
     """
-    from .errors import FlashError
+    from ..errors import FlashError
 
     if timeout is None:
         timeout = os.environ.get("FLASHTENSORS_TIMEOUT", DEFAULT_TIMEOUT_S)
