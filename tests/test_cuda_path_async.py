@@ -37,8 +37,34 @@ def data_file(tmp_path_factory):
     return path
 
 
-def drive(runtime, scenario, data_file, rounds=ROUNDS, first_seed=FIRST_SEED) -> subprocess.CompletedProcess:
-    env = dict(os.environ, FLASHTENSORS_CUDART=str(runtime))
+def build(source: Path, out: Path, *flags: str) -> Path:
+    cxx = shutil.which("c++") or shutil.which("g++")
+    if cxx is None:
+        pytest.skip("no C++ compiler to build the stand-in CUDA runtime")
+    subprocess.run([cxx, "-std=c++17", "-shared", "-fPIC", "-O2", "-pthread", "-o", str(out), str(source), *flags],
+                   check=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def torch_like_cuda(tmp_path_factory):
+    """As a CUDA build of torch from pip lays it out: libc10_cuda.so linking a hash-renamed
+    runtime beside it (libcudart-<hash>.so.12, found through its rpath); and elsewhere a
+    decoy, another package's libcudart.so.12. Returns (decoy, torch's CUDA library, runtime)."""
+    torch_lib, other = tmp_path_factory.mktemp("torch_lib"), tmp_path_factory.mktemp("other_package")
+    runtime = build(HERE / "async_cudart.cpp", torch_lib / "libcudart-1a2b3c4d.so.12",
+                    "-Wl,-soname,libcudart-1a2b3c4d.so.12")
+    decoy = build(HERE / "async_cudart.cpp", other / "libcudart.so.12", "-Wl,-soname,libcudart.so.12")
+    source = torch_lib / "c10_cuda.cpp"
+    source.write_text('extern "C" int cudaGetDevice(int*);\n'
+                      'extern "C" int c10_cuda_device() { int d = -1; cudaGetDevice(&d); return d; }\n')
+    c10 = build(source, torch_lib / "libc10_cuda.so", f"-L{torch_lib}", "-l:libcudart-1a2b3c4d.so.12",
+                "-Wl,-rpath,$ORIGIN")
+    return decoy, c10, runtime
+
+
+def drive(runtime, scenario, data_file, rounds=ROUNDS, first_seed=FIRST_SEED, env=None) -> subprocess.CompletedProcess:
+    env = env or dict(os.environ, FLASHTENSORS_CUDART=str(runtime))
     return subprocess.run([sys.executable, str(HERE / "async_cuda_driver.py"), scenario, str(data_file),
                            str(rounds), str(first_seed)], env=env, capture_output=True, text=True, timeout=300)
 
@@ -46,5 +72,17 @@ def drive(runtime, scenario, data_file, rounds=ROUNDS, first_seed=FIRST_SEED) ->
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_scenario_under_async_runtime(async_cudart, data_file, scenario):
     proc = drive(async_cudart, scenario, data_file)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("scenario", ["devices_and_host", "python_load_dict"])
+def test_runtime_found_through_torchs_cuda_library(torch_like_cuda, data_file, scenario):
+    """FLASHTENSORS_CUDART unset, another runtime mapped first: the core uses the runtime
+    torch's CUDA library links (hash-renamed), reports its path, and never calls the decoy."""
+    decoy, c10, runtime = torch_like_cuda
+    env = {k: v for k, v in os.environ.items() if k != "FLASHTENSORS_CUDART"}
+    env.update(FLASH_ASYNC_PRELOAD=f"{decoy}:{c10}", FLASH_ASYNC_RUNTIME=str(runtime))
+    proc = drive(None, scenario, data_file, rounds=4, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stdout.strip() == "ok"
