@@ -4,7 +4,7 @@ every load's tensors checked (``verify=True``), its time, and the ring's pinned 
 
     python3 benchmarks/remote_ring_check.py --size 2 --dir /tmp/ring --json ring.json   # gpu_check.sh remote
 
-The checkpoint is served by the range-capable HTTP server of the tests (tests/remote_servers.py)
+The checkpoint is served by the range-capable HTTP server of the tests (tests/support/remote_servers.py)
 on loopback, so this runs where nginx is not installed. One JSON line per load is appended to
 ``--json`` as it goes (a run cut short keeps what it measured).
 """
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE.parent / "tests" / "support"))
 
 
 def main() -> int:

@@ -1,5 +1,5 @@
 """Drives the native core's CUDA path against the asynchronous stand-in runtime
-(tests/async_cudart.cpp), in a process of its own: the runtime is chosen once per
+(tests/support/async_cudart.cpp), in a process of its own: the runtime is chosen once per
 process, through FLASHTENSORS_CUDART.
 
     FLASHTENSORS_CUDART=libasync_cudart.so python async_cuda_driver.py SCENARIO DATA_FILE ROUNDS FIRST_SEED
