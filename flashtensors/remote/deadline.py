@@ -43,13 +43,15 @@ class Deadline:
         """Something arrived: the next step again has ``timeout`` seconds."""
         self._until = time.monotonic() + self.timeout
 
-    def pause(self, failures: int) -> bool:
-        """Sleeps the jittered backoff after ``failures`` failed attempts in a row, within
-        the deadline. False when no attempt should follow (deadline passed, or too many)."""
-        if failures >= MAX_FAILURES or self.expired():
+    def pause(self, failures: int, at_least: float = 0.0) -> bool:
+        """Sleeps the jittered backoff after ``failures`` failed attempts in a row, or
+        ``at_least`` seconds (a server's ``Retry-After``) if longer, within the deadline.
+        False when no attempt should follow (deadline passed or too close for ``at_least``,
+        or too many failures)."""
+        if failures >= MAX_FAILURES or self.expired() or at_least > self.left():
             return False
         backoff = min(FIRST_BACKOFF_S * 2 ** (failures - 1), MAX_BACKOFF_S) * random.uniform(0.5, 1.5)
-        time.sleep(min(backoff, self.left()))
+        time.sleep(min(max(backoff, at_least), self.left()))
         return not self.expired()
 
 

@@ -110,11 +110,27 @@ def request(url: str, start: int | None = None, end: int | None = None, timeout:
                                    f"If-Match {etag})", status, shown(url))
         failures += 1
         retryable = status == 0 or status >= 500 or status in (408, 429)
-        if not retryable or not deadline.pause(failures):
+        wait = retry_after(response_headers) if status in (429, 503) else 0.0
+        if not retryable or not deadline.pause(failures, at_least=wait):
             what = f"HTTP {status} {reason}" if status else reason
-            if retryable and deadline.expired():
+            if wait > deadline.left():
+                what += f" asking to retry after {wait:g} s, later than the timeout ({deadline.timeout:g} s) allows"
+            elif retryable and deadline.expired():
                 what = f"no answer within {deadline.timeout:g} s, retries included; last: {what}"
-            raise FlashRemoteError(f"{shown(url)}: {what}", status, shown(url))
+            error = FlashRemoteError(f"{shown(url)}: {what}", status, shown(url))
+            error.headers = response_headers  # what the server said, for stores that read its error codes
+            raise error
+
+
+def retry_after(headers) -> float:
+    """Seconds a 429 or 503 answer's ``Retry-After`` asks to wait (0 if none, or a date).
+
+    Example:
+        >>> retry_after({"Retry-After": "2"})
+        2.0
+    """
+    value = (headers.get("Retry-After") or "").strip()
+    return float(value) if value.isdigit() else 0.0
 
 
 def _connection(url: str, deadline: Deadline):

@@ -75,9 +75,8 @@ class LocalTier:
         bytes), or None where none can be made (the reason is logged: the load goes on)."""
         try:
             os.makedirs(self.dir, exist_ok=True)
-            self._remove_stale_parts(name)
-            part = f"{self.path(name)}.{os.getpid()}-{secrets.token_hex(4)}{PART_SUFFIX}"
-            return _native.module().FileTee(part, size)
+            remove_stale_parts(self.dir, name)
+            return _native.module().FileTee(part_path(self.path(name)), size)
         except (OSError, ValueError) as e:
             log.warning("not keeping a local copy of %s: %s", self.store.describe(name), e)
             return None
@@ -90,7 +89,7 @@ class LocalTier:
         try:
             tee.close(True)
             with self._locked(fcntl.LOCK_EX, create=True):
-                _remove(path + META_SUFFIX)  # never a sidecar naming an object the file no longer is
+                remove(path + META_SUFFIX)  # never a sidecar naming an object the file no longer is
                 os.replace(tee.path, path)
                 meta = json.dumps({"url": self.store.describe(name), "size": info.size, "etag": info.etag})
                 tmp = f"{path}{META_SUFFIX}.{os.getpid()}{PART_SUFFIX}"
@@ -99,7 +98,7 @@ class LocalTier:
                     f.flush()
                     os.fsync(f.fileno())
                 os.replace(tmp, path + META_SUFFIX)
-                _fsync_dir(self.dir)
+                fsync_dir(self.dir)
             return True
         except OSError as e:
             log.warning("not keeping a local copy of %s: %s", self.store.describe(name), e)
@@ -112,7 +111,7 @@ class LocalTier:
             tee.close(False)
         except OSError:
             pass
-        _remove(tee.path)
+        remove(tee.path)
 
     @contextmanager
     def _locked(self, how: int, create: bool):
@@ -124,13 +123,20 @@ class LocalTier:
         finally:
             os.close(fd)
 
-    def _remove_stale_parts(self, name: str) -> None:
-        """Part files of ``name`` left by processes of this machine that died mid-load."""
-        pattern = re.compile(re.escape(name) + r"\.(\d+)-[0-9a-f]+" + re.escape(PART_SUFFIX))
-        for entry in os.listdir(self.dir):
-            m = pattern.fullmatch(entry)
-            if m and not _alive(int(m[1])):
-                _remove(os.path.join(self.dir, entry))
+
+
+def part_path(path: str) -> str:
+    """A new part file's name for the file at ``path``, unique to this process and call."""
+    return f"{path}.{os.getpid()}-{secrets.token_hex(4)}{PART_SUFFIX}"
+
+
+def remove_stale_parts(directory: str, name: str) -> None:
+    """Part files of ``name`` in ``directory`` left by processes of this machine that died mid-load."""
+    pattern = re.compile(re.escape(name) + r"\.(\d+)-[0-9a-f]+" + re.escape(PART_SUFFIX))
+    for entry in os.listdir(directory):
+        m = pattern.fullmatch(entry)
+        if m and not _alive(int(m[1])):
+            remove(os.path.join(directory, entry))
 
 
 def directory_name(identity: str) -> str:
@@ -155,14 +161,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _remove(path: str) -> None:
+def remove(path: str) -> None:
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)

@@ -24,9 +24,9 @@ class TieredStore:
 
     local = False
 
-    def __init__(self, remote, cache_dir: str):
+    def __init__(self, remote, cache_dir: str | None = None, tier=None):
         self.remote = remote
-        self.tier = LocalTier(cache_dir, remote)
+        self.tier = tier or LocalTier(cache_dir, remote)  # another tier: the Hub's cache (stores/hub_cache.py)
         self.copies = LocalStore(self.tier.dir)
         self._objects: dict = {}
         self._copies: dict = {}

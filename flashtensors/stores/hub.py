@@ -1,0 +1,237 @@
+"""The Hugging Face Hub as a store: ``hf://org/name``, ``hf://org/name@revision`` (a branch,
+tag or commit) and, where no such local path exists, a bare repo ID ``org/name``.
+
+Opening a Hub location asks the Hub's API once: the commit the revision names now (the
+whole load is pinned to it: every URL names the commit, never the branch) and the files
+with their sizes and ETags. The tensor bytes are read by the native reader from
+``{endpoint}/{repo}/resolve/{commit}/{file}`` (the Hub answers 302 to its CDN); the small
+parts (an index, the safetensors headers) by the Python client, from the same URLs. The
+user's token (``HF_TOKEN``, else the file ``hf auth login`` keeps) is registered for the
+endpoint's origin only: it never goes to the CDN host a redirect leads to. A 429 is waited
+out as its ``Retry-After`` asks, within the load's timeout. The Hub's errors (no such
+repository, revision or file; gated; unauthorized) are FlashRemoteErrors naming them.
+
+The Hub's cache (``HF_HUB_CACHE``, or ``cache_dir=``) is the local tier of a Hub location
+(hub_cache.py): files found there are read from the disk, the others are written there as
+they stream. With ``HF_HUB_OFFLINE=1`` nothing is asked of the Hub: the snapshot the cache
+holds for the revision is opened as a local directory.
+
+huggingface_hub supplies the endpoint (``HF_ENDPOINT``), the cache's place, the offline
+switch and the token; it never touches the bytes.
+
+Example:
+    >>> from flashtensors import flash
+    >>> sd = flash.load_dict("Qwen/Qwen3-0.6B", "cpu")                     # doctest: +SKIP
+    >>> sd = flash.load_dict("hf://Qwen/Qwen3-0.6B@main", {"": 0})          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.parse
+from dataclasses import dataclass
+
+from .. import _native
+from ..errors import FlashError, FlashRemoteError
+from ..remote import http
+from ..remote.deadline import Deadline
+from ..store_api import ObjectInfo
+from .hub_cache import HubCache, HubTier
+
+PREFIX = "hf://"
+DEFAULT_REVISION = "main"
+# huggingface_hub's rule for repo IDs: two names of letters, digits, "_", "-" and ".", no "--" or "..".
+_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
+_REPO_ID = re.compile(f"{_NAME}/{_NAME}")
+MAX_REPO_ID = 96
+
+
+@dataclass(frozen=True)
+class HubLocation:
+    """A model repository and the revision asked for."""
+
+    repo_id: str
+    revision: str
+
+    def __str__(self) -> str:
+        return f"{PREFIX}{self.repo_id}@{self.revision}"
+
+
+def is_repo_id(text) -> bool:
+    """Whether ``text`` is written as a Hub repo ID ``org/name`` (whether or not a local
+    path of that name exists: flashtensors/locations.py lets that one win).
+
+    Example:
+        >>> is_repo_id("Qwen/Qwen3-8B"), is_repo_id("./m"), is_repo_id("/models/m")
+        (True, False, False)
+    """
+    return (isinstance(text, str) and len(text) <= MAX_REPO_ID and _REPO_ID.fullmatch(text) is not None
+            and "--" not in text and ".." not in text and not text.endswith("."))
+
+
+def parse_location(location: str) -> HubLocation:
+    """The repository and revision of ``hf://org/name[@revision]`` or ``org/name``.
+
+    Example:
+        >>> parse_location("hf://org/name@v1.0")
+        HubLocation(repo_id='org/name', revision='v1.0')
+    """
+    text = location[len(PREFIX):] if location.startswith(PREFIX) else location
+    repo_id, at, revision = text.partition("@")
+    repo_id = repo_id.rstrip("/")
+    if not is_repo_id(repo_id) or (at and not revision):
+        raise FlashError(f"{location}: not a Hugging Face Hub location (hf://org/name, hf://org/name@revision, "
+                         "or org/name)")
+    return HubLocation(repo_id, revision or DEFAULT_REVISION)
+
+
+def open_hub(location: str, timeout: float, cache_dir: str | None = None):
+    """The store of a Hub location, with the Hub's cache (``cache_dir``, else huggingface_hub's
+    ``HF_HUB_CACHE``) as its local tier; with ``HF_HUB_OFFLINE=1``, the cached snapshot as a
+    local directory.
+
+    Raises FlashRemoteError when the Hub does not have the repository or revision, refuses
+    access, or (offline) the cache holds no snapshot of it.
+    """
+    from huggingface_hub import constants, get_token
+
+    where = parse_location(location)
+    cache = HubCache(cache_dir or constants.HF_HUB_CACHE, where.repo_id)
+    if constants.is_offline_mode():
+        return _offline_snapshot(where, cache)
+    store = HubStore(constants.ENDPOINT, where, timeout, get_token())
+    from ..remote.tiered import TieredStore
+
+    return TieredStore(store, tier=HubTier(cache, store))
+
+
+def _offline_snapshot(where: HubLocation, cache: HubCache):
+    from ..local_store import LocalStore
+
+    commit = cache.commit_of(where.revision)
+    if commit is None:
+        raise FlashRemoteError(f"{where}: HF_HUB_OFFLINE is set and the Hub cache ({cache.root}) holds no snapshot "
+                               "of it: load it once online, or unset HF_HUB_OFFLINE", 0, str(where))
+    return LocalStore(cache.snapshot(commit))
+
+
+class HubStore:
+    """The files of a model repository at the commit ``where.revision`` names when opened.
+
+    Attributes:
+        commit: that commit; ``revision``: as asked; ``files``: ObjectInfo (size, ETag as
+            the Hub's cache names blobs) per file name.
+    """
+
+    listable = True
+    local = False
+    single = None
+
+    def __init__(self, endpoint: str, where: HubLocation, timeout: float, token: str | None):
+        self.endpoint = endpoint.rstrip("/")
+        self.repo_id, self.revision = where.repo_id, where.revision
+        self.timeout = timeout
+        self.deadline = Deadline(timeout)  # every metadata request of this checkpoint
+        self.token_sent = bool(token)
+        if token:
+            authorize(self.endpoint, token)
+        self.commit, self.files = self._listing()
+
+    def _listing(self) -> tuple:
+        """``(commit, {file name: ObjectInfo})`` of the revision, from the Hub's API."""
+        url = (f"{self.endpoint}/api/models/{self.repo_id}/revision/"
+               f"{urllib.parse.quote(self.revision, safe='')}?blobs=true")
+        try:
+            body = http.request(url, timeout=self.deadline).body
+        except FlashRemoteError as e:
+            raise self._hub_error(e) from None
+        try:
+            info = json.loads(body)
+            commit = info["sha"]
+            files = {s["rfilename"]: _object_info(s) for s in info.get("siblings", [])}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise FlashRemoteError(f"{self.describe('')}: the Hub's answer to {http.shown(url)} is not the repository "
+                                   "information expected", 0, http.shown(url)) from None
+        if not isinstance(commit, str) or not re.fullmatch(r"[0-9a-f]{40}", commit):
+            raise FlashRemoteError(f"{self.describe('')}: the Hub named no commit for it", 0, http.shown(url))
+        return commit, files
+
+    def describe(self, name: str) -> str:
+        return f"{PREFIX}{self.repo_id}@{self.revision}/{name}"
+
+    def identity(self) -> str:
+        return f"{self.endpoint}/{self.repo_id}@{self.commit}"
+
+    def data_url(self, name: str) -> str:
+        return f"{self.endpoint}/{self.repo_id}/resolve/{self.commit}/{urllib.parse.quote(name)}"
+
+    def is_here(self, name: str) -> bool:
+        return False
+
+    def stat(self, name: str) -> ObjectInfo | None:
+        """From the listing: no request."""
+        return self.files.get(name)
+
+    def read(self, name: str, start: int | None = None, end: int | None = None, missing_ok: bool = False,
+             limit: int = http.MAX_OBJECT_BYTES):
+        """``(bytes, ObjectInfo)`` of bytes ``start``..``end`` (inclusive; all when None, at
+        most ``limit``) of file ``name``, or None for a file the commit lacks when ``missing_ok``."""
+        info = self.files.get(name)
+        if info is None:
+            if missing_ok:
+                return None
+            raise self.missing(name, "no such file")
+        try:
+            r = http.request(self.data_url(name), start=start, end=end, timeout=self.deadline, limit=limit)
+        except FlashRemoteError as e:
+            raise self._hub_error(e, name) from None
+        if info.size is not None and r.total_size not in (None, info.size):
+            raise FlashRemoteError(f"{self.describe(name)}: the Hub lists {info.size} bytes, and {r.total_size} "
+                                   f"were served (commit {self.commit})", 0, self.describe(name))
+        return r.body, info
+
+    def list(self) -> list:
+        """The files at the repository's top level (as a local directory is listed)."""
+        return sorted(n for n in self.files if "/" not in n)
+
+    def missing(self, name: str, message: str) -> FlashRemoteError:
+        """The error for a file a checkpoint needs and the commit lacks."""
+        where = self.describe(name).rstrip("/")
+        return FlashRemoteError(f"{where}: {message} (commit {self.commit} of the repository)", 404, where)
+
+    def _hub_error(self, e: FlashRemoteError, name: str = "") -> FlashRemoteError:
+        """``e`` (an HTTP error of the Hub) said as the Hub means it (its ``X-Error-Code``)."""
+        code = (getattr(e, "headers", None) or {}).get("X-Error-Code", "")
+        where = self.describe(name).rstrip("/")
+        token = ("set HF_TOKEN or run `hf auth login` with an account that was granted access" if not self.token_sent
+                 else "the token sent (HF_TOKEN, or the one `hf auth login` keeps) gives no access to it")
+        if code == "GatedRepo" or (e.status == 403 and not code):
+            message = f"the repository {self.repo_id} is gated: {token}"
+        elif code == "RepoNotFound" or (e.status == 401 and not code):
+            message = (f"the Hub ({self.endpoint}) has no repository {self.repo_id}, or it is private and "
+                       f"{token.split(': ', 1)[-1] if self.token_sent else 'no token was sent (HF_TOKEN)'}")
+        elif code == "RevisionNotFound":
+            message = f"the repository {self.repo_id} has no revision {self.revision!r}"
+        elif code == "EntryNotFound":
+            message = f"the repository {self.repo_id} has no file {name!r} at revision {self.revision!r}"
+        else:
+            return FlashRemoteError(f"{where}: {e}", e.status, e.url)
+        return FlashRemoteError(f"{where}: {message} (HTTP {e.status})", e.status, e.url)
+
+
+def _object_info(sibling: dict) -> ObjectInfo:
+    """A listed file's size and ETag (the sha256 of an LFS file, else its git blob ID:
+    what the Hub sends as ``X-Linked-Etag`` / ``ETag``, and its cache names blobs by)."""
+    lfs = sibling.get("lfs") or {}
+    return ObjectInfo(sibling.get("size"), lfs.get("sha256") or sibling.get("blobId"))
+
+
+def authorize(endpoint: str, token: str) -> None:
+    """Has ``token`` sent to ``endpoint``'s origin (scheme, host, port) and nowhere else, by
+    the native reader and the Python client alike."""
+    parts = urllib.parse.urlsplit(endpoint)
+    register = getattr(_native.module(), "authorize_origin", None)
+    if register is None:
+        raise FlashError("this flashtensors build cannot send credentials (no native authorize_origin): rebuild it")
+    register(f"{parts.scheme}://{parts.netloc}", f"Bearer {token}")
