@@ -81,6 +81,7 @@ class MockHub:
         self.lock = threading.Lock()
         self._throttle = 0
         self._retry_after = "1"
+        self.cdn_status = None  # set: every CDN request answers this status
         self.hub = _server(_hub_handler(self))
         self.cdn = _server(_cdn_handler(self))
         self.url = f"http://127.0.0.1:{self.hub.server_address[1]}"
@@ -153,7 +154,7 @@ class MockHub:
 
     def __enter__(self) -> MockHub:
         for server in (self.hub, self.cdn):
-            threading.Thread(target=server.serve_forever, daemon=True).start()
+            threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
         return self
 
     def __exit__(self, *exc):
@@ -287,6 +288,8 @@ def _cdn_handler(hub: MockHub):
             hub.record("cdn", self)
             path, _, query = self.path.partition("?")
             sha256 = path.strip("/")
+            if hub.cdn_status:
+                return self.error(hub.cdn_status, None, "refused by the test")
             if self.headers.get("Authorization"):
                 return self.error(400, "InvalidArgument", "Only one auth mechanism allowed")
             if sha256 not in hub.blobs or not hub.signature_ok(sha256, urllib.parse.parse_qs(query)):

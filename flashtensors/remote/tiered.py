@@ -85,4 +85,8 @@ class TieredStore:
                 return body, self.stat(name)
             except FlashFormatError:
                 pass
-        return self.remote.read(name, start, end, missing_ok=missing_ok, **bounded)
+        got = self.remote.read(name, start, end, missing_ok=missing_ok, **bounded)
+        remember = getattr(self.tier, "remember", None)  # a tier that keeps whole small files too (the Hub's cache)
+        if got is not None and start is None and end is None and remember is not None:
+            remember(name, *got)
+        return got

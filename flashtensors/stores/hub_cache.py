@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -83,6 +84,34 @@ class HubTier:
         self.cache = cache
         self.store = store
         self.dir = cache.snapshot(store.commit)
+        self._small: dict = {}  # name -> (bytes, ObjectInfo): whole files read, kept with the load's copies
+
+    def remember(self, name: str, body: bytes, info) -> None:
+        """Keeps ``body``, the whole of file ``name`` (an index, a config), to be written
+        with the load's copies (:meth:`commit`) if its bytes are the ones its ETag names."""
+        if info is not None and info.etag and len(body) == info.size and names_bytes(info.etag, body):
+            self._small[name] = (body, info)
+
+    def keep(self, name: str, body: bytes, info) -> None:
+        """Writes ``body`` (the whole of file ``name``, checked against its ETag) into the
+        cache now."""
+        if not names_bytes(info.etag, body):
+            raise ValueError(f"the bytes of {name} are not those its ETag {info.etag} names")
+        blob = self.cache.blob(info.etag)
+        os.makedirs(os.path.dirname(blob), exist_ok=True)
+        part = part_path(blob)
+        try:
+            with open(part, "wb") as f:
+                f.write(body)
+                f.flush()
+                os.fsync(f.fileno())
+            with self._locked(info.etag):
+                os.replace(part, blob)
+                fsync_dir(os.path.dirname(blob))
+                _link(blob, self.path(name))
+        finally:
+            remove(part)
+        self._record_ref()
 
     def path(self, name: str) -> str:
         parts = name.split("/")
@@ -133,6 +162,7 @@ class HubTier:
                 fsync_dir(os.path.dirname(blob))
                 _link(blob, link)
             self._record_ref()
+            self._keep_small()
             return True
         except (OSError, ValueError) as e:
             log.warning("not keeping %s in the Hub cache: %s", self.store.describe(name), e)
@@ -146,6 +176,16 @@ class HubTier:
         except OSError:
             pass
         remove(tee.path)
+
+    def _keep_small(self) -> None:
+        """The whole files the load read (:meth:`remember`), now that its copies are kept."""
+        small, self._small = self._small, {}
+        for name, (body, info) in small.items():
+            try:
+                if self.find(name, info) is None:
+                    self.keep(name, body, info)
+            except (OSError, ValueError) as e:
+                log.warning("not keeping %s in the Hub cache: %s", self.store.describe(name), e)
 
     def _record_ref(self) -> None:
         """``refs/<revision>`` names the commit (a branch or tag; a commit needs none)."""
@@ -173,6 +213,19 @@ class HubTier:
 
         os.makedirs(self.cache.locks, exist_ok=True)
         return WeakFileLock(os.path.join(self.cache.locks, f"{etag}.lock"))
+
+
+def names_bytes(etag: str, body: bytes) -> bool:
+    """Whether ``etag``, as the Hub names a file, is the one of ``body``: its sha256 (LFS),
+    or its git blob ID.
+
+    Example:
+        >>> names_bytes("b45ef6fec89518d314f546fd6c3025367b721684", b"Hello, World!")
+        True
+    """
+    if len(etag) == 64:
+        return hashlib.sha256(body).hexdigest() == etag
+    return hashlib.sha1(b"blob %d\0" % len(body) + body).hexdigest() == etag
 
 
 def _size(path: str) -> int | None:
