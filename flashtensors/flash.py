@@ -9,10 +9,10 @@ Example:
 
 from __future__ import annotations
 
-from .cache.client import try_load
 from .checkpoint import holds_checkpoint, open_checkpoint
 from .checksums import verify as _verify
-from .format import Index
+from .daemon.client import try_load
+from .formats.index import Index
 from .inplace import load_into as _load_into
 from .loader import load as _load
 from .options import LoadOptions
@@ -197,7 +197,7 @@ def read_index(path) -> Index:
 def is_checkpoint(path) -> bool:
     """Whether ``path`` holds a checkpoint :func:`load_dict` loads: a flash checkpoint, a
     ``.safetensors`` file or a directory of safetensors weights (the same formats, in the
-    same order, as every load: flashtensors/formats.py). A local path or a URL; never
+    same order, as every load: flashtensors/formats/__init__.py). A local path or a URL; never
     raises for a missing or unreadable one.
 
     Example:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from . import reading
 from .checkpoint import open_checkpoint
 from .errors import FlashDeviceError, FlashFormatError
-from .format import torch_dtype
+from .formats.index import torch_dtype
 from .loader import load_checkpoint, run_load
 from .options import LoadOptions
 

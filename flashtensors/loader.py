@@ -19,7 +19,8 @@ from . import _native, reading
 from .checkpoint import open_checkpoint
 from .device_map import device_codes, device_of_code, normalize_device_map, uncovered_error
 from .errors import FlashDeviceError, FlashError, FlashFormatError
-from .format import ALIGNMENT, DTYPE_NAMES, INDEX_FILENAME, torch_dtype
+from .formats.flash import ALIGNMENT, INDEX_FILENAME
+from .formats.index import DTYPE_NAMES, torch_dtype
 from .memory import allocate_host
 from .options import LoadOptions
 

@@ -32,7 +32,7 @@ import os
 from functools import lru_cache
 
 from .errors import FlashError
-from .format import ALIGNMENT
+from .formats.flash import ALIGNMENT
 
 HUGE_PAGE = 2 << 20
 # Buffers smaller than this stay on 4 KiB pages: the 2 MiB of alignment slack is not

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from .errors import FlashError
-from .locations import is_remote, resolve_timeout
+from .stores import is_remote, resolve_timeout
 
 MAX_THREADS = 256
 MAX_CONNECTIONS = 1024  # the native reader's bound, as for $FLASHTENSORS_CONNECTIONS

@@ -94,7 +94,7 @@ def _tier(ckpt, wanted):
     tier = getattr(ckpt.store, "tier", None)
     if tier is None:
         return None
-    from .remote.cached import CachedLoad
+    from .stores.tier import CachedLoad
 
     load = CachedLoad(ckpt, wanted)
     return load if load.tees else None
@@ -237,7 +237,7 @@ def execute(ckpt, read, threads: int, *, to_gpu: bool) -> None:
 
 def _tensor_named(ckpt, url: str, offset: int) -> str:
     """`` (tensor 'name')`` for the tensor at ``offset`` of the data file at ``url``."""
-    from .remote.http import shown
+    from .stores.http_client import shown
 
     files = [f for f, p in enumerate(ckpt.sources) if shown(p) == url]
     name = ckpt.tensor_at(files[0], offset) if files else None

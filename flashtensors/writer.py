@@ -8,7 +8,6 @@ leftovers are removed by the next save into the same directory.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import logging
 import os
@@ -18,17 +17,11 @@ from pathlib import Path
 
 from . import _native
 from .errors import FlashError
-from .format import (
-    ALIGNMENT,
-    DATA_SUFFIX,
-    INDEX_FILENAME,
-    DataFileEntry,
-    Index,
-    TensorEntry,
-    dtype_name,
-    read_index,
-    span_bytes,
-)
+from .files import fsync_dir, unlink_quietly
+from .formats import FLASH
+from .formats.flash import ALIGNMENT, DATA_SUFFIX, INDEX_FILENAME, index_json
+from .formats.index import DataFileEntry, Index, TensorEntry, dtype_name, span_bytes
+from .stores.local import LocalStore
 
 DEFAULT_MAX_FILE_SIZE = 4 << 30
 # Regions are written in batches, one native call each: small tensors (MoE experts) cost
@@ -107,16 +100,16 @@ class CheckpointWriter:
             self._close_data_file()
             index = Index(files=self._files, tensors=self._tensors, metadata=self.metadata)
             old = _referenced_files(self.path)
-            _atomic_write(self.path / INDEX_FILENAME, index.to_json().encode("utf-8"), self._save_id)
+            _atomic_write(self.path / INDEX_FILENAME, index_json(index).encode("utf-8"), self._save_id)
         except BaseException:
             self.abort()
             raise
         # From here on the new checkpoint is the checkpoint: nothing may delete its files.
         self._done = True
         try:
-            _fsync_dir(self.path)  # make the rename durable before the old files go
+            fsync_dir(self.path)  # make the rename durable before the old files go
             for name in (old or set()) - {f.name for f in self._files}:
-                _unlink_quietly(self.path / name)
+                unlink_quietly(self.path / name)
         finally:
             self._lock.release()
         return index
@@ -130,7 +123,7 @@ class CheckpointWriter:
             self._out.close()
             self._out = None
         for i in range(len(self._files) + 1):
-            _unlink_quietly(self.path / self._file_name(i))
+            unlink_quietly(self.path / self._file_name(i))
         self._lock.release()
 
     def __enter__(self):
@@ -266,12 +259,11 @@ def _check_metadata(metadata):
 def _referenced_files(path: Path):
     """Data files named by the committed index: an empty set when there is no index,
     None when there is one this version cannot read (then nothing may be deleted)."""
-    if not (path / INDEX_FILENAME).exists():
-        return set()
     try:
-        return {f.name for f in read_index(path).files}
+        found = FLASH.find(LocalStore(os.fspath(path)))
     except FlashError:
         return None
+    return set() if found is None else {f.name for f in found.index.files}
 
 
 def _remove_debris(path: Path) -> None:
@@ -283,7 +275,7 @@ def _remove_debris(path: Path) -> None:
         return
     for entry in os.scandir(path):
         if (_OUR_DATA_FILE.match(entry.name) and entry.name not in keep) or _OUR_TEMP_INDEX.match(entry.name):
-            _unlink_quietly(Path(entry.path))
+            unlink_quietly(Path(entry.path))
 
 
 def _atomic_write(target: Path, data: bytes, tag: str) -> None:
@@ -295,27 +287,8 @@ def _atomic_write(target: Path, data: bytes, tag: str) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, target)
     except BaseException:
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
         raise
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise
-        # Some filesystems (FUSE, network) cannot fsync a directory: nothing more to do.
-    finally:
-        os.close(fd)
-
-
-def _unlink_quietly(p: Path) -> None:
-    try:
-        p.unlink()
-    except FileNotFoundError:
-        pass
 
 
 class _DirectoryLock:

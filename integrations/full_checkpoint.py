@@ -22,7 +22,7 @@ from flashtensors import flash
 from flashtensors.checkpoint import checkpoint_files
 from flashtensors.errors import FlashDeviceError, FlashFormatError
 from flashtensors.formats import detect
-from flashtensors.locations import is_remote, open_store
+from flashtensors.stores import is_remote, open_store
 
 from .loader_options import FlashLoaderConfig, verify_needs_flash
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from flashtensors.errors import FlashError
-from flashtensors.locations import SCHEMES, is_remote
 from flashtensors.options import MAX_CONNECTIONS
+from flashtensors.stores import SCHEMES, is_remote
 
 STAGING_CHOICES = ("device", "cpu")
 MAX_TIMEOUT_S = 86400

@@ -12,8 +12,8 @@ import tempfile
 import torch
 
 from flashtensors import FlashError
-from flashtensors.cache import spawn
-from flashtensors.cache.client import CacheClient
+from flashtensors.daemon import spawn
+from flashtensors.daemon.client import CacheClient
 
 from concurrency_workers import report
 
@@ -91,7 +91,7 @@ def request_then_die(socket, path):
     """Sends a `get` and is killed (SIGKILL) before reading the reply."""
     import socket as sk
 
-    from flashtensors.cache import protocol
+    from flashtensors.daemon import protocol
 
     s = sk.socket(sk.AF_UNIX, sk.SOCK_STREAM)
     s.connect(socket)

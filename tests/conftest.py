@@ -67,7 +67,7 @@ def s3(s3_server, monkeypatch):
 
     point_aws_at(monkeypatch, s3_server.url)
     monkeypatch.setattr(reading, "CHUNK_BYTES", 8 << 10)
-    from flashtensors.remote.s3 import client
+    from flashtensors.stores.s3 import client
 
     c = client()
     bucket = f"weights-{free_port()}"

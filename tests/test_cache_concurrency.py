@@ -12,9 +12,9 @@ import time
 import pytest
 
 from flashtensors import flash
-from flashtensors.cache import protocol
-from flashtensors.cache.client import CacheClient
-from flashtensors.cache.protocol import ProtocolError
+from flashtensors.daemon import protocol
+from flashtensors.daemon.client import CacheClient
+from flashtensors.daemon.protocol import ProtocolError
 
 from cache_helpers import Daemon, load_from_daemon, request_then_die, same_tensors, socket_dir, state_dict
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from flashtensors import FlashChecksumError, FlashError, flash
-from flashtensors.cache.protocol import CacheError
-from flashtensors.cache.store import Store
 from flashtensors.cli import main
+from flashtensors.daemon.holdings import Holdings
+from flashtensors.daemon.protocol import CacheError
 
 from cache_helpers import Daemon, same_tensors, state_dict
 
@@ -85,7 +85,7 @@ def test_a_checkpoint_being_served_is_never_evicted(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     flash.save_dict(state_dict(1, n=4), a)
     flash.save_dict(state_dict(2, n=4), b)
-    store = Store(budget=int(1.5 * MiB))
+    store = Holdings(budget=int(1.5 * MiB))
     entry = store.acquire(str(a))  # pinned, as while it is sent to a client
     with pytest.raises(CacheError, match="being served"):
         store.acquire(str(b))

@@ -11,9 +11,9 @@ import sys
 import pytest
 
 from flashtensors import FlashFormatError, flash
-from flashtensors.cache import paths, protocol
-from flashtensors.cache.client import CacheClient
-from flashtensors.cache.paths import UnsafeSocketError
+from flashtensors.daemon import paths, protocol
+from flashtensors.daemon.client import CacheClient
+from flashtensors.daemon.paths import UnsafeSocketError
 
 from cache_helpers import same_tensors, socket_dir, state_dict
 
@@ -188,6 +188,6 @@ def test_flashtensors_server_off_and_the_default_socket(daemon, tmp_path, monkey
 
 
 def test_import_flashtensors_stays_light():
-    code = "import sys, flashtensors; print(sorted(m for m in sys.modules if m.startswith('flashtensors.cache')))"
+    code = "import sys, flashtensors; print(sorted(m for m in sys.modules if m.startswith('flashtensors.daemon')))"
     r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert r.stdout.strip() == "[]", r.stderr

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from flashtensors import FlashError, FlashRemoteError, flash, reading
-from flashtensors.remote.upload import upload_checkpoint
+from flashtensors.convert.upload import upload_checkpoint
 
 from helpers import assert_same, flashtensors
 from remote_servers import nginx, upload

@@ -8,7 +8,7 @@ import torch
 
 from flashtensors import FlashFormatError, flash
 from flashtensors.errors import FlashChecksumError
-from flashtensors.format import INDEX_FILENAME
+from flashtensors.formats.flash import INDEX_FILENAME
 
 
 @pytest.fixture

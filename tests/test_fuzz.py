@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flashtensors import FlashError, flash
-from flashtensors.format import INDEX_FILENAME, torch_dtype
+from flashtensors.formats.flash import INDEX_FILENAME
+from flashtensors.formats.index import torch_dtype
 
 EXAMPLES = int(os.environ.get("FLASH_FUZZ_EXAMPLES", "400"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=5000, derandomize=not os.environ.get("FLASH_FUZZ_RANDOM"),
@@ -373,7 +374,7 @@ def hf_indexes(draw):
 @given(raw=hf_indexes())
 def test_hf_weight_index_reads_as_python_json_does(raw):
     from flashtensors.errors import FlashFormatError
-    from flashtensors.safetensors_format import hf_shard_names
+    from flashtensors.formats.safetensors import hf_shard_names
 
     want = _reference_shard_names(raw)
     if want is None:
@@ -387,7 +388,7 @@ def test_hf_weight_index_reads_as_python_json_does(raw):
 @given(raw=st.binary(max_size=600), cut=st.integers(0, 200))
 def test_garbage_and_truncated_hf_weight_index(raw, cut):
     from flashtensors.errors import FlashFormatError
-    from flashtensors.safetensors_format import hf_shard_names
+    from flashtensors.formats.safetensors import hf_shard_names
 
     valid = b'{"metadata": {"total_size": 8}, "weight_map": {"a": "m-1.safetensors", "b": "m-2.safetensors"}}'
     for content in (raw, valid[:cut], valid[:cut] + raw):

@@ -15,8 +15,9 @@ import sys
 
 import pytest
 
-from flashtensors.format import MAX_FILES, MAX_INDEX_BYTES, MAX_TENSORS
-from flashtensors.safetensors_format import MAX_HEADER_BYTES, MAX_HF_INDEX_BYTES
+from flashtensors.formats.flash import MAX_INDEX_BYTES
+from flashtensors.formats.index import MAX_FILES, MAX_TENSORS
+from flashtensors.formats.safetensors import MAX_HEADER_BYTES, MAX_HF_INDEX_BYTES
 
 PEAK_LIMIT_MB = 1024
 
@@ -172,7 +173,7 @@ def test_the_tensor_limit_is_checked_before_a_tensor_is_kept(tmp_path):
         '{"name":"%s","dtype":"bool","shape":[0],"file":0,"offset":0,"length":0,"crc32c":"00000000"}' % n
         for n in names))
     from flashtensors.errors import FlashFormatError
-    from flashtensors.format import parse_index_bytes
+    from flashtensors.formats.flash import parse_index_bytes
 
     with pytest.raises(FlashFormatError, match=f"idx: more than {MAX_TENSORS} tensors"):
         parse_index_bytes(doc.encode(), "idx")

@@ -44,7 +44,7 @@ def world(tmp_path_factory, s3_server):
     shutil.copytree(root / "flash", root / "bad-flash")
     with pytest.MonkeyPatch.context() as mp_env:
         point_aws_at(mp_env, s3_server.url)
-        from flashtensors.remote.s3 import client
+        from flashtensors.stores.s3 import client
 
         c, bucket = client(), f"matrix-{os.getpid()}"
         c.create_bucket(Bucket=bucket)

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from flashtensors import FlashRemoteError, flash, reading
-from flashtensors.remote.tier import META_SUFFIX, PART_SUFFIX
+from flashtensors.stores.tier import META_SUFFIX, PART_SUFFIX
 
 from helpers import assert_same
 from remote_servers import FaultServer, nginx, upload
@@ -263,3 +263,31 @@ def test_s3_flash_checkpoint_cached(s3, s3_server, tmp_path):
     flash.load_into(f"s3://{bucket}/m", targets, cache_dir=cache)
     assert_same(targets, sd)
     assert not [r for r in s3_server.requests if r[0] == "GET" and r[1].endswith(".flash")]
+
+
+def test_a_directory_that_cannot_be_fsynced_still_keeps_copies(site, tmp_path, monkeypatch, caplog):
+    # FUSE and network filesystems answer a directory fsync with EINVAL: the copies are
+    # kept all the same (and a save there succeeds), as writer and tier share one fsync_dir.
+    import errno
+    import stat as stat_module
+
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if stat_module.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    root, sd = site
+    cache = tmp_path / "cache"
+    with FaultServer(root) as server:
+        assert_same(flash.load_dict(f"{server.url}/m", "cpu", cache_dir=cache), sd)
+        reads = len(server.faults.big_reads)
+        assert reads
+        assert_same(flash.load_dict(f"{server.url}/m", "cpu", cache_dir=cache), sd)
+        assert len(server.faults.big_reads) == reads  # the second load read the kept copy
+    assert "not keeping a local copy" not in caplog.text
+    assert [f for f in cached_files(cache) if f.endswith(META_SUFFIX)]
+    flash.save_dict(sd, tmp_path / "saved")
+    assert_same(flash.load_dict(tmp_path / "saved"), sd)

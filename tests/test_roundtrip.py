@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from flashtensors import flash
-from flashtensors.format import DTYPE_SIZES
+from flashtensors.formats.index import DTYPE_SIZES
 from flashtensors.writer import CheckpointWriter
 
 from helpers import assert_same

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from flashtensors import FlashError, flash
-from flashtensors.format import INDEX_FILENAME
+from flashtensors.formats.flash import INDEX_FILENAME
 
 from helpers import assert_same
 
@@ -105,7 +105,7 @@ def test_a_failure_after_the_index_is_replaced_keeps_the_new_checkpoint(ckpt, mo
     def failing_fsync(path):
         raise OSError(errno.EIO, "simulated I/O error")
 
-    monkeypatch.setattr(writer, "_fsync_dir", failing_fsync)
+    monkeypatch.setattr(writer, "fsync_dir", failing_fsync)
     with pytest.raises(OSError):
         flash.save_dict(new, ckpt, overwrite=True)
     assert_same(flash.load_dict(ckpt), new)  # committed before the failure: nothing deleted

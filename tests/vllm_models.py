@@ -62,7 +62,7 @@ def upload_to_s3(s3_server, dirs: dict[str, Path]) -> tuple[str, dict]:
     """Uploads each directory of ``dirs`` (prefix: directory) to a fresh bucket of moto's S3
     server; returns the bucket and the AWS environment an engine needs to read it."""
     from flashtensors.benchmark.nginx import free_port
-    from flashtensors.remote.s3 import client
+    from flashtensors.stores.s3 import client
 
     from remote_servers import upload
 

@@ -60,7 +60,7 @@ def _daemon_socket(flash_dir) -> str:
         import tempfile
 
         from .. import flash
-        from ..cache import spawn
+        from ..daemon import spawn
 
         directory = tempfile.mkdtemp(prefix="flashtensors-bench-")
         _DAEMON["socket"] = os.path.join(directory, "cache.sock")

@@ -77,7 +77,7 @@ def run(args) -> int:
         args.size = 1.0
     device = normalize_device_map(args.device or ("cuda:0" if torch.cuda.is_available() else "cpu"))[""]
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    from ..locations import is_remote
+    from ..stores import is_remote
 
     if args.limit_rate and not args.nginx:
         raise SystemExit("flashtensors bench: --limit-rate needs --nginx")

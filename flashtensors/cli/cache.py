@@ -29,7 +29,7 @@ def run(args) -> int:
     """Run ``flashtensors cache`` with parsed ``args``; returns the exit code."""
     import os
 
-    from ..cache.client import CacheClient
+    from ..daemon.client import CacheClient
     from ..errors import FlashError
 
     client = CacheClient(args.socket)

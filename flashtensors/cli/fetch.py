@@ -34,9 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``flashtensors fetch`` with parsed ``args``; returns the exit code."""
+    from ..convert.model_files import fetch_model_files
     from ..errors import FlashError
-    from ..locations import is_remote
-    from ..remote.files import fetch_model_files
+    from ..stores import is_remote
 
     if not is_remote(args.url):
         raise FlashError(f"{args.url}: not a URL (s3://, http://, https://); a local directory needs no fetching")

@@ -55,11 +55,11 @@ def run(args) -> int:
     """Run ``flashtensors serve`` with parsed ``args`` until SIGTERM; returns the exit code."""
     import logging
 
-    from ..cache import daemon, paths
+    from ..daemon import paths, server
 
     logging.basicConfig(format="%(asctime)s flashtensors serve: %(message)s",
                         level=logging.DEBUG if args.verbose else logging.INFO)
-    logging.getLogger("flashtensors.cache").setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    daemon.serve(args.socket or paths.resolve_server(None) or paths.default_socket_path(), args.memory,
+    logging.getLogger("flashtensors.daemon").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    server.serve(args.socket or paths.resolve_server(None) or paths.default_socket_path(), args.memory,
                  threads=args.threads)
     return 0

@@ -34,9 +34,9 @@ from dataclasses import dataclass
 
 from .. import _native
 from ..errors import FlashError, FlashRemoteError
-from ..remote import http
-from ..remote.deadline import Deadline
-from ..store_api import ObjectInfo
+from . import http_client as http
+from .api import ObjectInfo
+from .deadline import Deadline
 from .hub_cache import HubCache, HubTier
 
 PREFIX = "hf://"
@@ -101,13 +101,13 @@ def open_hub(location: str, timeout: float, cache_dir: str | None = None):
     if constants.is_offline_mode():
         return _offline_snapshot(where, cache)
     store = HubStore(constants.ENDPOINT, where, timeout, get_token())
-    from ..remote.tiered import TieredStore
+    from .tier import TieredStore
 
     return TieredStore(store, tier=HubTier(cache, store))
 
 
 def _offline_snapshot(where: HubLocation, cache: HubCache):
-    from ..local_store import LocalStore
+    from .local import LocalStore
 
     commit = cache.commit_of(where.revision)
     if commit is None:

@@ -1,6 +1,6 @@
 """The Hugging Face Hub's cache as the local tier of Hub locations: files found there are
 read from the disk, the others are written there as a load streams them (by the native
-reader's FileTee copies, flashtensors/remote/cached.py), laid out as huggingface_hub lays
+reader's FileTee copies, flashtensors/stores/tier.py CachedLoad), laid out as huggingface_hub lays
 them out, so that huggingface_hub, transformers and vLLM then find the model downloaded::
 
     <cache>/models--org--name/blobs/<etag>                          a file's bytes, named by its ETag
@@ -30,7 +30,8 @@ import os
 import re
 
 from .. import _native
-from ..remote.tier import fsync_dir, part_path, remove, remove_stale_parts
+from ..files import fsync_dir, unlink_quietly
+from .tier import part_path, remove_stale_parts
 
 log = logging.getLogger("flashtensors")
 
@@ -71,7 +72,7 @@ class HubCache:
 
 
 class HubTier:
-    """The local tier (the interface of flashtensors/remote/tier.py LocalTier) of one Hub
+    """The local tier (the interface of flashtensors/stores/tier.py LocalTier) of one Hub
     store (flashtensors/stores/hub.py) in ``cache``: its commit's snapshot.
 
     Example:
@@ -110,7 +111,7 @@ class HubTier:
                 fsync_dir(os.path.dirname(blob))
                 _link(blob, self.path(name))
         finally:
-            remove(part)
+            unlink_quietly(part)
         self._record_ref()
 
     def path(self, name: str) -> str:
@@ -156,7 +157,7 @@ class HubTier:
             tee.close(True)
             with self._locked(info.etag):
                 if _size(blob) == info.size:  # another load committed the same bytes meanwhile
-                    remove(tee.path)
+                    unlink_quietly(tee.path)
                 else:
                     os.replace(tee.path, blob)
                 fsync_dir(os.path.dirname(blob))
@@ -175,7 +176,7 @@ class HubTier:
             tee.close(False)
         except OSError:
             pass
-        remove(tee.path)
+        unlink_quietly(tee.path)
 
     def _keep_small(self) -> None:
         """The whole files the load read (:meth:`remember`), now that its copies are kept."""

@@ -35,7 +35,7 @@ from sglang.srt.configs.model_config import ModelConfig
 from sglang.srt.model_loader.loader import BaseModelLoader, DefaultModelLoader
 
 from flashtensors.errors import FlashFormatError
-from flashtensors.locations import is_remote
+from flashtensors.stores import is_remote
 
 from ..full_checkpoint import hand_over, layout_of, no_weights_error, stage, tp_group_for
 from ..loader_options import FlashConfigError, FlashLoaderConfig

@@ -31,8 +31,8 @@ from flashtensors import INDEX_FILENAME, flash
 from flashtensors.checkpoint import checkpoint_files, holds_flash, open_checkpoint
 from flashtensors.device_map import normalize_device_map
 from flashtensors.errors import FlashDeviceError, FlashFormatError
-from flashtensors.format import torch_dtype
-from flashtensors.safetensors_format import SUFFIX
+from flashtensors.formats.index import torch_dtype
+from flashtensors.formats.safetensors import SUFFIX
 
 # Set by patching.patch(): ``verify`` is passed to flash.load_dict; ``safetensors`` says
 # whether safetensors files are read by flashtensors too (else left to transformers).

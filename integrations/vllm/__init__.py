@@ -81,11 +81,11 @@ def __getattr__(name):
 
         return FlashWorkerExtension
     if name == "save_vllm_checkpoint":
-        from .per_rank import save_vllm_checkpoint
+        from .worker_extension import save_vllm_checkpoint
 
         return save_vllm_checkpoint
     if name == "fetch_model_files":
-        from flashtensors.remote.files import fetch_model_files
+        from flashtensors.convert.model_files import fetch_model_files
 
         return fetch_model_files
     if name in ("FlashConfigError", "FlashLoaderConfig"):

@@ -53,7 +53,7 @@ from vllm.model_executor.model_loader.base_loader import BaseModelLoader
 
 from flashtensors.checkpoint import holds_flash
 from flashtensors.errors import FlashFormatError
-from flashtensors.locations import is_remote
+from flashtensors.stores import is_remote
 
 from ..full_checkpoint import hand_over, layout_of, model_device, no_weights_error, stage, tp_group_for
 from ..loader_options import FlashLoaderConfig, verify_needs_flash

@@ -30,14 +30,12 @@ Example::
 from __future__ import annotations
 
 import re
-import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
 from flashtensors import flash
 from flashtensors.checkpoint import holds_flash
 from flashtensors.errors import FlashError, FlashFormatError
-from flashtensors.weight_names import is_weight_file
 
 RANK_DIR = "flash-rank-{rank}-of-{size}"
 _RANK_DIR_RE = re.compile(r"flash-rank-(\d+)-of-(\d+)")
@@ -125,7 +123,8 @@ def save_worker_rank(worker, path: str, overwrite: bool = False) -> str | None:
     """Runs on a vLLM worker: writes its rank's checkpoint into model directory ``path``.
 
     Returns the rank directory written, or ``None`` on data-parallel replicas other than
-    the first (they would write the same files). Called by :func:`save_vllm_checkpoint`.
+    the first (they would write the same files). Called by
+    :func:`~flashtensors.integrations.vllm.worker_extension.save_vllm_checkpoint`.
     """
     config = worker.vllm_config
     if config.parallel_config.data_parallel_rank != 0:
@@ -141,85 +140,6 @@ def save_worker_rank(worker, path: str, overwrite: bool = False) -> str | None:
         metadata={"vllm.tensor_parallel_rank": str(rank), "vllm.tensor_parallel_size": str(size)},
     )
     return str(out)
-
-
-def save_vllm_checkpoint(llm, path, *, overwrite: bool = False) -> Path:
-    """Saves a running vLLM engine's weights as per-rank flash checkpoints in ``path``.
-
-    Every tensor-parallel worker writes ``path/flash-rank-{rank}-of-{size}/``; then the
-    model directory's other files (config.json, tokenizer, generation config) are copied
-    beside them, so ``path`` can be served with ``--load-format flash`` at the same
-    tensor-parallel size. ``path`` may be the model's own directory: the per-rank
-    checkpoints are added next to its weights.
-
-    Each worker rebuilds its rank's parameters in host memory by re-reading the engine's
-    weights (see the module docstring), so it needs that much free host memory, and the
-    engine's weights must still be where it loaded them from.
-
-    Args:
-        llm: a ``vllm.LLM``.
-        path: the output model directory (created if missing).
-        overwrite: replace per-rank checkpoints already in ``path``.
-
-    Returns:
-        ``path`` as a Path.
-
-    Raises:
-        FlashError: the engine uses pipeline parallelism, a checkpoint exists and
-            ``overwrite`` is false, or vLLM refuses to send the save function to the
-            workers (start the engine with ``worker_extension_cls``, see
-            :class:`FlashWorkerExtension`).
-
-    Example:
-        >>> llm = LLM("/models/qwen", tensor_parallel_size=2,
-        ...           worker_extension_cls=FlashWorkerExtension.QUALNAME)
-        >>> save_vllm_checkpoint(llm, "/models/qwen-tp2")
-    """
-    from .worker_extension import FlashWorkerExtension
-
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    config = llm.llm_engine.vllm_config
-    if _resolves_to_extension(config.parallel_config.worker_extension_cls):
-        llm.collective_rpc("save_flash_rank", args=(str(path), overwrite))
-    else:
-        try:
-            llm.collective_rpc(save_worker_rank, args=(str(path), overwrite))
-        except TypeError as e:  # vLLM's message serializer refuses functions
-            raise FlashError(
-                "vLLM would not send the save function to its workers "
-                f"({e}). Start the engine with "
-                f"worker_extension_cls={FlashWorkerExtension.QUALNAME!r}, or set "
-                "VLLM_ALLOW_INSECURE_SERIALIZATION=1 before starting it."
-            ) from e
-    source = Path(config.model_config.model)
-    if source.is_dir():
-        _copy_model_files(source, path)
-    return path
-
-
-def _resolves_to_extension(qualname: str | None) -> bool:
-    """Whether vLLM's ``worker_extension_cls`` setting names :class:`FlashWorkerExtension`."""
-    import importlib
-
-    from .worker_extension import FlashWorkerExtension
-
-    module, _, name = (qualname or "").rpartition(".")
-    if not module:
-        return False
-    try:
-        return getattr(importlib.import_module(module), name, None) is FlashWorkerExtension
-    except ImportError:
-        return False
-
-
-def _copy_model_files(src: Path, dst: Path) -> None:
-    """Copies the top-level files of model directory ``src`` other than weights into ``dst``."""
-    if src.resolve() == dst.resolve():
-        return
-    for f in src.iterdir():
-        if f.is_file() and not is_weight_file(f):
-            shutil.copy2(f, dst / f.name)
 
 
 def _state_before_processing(config) -> dict:

@@ -22,7 +22,7 @@ import struct
 
 from ..checkpoint import holds_flash
 from ..errors import FlashError
-from ..format import ALIGNMENT, INDEX_FILENAME, parse_index_bytes
+from ..formats.flash import ALIGNMENT, INDEX_FILENAME, parse_index_bytes
 from . import paths, protocol
 from .protocol import CacheError, ProtocolError
 

@@ -1,5 +1,5 @@
 """Checkpoint files on this machine's filesystem, as a store: the local counterpart of the
-remote stores (flashtensors/remote/store.py, remote/s3.py). A store answers by file name,
+remote stores (flashtensors/stores/http.py, stores/s3.py). A store answers by file name,
 relative to the checkpoint's directory: a file's size, a byte range of it, a listing, and
 the path the native reader reads. Everything here is untrusted: only regular files are
 read (O_NONBLOCK, so a FIFO under a checkpoint's name cannot hang a load), and a data file
@@ -12,8 +12,8 @@ import errno
 import os
 import stat
 
-from .errors import FlashFormatError
-from .store_api import ObjectInfo
+from ..errors import FlashFormatError
+from .api import ObjectInfo
 
 # A whole-file read (an index) returns at most this much plus one byte; callers check the size.
 SMALL_FILE_CAP = 100_000_000

@@ -1,7 +1,7 @@
 """Plain safetensors checkpoints, read where they lie, with no conversion: the dtype
 table, the limits, the Hugging Face weight index, and the headers made into an index.
 Which files of a location are read is the format registry's choice
-(flashtensors/formats.py). Snapshot directories of the Hugging Face cache, whose files are
+(formats/__init__.py). Snapshot directories of the Hugging Face cache, whose files are
 symlinks into its blobs directory, are read through the links.
 
 Each file's header is untrusted input, parsed and validated natively
@@ -14,9 +14,9 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 
-from . import _native
-from .errors import FlashFormatError
-from .format import DTYPE_NAMES, DTYPE_SIZES, MAX_FILES, MAX_NDIM, MAX_TENSORS, Index, format_error
+from .. import _native
+from ..errors import FlashFormatError
+from .index import DTYPE_NAMES, DTYPE_SIZES, MAX_FILES, MAX_NDIM, MAX_TENSORS, Found, Index, format_error
 
 SUFFIX = ".safetensors"
 HF_INDEX_FILENAME = "model.safetensors.index.json"
@@ -91,3 +91,99 @@ def _native_rules():
         "max_header_bytes": MAX_HEADER_BYTES, "max_ndim": MAX_NDIM, "max_tensors": MAX_TENSORS,
         "dtypes": [(st_name, DTYPE_NAMES.index(name), PACKED.get(st_name, 1)) for st_name, name in DTYPES.items()],
         "sizes": list(DTYPE_SIZES.values())})
+
+
+# The first read of a safetensors file: its header length and, nearly always, its header.
+HEADER_PROBE_BYTES = 256 << 10
+
+
+class SafetensorsFormat:
+    """The safetensors layouts: which files, by one of the rules below; then every header
+    is read (from the file's first bytes) and validated natively into one index."""
+
+    kind = "safetensors"
+
+    def missing(self, store, name: str):
+        return store.missing(name, "weight file missing")
+
+    def index(self, store, found: Found) -> tuple:
+        headers, objects = [], []
+        for name in found.names:
+            got = read_header(store, name)
+            if got is None:
+                raise self.missing(store, name)
+            header, info = got
+            headers.append((name, header, info.size, store.describe(name)))
+            objects.append(info)
+        where = store.describe(found.names[0]) if store.single else store.describe("").rstrip("/")
+        return index_of_headers(headers, where), objects
+
+
+class HfIndexFormat(SafetensorsFormat):
+    name = "hf-index"
+
+    def missing(self, store, name: str):
+        return store.missing(HF_INDEX_FILENAME, f"names missing weight file {name}")
+
+    def find(self, store) -> Found | None:
+        if store.single is not None:
+            return None
+        got = store.read(HF_INDEX_FILENAME, missing_ok=True, limit=MAX_HF_INDEX_BYTES + 1)
+        if got is None:
+            return None
+        names = hf_shard_names(got[0], store.describe(HF_INDEX_FILENAME))
+        return Found(self, names, {HF_INDEX_FILENAME: got[0]})
+
+
+class SingleFileFormat(SafetensorsFormat):
+    name = "single"
+
+    def find(self, store) -> Found | None:
+        if store.single is None and store.stat(SINGLE_FILENAME) is not None:
+            return Found(self, [SINGLE_FILENAME])
+        return None
+
+
+class AllFilesFormat(SafetensorsFormat):
+    name = "all-files"
+
+    def find(self, store) -> Found | None:
+        if store.single is not None or not store.listable:
+            return None
+        names = sorted(n for n in store.list() if n.endswith(SUFFIX))
+        return Found(self, names) if names else None
+
+
+class OneFileFormat(SafetensorsFormat):
+    name = "one-file"
+
+    def find(self, store) -> Found | None:
+        return Found(self, [store.single]) if store.single is not None else None
+
+
+def read_header(store, name: str) -> tuple | None:
+    """``(header bytes, ObjectInfo)`` of safetensors file ``name`` of ``store``, checked
+    against the file's size and safetensors' header limit (FlashFormatError naming it);
+    None if there is no such file."""
+    where = store.describe(name)
+    got = store.read(name, 0, HEADER_PROBE_BYTES - 1, missing_ok=True)
+    if got is None:
+        return None
+    probe, info = got
+    if info.size is None:
+        raise store.missing(name, "the server did not tell the file's size")
+    if len(probe) < 8:
+        raise FlashFormatError(f"{where}: not a safetensors file (shorter than its 8-byte header length)")
+    n = int.from_bytes(probe[:8], "little")
+    if n > MAX_HEADER_BYTES:
+        raise FlashFormatError(f"{where}: header of {n} bytes is larger than safetensors allows ({MAX_HEADER_BYTES})")
+    if 8 + n > info.size:
+        raise FlashFormatError(f"{where}: header of {n} bytes does not fit in the file ({info.size} bytes; "
+                               "truncated?)")
+    header = probe[8:8 + n]
+    if len(header) < n:
+        rest, _ = store.read(name, 8 + len(header), 8 + n - 1)
+        header += rest
+    if len(header) != n:
+        raise FlashFormatError(f"{where}: the file ended inside its header (truncated?)")
+    return header, info

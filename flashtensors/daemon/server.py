@@ -1,5 +1,5 @@
 """The cache daemon: accepts connections on a Unix socket and serves checkpoints from
-its :class:`~flashtensors.cache.store.Store`.
+its :class:`~flashtensors.daemon.holdings.Holdings`.
 
 Security model (docs/cache.md): the socket is 0600 in a 0700 directory owned by the
 daemon's user; each connection's peer credentials (SO_PEERCRED) are checked and only
@@ -26,10 +26,10 @@ import time
 
 from ..errors import FlashError
 from . import paths, protocol
+from .holdings import Holdings
 from .protocol import CacheError, ProtocolError
-from .store import Store
 
-log = logging.getLogger("flashtensors.cache")
+log = logging.getLogger("flashtensors.daemon")
 
 REQUEST_TIMEOUT_S = 60.0  # per connection: reading the request, sending the reply
 MAX_CONNECTIONS = 64
@@ -41,7 +41,7 @@ class Daemon:
 
     def __init__(self, socket_path: str, memory: int, threads: int | None = None):
         self.socket_path = os.path.abspath(socket_path)
-        self.store = Store(memory, threads=threads)
+        self.holdings = Holdings(memory, threads=threads)
         self._stop = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
         self._listener = None
@@ -80,7 +80,7 @@ class Daemon:
         if self._listener is None:
             self.bind()
         log.info("serving on %s with a budget of %.2f GB (pid %d)", self.socket_path,
-                 self.store.budget / 1e9, os.getpid())
+                 self.holdings.budget / 1e9, os.getpid())
         sel = selectors.DefaultSelector()
         sel.register(self._listener, selectors.EVENT_READ)
         sel.register(self._wake_r, selectors.EVENT_READ)
@@ -152,11 +152,11 @@ class Daemon:
         if req.op == "ping":
             protocol.send_frame(conn, {"ok": True, "pid": os.getpid(), "version": protocol.PROTOCOL_VERSION})
         elif req.op == "ls":
-            protocol.send_frame(conn, {"ok": True, **self.store.describe()})
+            protocol.send_frame(conn, {"ok": True, **self.holdings.describe()})
         elif req.op == "evict":
-            protocol.send_frame(conn, {"ok": True, "evicted": self.store.evict(_real_dir(req.path))})
+            protocol.send_frame(conn, {"ok": True, "evicted": self.holdings.evict(_real_dir(req.path))})
         else:  # get, load
-            entry = self.store.acquire(_real_dir(req.path))
+            entry = self.holdings.acquire(_real_dir(req.path))
             try:
                 info = {"ok": True, "path": entry.path, "nbytes": entry.nbytes, "tensors": entry.tensors}
                 if req.op == "load":
@@ -167,7 +167,7 @@ class Daemon:
                 protocol.send_bytes(conn, entry.index_bytes)
                 log.debug("served %s to pid %d", entry.path, pid)
             finally:
-                self.store.release(entry)
+                self.holdings.release(entry)
 
     def _shutdown(self) -> None:
         try:
@@ -183,7 +183,7 @@ class Daemon:
         deadline = time.monotonic() + 5  # one deadline for all: a stop must stay quick
         for thread in handlers:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
-        self.store.close()
+        self.holdings.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
         log.info("stopped")

@@ -1,6 +1,8 @@
-"""A remote model directory's other files (config, tokenizer, ...): which there are and
-fetching them into a local directory. On S3 they are listed; a web server cannot be
-listed, so there the usual Hugging Face names are asked for one by one.
+"""A model directory's files: which hold weights (of any framework, flash included) or a
+weight index, and the others (config, tokenizer, ...), which `convert` and `fetch` copy.
+For a remote directory: which other files there are and fetching them into a local
+directory. On S3 they are listed; a web server cannot be listed, so there the usual
+Hugging Face names are asked for one by one.
 
 Example:
     >>> store = open_store("s3://bucket/models/qwen3", 30)            # doctest: +SKIP
@@ -11,10 +13,32 @@ Example:
 from __future__ import annotations
 
 import os
-from pathlib import PurePosixPath
+from pathlib import PurePath, PurePosixPath
 
 from ..errors import FlashError
-from ..weight_names import is_weight_file
+from ..formats.flash import INDEX_FILENAME
+
+SAFETENSORS_SUFFIXES = (".safetensors",)
+TORCH_SUFFIXES = (".bin", ".pt", ".pth")
+OTHER_WEIGHT_SUFFIXES = (".ckpt", ".h5", ".msgpack", ".gguf", ".onnx", ".flash")
+WEIGHT_SUFFIXES = SAFETENSORS_SUFFIXES + TORCH_SUFFIXES + OTHER_WEIGHT_SUFFIXES
+INDEX_SUFFIX = ".index.json"
+
+
+def is_weight_file(path: PurePath) -> bool:
+    """Whether ``path`` holds weights (of any framework, flash included) or a weight index.
+
+    Example:
+        >>> is_weight_file(PurePath("model.safetensors.index.json")), is_weight_file(PurePath("config.json"))
+        (True, False)
+    """
+    name = path.name
+    if name == INDEX_FILENAME:
+        return True
+    if name.endswith(INDEX_SUFFIX):  # model.safetensors.index.json, pytorch_model.bin.index.json, ...
+        name = name[: -len(INDEX_SUFFIX)]
+    return name.endswith(WEIGHT_SUFFIXES)
+
 
 # What a model directory on a web server is asked for (it cannot be listed).
 WELL_KNOWN = (
@@ -102,7 +126,7 @@ def fetch_model_files(url: str, directory=None, timeout=None) -> str:
         >>> fetch_model_files("s3://bucket/models/qwen3")                 # doctest: +SKIP
         '/root/.cache/flashtensors/models/qwen3-1f3a9c0d2b4e6f70'
     """
-    from ..locations import open_store
+    from ..stores import open_store
 
     store = open_store(url, timeout)
     if store.single is not None:

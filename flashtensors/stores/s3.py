@@ -21,9 +21,9 @@ import os
 from functools import lru_cache
 
 from ..errors import FlashError, FlashRemoteError
-from ..store_api import ObjectInfo
+from .api import ObjectInfo
 from .deadline import Deadline
-from .http import MAX_OBJECT_BYTES
+from .http_client import MAX_OBJECT_BYTES
 from .versions import Versions
 
 PRESIGN_SECONDS = 6 * 3600  # a load finishes well within this; credentials may cap it lower

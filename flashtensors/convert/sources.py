@@ -9,7 +9,7 @@ A *source* is what a user names as SRC:
   directory: see :mod:`flashtensors.remote.convert_source`);
 - a directory of weight files, such as a Hugging Face model directory. Its weights are the
   safetensors files a load of the directory reads (the same choice as ``load_dict``, from
-  the format registry in flashtensors/formats.py: the shards of
+  the format registry in flashtensors/formats/__init__.py: the shards of
   ``model.safetensors.index.json``, else ``model.safetensors``, else every ``*.safetensors``),
   else the files named by ``pytorch_model.bin.index.json``, else ``pytorch_model*.bin``, else
   every ``*.bin``/``*.pt``/``*.pth``. Its other top-level files (config, tokenizer, ...; not
@@ -38,11 +38,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from flashtensors import INDEX_FILENAME, FlashError, FlashFormatError
+from flashtensors.convert.model_files import SAFETENSORS_SUFFIXES, TORCH_SUFFIXES, is_weight_file
 from flashtensors.formats import find_format, safetensors_formats
-from flashtensors.local_store import LocalStore
-from flashtensors.locations import is_remote
-from flashtensors.safetensors_format import HF_INDEX_FILENAME, hf_shard_names
-from flashtensors.weight_names import SAFETENSORS_SUFFIXES, TORCH_SUFFIXES, is_weight_file
+from flashtensors.formats.safetensors import HF_INDEX_FILENAME, hf_shard_names
+from flashtensors.stores import is_remote
+from flashtensors.stores.local import LocalStore
 
 
 class SourceError(FlashError):
@@ -100,7 +100,7 @@ class Source:
 
 def open_source(path: str | Path):
     """Find the weight files (and, for a directory, the extras) of ``path``: a
-    :class:`Source`, or for a URL a :class:`flashtensors.remote.convert_source.RemoteSource`
+    :class:`Source`, or for a URL a :class:`flashtensors.convert.remote_source.RemoteSource`
     (same attributes and methods).
 
     Raises:
@@ -111,7 +111,7 @@ def open_source(path: str | Path):
         (PosixPath('model.safetensors'),)
     """
     if is_remote(path):
-        from flashtensors.remote.convert_source import open_remote_source
+        from flashtensors.convert.remote_source import open_remote_source
 
         return open_remote_source(path)
     path = Path(path)

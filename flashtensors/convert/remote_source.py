@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from ..checkpoint import Checkpoint, open_checkpoint
-from .files import fetch_files, other_files
+from .model_files import fetch_files, other_files
 
 # Tensors are fetched in batches of about this many bytes (the memory a conversion holds).
 BATCH_BYTES = 256 << 20

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from ..checkpoint import open_checkpoint
 from ..errors import FlashError
-from ..format import DATA_SUFFIX, INDEX_FILENAME
 from ..formats import FLASH
-from ..locations import open_store
+from ..formats.flash import DATA_SUFFIX, INDEX_FILENAME
+from ..stores import open_store
 
 # Multipart part size: S3 allows at most 10,000 parts (640 GB files at this size) and at
 # least 5 MiB per part but the last.

@@ -1,31 +1,18 @@
-"""The flash checkpoint format, version 1: constants, the dtype table, and the index.
-
-``docs/format.md`` is the normative description; this module follows it. The index is
-untrusted input: :func:`read_index` validates every field and enforces limits before
-anything else looks at it (the native core parses it: csrc/flash_index.cpp).
+"""What every checkpoint format shares once parsed: the dtype table (spec names, item
+sizes, their numbers in native tables), the limits on untrusted indexes, the index of a
+checkpoint (:class:`Index`, one :class:`TensorEntry` per tensor) and :class:`Found`, a
+format that applies to a store. The flash format (formats/flash.py) and safetensors
+(formats/safetensors.py) both parse into these.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import stat
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, field
 
-from . import _native
-from .errors import FlashFormatError
+from ..errors import FlashFormatError
 
-FORMAT_NAME = "flashtensors"
-FORMAT_VERSION = 1
-INDEX_FILENAME = "flash_index.json"
-DATA_SUFFIX = ".flash"
-ALIGNMENT = 4096
-CHECKSUM = "crc32c"
-
-# Limits on untrusted indexes (docs/format.md, "Limits").
-MAX_INDEX_BYTES = 64 << 20
+# Limits on untrusted indexes and headers (docs/format.md, "Limits").
 MAX_TENSORS = 1_000_000
 MAX_FILES = 100_000
 MAX_NDIM = 64
@@ -117,7 +104,7 @@ class Index:
     """
 
     def __init__(self, files: list, tensors: dict | None = None, metadata: dict | None = None,
-                 version: int = FORMAT_VERSION, table=None, kind: str = "flash"):
+                 version: int = 1, table=None, kind: str = "flash"):
         self.kind = kind  # "flash", or "safetensors" for plain safetensors files read in place
         self.files = files
         self._metadata = metadata if metadata is not None or table is not None else {}
@@ -151,77 +138,6 @@ class Index:
     def total_bytes(self) -> int:
         return sum(f.size for f in self.files)
 
-    def to_json(self) -> str:
-        doc = {
-            "format": FORMAT_NAME,
-            "version": self.version,
-            "alignment": ALIGNMENT,
-            "checksum": CHECKSUM,
-            "metadata": self.metadata,
-            "files": [{"name": f.name, "size": f.size} for f in self.files],
-            "tensors": [t.to_json() for t in self.tensors.values()],
-        }
-        return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
-
-
-def read_index(path) -> Index:
-    """Reads and validates the index of the checkpoint in directory ``path``.
-
-    Raises FlashFormatError, naming the file and the tensor, for anything the spec forbids.
-
-    Example:
-        >>> index = read_index("/models/m")
-        >>> index.tensors["weight"].shape
-        (3, 3)
-    """
-    return parse_index_bytes(read_index_bytes(path), os.path.join(os.fspath(path), INDEX_FILENAME))
-
-
-def read_index_bytes(path) -> bytes:
-    """The raw bytes of the index of the checkpoint in directory ``path`` (at most
-    MAX_INDEX_BYTES); FlashFormatError if it is missing, unreadable or not a file."""
-    index_path = os.path.join(os.fspath(path), INDEX_FILENAME)
-    try:
-        # O_NONBLOCK: something other than a file under the index's name must not hang us.
-        fd = os.open(index_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise FlashFormatError(f"{index_path}: the index is not a regular file")
-            raw = _read_up_to(fd, min(st.st_size, MAX_INDEX_BYTES) + 1)
-        finally:
-            os.close(fd)
-    except FileNotFoundError:
-        raise FlashFormatError(f"{index_path}: no flash checkpoint here (index file missing)") from None
-    except OSError as e:
-        raise FlashFormatError(f"{index_path}: cannot read the index: {e.strerror}") from None
-    if len(raw) > MAX_INDEX_BYTES:
-        raise FlashFormatError(f"{index_path}: index larger than {MAX_INDEX_BYTES} bytes")
-    return raw
-
-
-def _read_up_to(fd: int, limit: int) -> bytes:
-    """Up to ``limit`` bytes from ``fd`` (fewer only at the end of the file)."""
-    parts, size = [], 0
-    while size < limit:
-        part = os.read(fd, limit - size)
-        if not part:
-            break
-        parts.append(part)
-        size += len(part)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
-def parse_index_bytes(raw: bytes, where: str) -> Index:
-    """Decodes and validates an index's raw bytes (natively: this is the per-tensor work
-    of every load); ``where`` names it in error messages."""
-    native = _native.module()
-    try:
-        table = native.TensorTable.from_flash_index(raw, _native_rules())
-    except native.FormatError as e:
-        raise format_error(where, *e.args) from None
-    return Index.from_table(table)
-
 
 def format_error(where: str, message: str, tensor: str | None = None) -> FlashFormatError:
     """The FlashFormatError for a native parser's complaint about ``where``."""
@@ -231,10 +147,20 @@ def format_error(where: str, message: str, tensor: str | None = None) -> FlashFo
     return FlashFormatError(f"{where}: {message}{about}")
 
 
-@lru_cache(maxsize=None)
-def _native_rules():
-    # The spec's constants, handed to the native parser so that they live here only.
-    return _native.module().FlashIndexRules({
-        "format_name": FORMAT_NAME, "version": FORMAT_VERSION, "alignment": ALIGNMENT, "checksum": CHECKSUM,
-        "data_suffix": DATA_SUFFIX, "max_tensors": MAX_TENSORS, "max_files": MAX_FILES, "max_ndim": MAX_NDIM,
-        "max_tensor_bytes": MAX_TENSOR_BYTES, "max_name_bytes": MAX_NAME_BYTES, "dtypes": list(DTYPE_SIZES.items())})
+@dataclass
+class Found:
+    """A format that applies to a store: its data files' names, in load order, and the
+    small files read to learn them (by name: the flash index, the HF weight index)."""
+
+    format: object
+    names: list
+    small: dict = field(default_factory=dict)
+    index: Index | None = None  # when finding it parsed the index already
+
+    @property
+    def name(self) -> str:
+        return self.format.name
+
+    @property
+    def kind(self) -> str:
+        return self.format.kind

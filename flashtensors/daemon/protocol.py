@@ -22,7 +22,7 @@ import struct
 from dataclasses import dataclass
 
 from ..errors import FlashError
-from ..format import MAX_INDEX_BYTES
+from ..formats.flash import MAX_INDEX_BYTES
 
 PROTOCOL_VERSION = 1
 MAX_REQUEST_BYTES = 16 << 10

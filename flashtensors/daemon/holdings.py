@@ -13,10 +13,10 @@ the index atomically and never rewrite a data file in place, so a changed identi
 means a new version: it is loaded afresh, never served stale.
 
 Example:
-    >>> store = Store(budget=8 << 30)
-    >>> entry = store.acquire("/models/m")     # loads it on first use
+    >>> holdings = Holdings(budget=8 << 30)
+    >>> entry = holdings.acquire("/models/m")     # loads it on first use
     >>> try: ...                               # hand entry.fd to a client
-    ... finally: store.release(entry)
+    ... finally: holdings.release(entry)
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ from dataclasses import dataclass, field
 from .. import _native
 from ..checkpoint import open_checkpoint
 from ..errors import FlashFormatError
-from ..format import INDEX_FILENAME
 from ..formats import FLASH
+from ..formats.flash import INDEX_FILENAME
 from ..options import resolve_threads
 from .protocol import CacheError
 
-log = logging.getLogger("flashtensors.cache")
+log = logging.getLogger("flashtensors.daemon")
 
 SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
 FILL_CHUNK_BYTES = 16 << 20
@@ -85,7 +85,7 @@ def index_identity(path: str) -> tuple:
     return own, files
 
 
-class Store:
+class Holdings:
     """Checkpoints in memory under ``budget`` bytes; thread-safe."""
 
     def __init__(self, budget: int, threads: int | None = None):

@@ -9,6 +9,6 @@ Example:
     $ flashtensors serve --memory 64GiB &
     >>> from flashtensors import flash
     >>> sd = flash.load_dict("/models/m")        # served from the daemon's memory
-    >>> from flashtensors.cache.client import CacheClient
+    >>> from flashtensors.daemon.client import CacheClient
     >>> CacheClient().ls()                        # what the daemon holds
 """

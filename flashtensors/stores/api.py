@@ -20,7 +20,7 @@ class ObjectInfo:
 
 
 class Store(Protocol):
-    """The methods a store has (see flashtensors/locations.py to add a scheme).
+    """The methods a store has (see flashtensors/stores/__init__.py to add a scheme).
 
     Attributes:
         local: whether ``data_url`` names files of this machine (page cache, mapping and

@@ -1,14 +1,14 @@
 """Web servers as stores: a checkpoint directory (or one ``.safetensors`` file) under an
 ``http(s)://`` URL, read with small range GETs; the native reader fetches the tensor
-bytes from ``data_url(name)``. See flashtensors/store_api.py for what a store answers."""
+bytes from ``data_url(name)``. See flashtensors/stores/api.py for what a store answers."""
 
 from __future__ import annotations
 
 import urllib.parse
 
 from ..errors import FlashRemoteError
-from ..store_api import ObjectInfo
-from . import http
+from . import http_client as http
+from .api import ObjectInfo
 from .deadline import Deadline
 from .versions import Versions
 
