@@ -21,6 +21,7 @@
 #include "http_source.h"
 #include "load_plan.h"
 #include "loader.h"
+#include "origin_credentials.h"
 #include "pinned_pool.h"
 #include "region_writer.h"
 #include "safetensors_header.h"
@@ -481,11 +482,11 @@ PYBIND11_MODULE(_C, m) {
         const flash::BodyPlan p = flash::plan_body(h, offset, length, etag);
         static const char* kinds[] = {"body", "retry", "redirect", "fatal"};
         return py::make_tuple(kinds[p.kind], p.want, p.close_after, p.problem, h.status, py::bytes(h.location),
-                              py::bytes(h.etag));
+                              py::bytes(h.etag), p.wait_s);
       },
       py::arg("head"), py::arg("offset"), py::arg("length"), py::arg("etag") = "",
-      "(kind, want, close_after, problem, status, location, etag) for response headers `head` (the bytes before "
-      "the blank line) answering the GET of `length` bytes at `offset` (fuzz tests).");
+      "(kind, want, close_after, problem, status, location, etag, wait_s) for response headers `head` (the bytes "
+      "before the blank line) answering the GET of `length` bytes at `offset` (fuzz tests).");
   m.def(
       "http_redirect",
       [](const std::string& url, py::bytes location) {
@@ -493,4 +494,24 @@ PYBIND11_MODULE(_C, m) {
         return u.origin() + u.target;
       },
       py::arg("url"), py::arg("location"), "Where a redirect to `location` from `url` leads (fuzz tests).");
+
+  // The retry policy, for the Python client's tests to hold its own copy equal to.
+  m.attr("HTTP_MAX_REDIRECTS") = flash::kMaxRedirects;
+  m.def("http_retryable_status", &flash::retryable_status, py::arg("status"),
+        "Whether the native reader asks again after an HTTP `status` (5xx, 408, 429).");
+
+  // Credentials per origin, shared by the native reader and the Python client.
+  m.def(
+      "authorize_origin",
+      [](const std::string& origin, const std::string& authorization) {
+        flash::authorize_origin(origin, authorization);
+      },
+      py::arg("origin"), py::arg("authorization"),
+      "Sends `authorization` as the Authorization header of every request to `origin` (scheme://host[:port]) "
+      "and to no other host, not even one its redirects lead to; '' forgets it. Process-wide. "
+      "Example: authorize_origin('https://huggingface.co', 'Bearer hf_...').");
+  m.def(
+      "origin_authorization",
+      [](const std::string& url) { return flash::origin_authorization(flash::parse_url(url)); },
+      py::arg("url"), "The Authorization value authorize_origin gave `url`'s origin, or ''.");
 }

@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cstdlib>
 
@@ -54,6 +55,46 @@ std::string encoded_target(std::string_view target) {
     }
   }
   return out;
+}
+
+// The length of a URI reference's scheme with its ':' ("https:" is 6), 0 for a relative
+// reference: a letter, then letters, digits, '+', '-' or '.', then ':' (RFC 3986 3.1).
+size_t uri_scheme_length(std::string_view s) {
+  if (s.empty() || !std::isalpha(static_cast<unsigned char>(s[0]))) return 0;
+  for (size_t i = 1; i < s.size(); ++i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c == ':') return i + 1;
+    if (!std::isalnum(c) && c != '+' && c != '-' && c != '.') return 0;
+  }
+  return 0;
+}
+
+// An absolute path with its "." and ".." segments resolved (RFC 3986 5.2.4).
+std::string without_dot_segments(std::string_view path) {
+  std::string out;
+  while (!path.empty()) {
+    if (path.rfind("../", 0) == 0) {
+      path.remove_prefix(3);
+    } else if (path.rfind("./", 0) == 0) {
+      path.remove_prefix(2);
+    } else if (path.rfind("/./", 0) == 0) {
+      path.remove_prefix(2);
+    } else if (path == "/.") {
+      path = "/";
+    } else if (path.rfind("/../", 0) == 0 || path == "/..") {
+      path = path.size() == 3 ? std::string_view("/") : path.substr(3);
+      const size_t cut = out.rfind('/');
+      out.resize(cut == std::string::npos ? 0 : cut);
+    } else if (path == "." || path == "..") {
+      path = {};
+    } else {
+      const size_t next = path.find('/', 1);
+      const size_t n = next == std::string_view::npos ? path.size() : next;
+      out.append(path.substr(0, n));
+      path.remove_prefix(n);
+    }
+  }
+  return out.empty() || out[0] != '/' ? "/" + out : out;
 }
 
 bool is_ip_literal(const std::string& host) {
@@ -201,20 +242,33 @@ std::string pinned_etag(const std::string& url) {
   return at == std::string::npos ? "" : percent_decoded(std::string_view(url).substr(at + key.size()));
 }
 
+bool retryable_status(int status) { return status >= 500 || status == 408 || status == 429; }
+
 Url redirect_target(const Url& from, const std::string& location) {
-  if (location.rfind("http://", 0) == 0 || location.rfind("https://", 0) == 0) return parse_url(location);
-  if (location.rfind("//", 0) == 0) return parse_url((from.tls ? "https:" : "http:") + location);
-  Url to = from;
-  if (!location.empty() && location[0] == '/') {
-    to.target = location;
-  } else if (!location.empty() && location.find("://") == std::string::npos && location[0] != '?' &&
-             location[0] != '#') {
-    const std::string path = from.target.substr(0, from.target.find('?'));
-    to.target = path.substr(0, path.rfind('/') + 1) + location;  // relative to the directory
-  } else {
-    throw IoError("redirected to an unsupported location: " + printable(shown_url(location)));
+  const std::string scheme = lower(location.substr(0, uri_scheme_length(location)));
+  if (!scheme.empty()) {
+    if (scheme != "http:" && scheme != "https:")
+      throw IoError("redirected to an unsupported location: " + printable(shown_url(location)));
+    return parse_url(scheme + location.substr(scheme.size()));
   }
-  if (const size_t hash = to.target.find('#'); hash != std::string::npos) to.target.resize(hash);
+  if (location.rfind("//", 0) == 0) return parse_url((from.tls ? "https:" : "http:") + location);
+  // A relative reference: its path, query and fragment; the fragment is never sent.
+  const std::string reference = location.substr(0, location.find('#'));
+  const size_t query_at = reference.find('?');
+  const std::string path = reference.substr(0, query_at);
+  const std::string query = query_at == std::string::npos ? "" : reference.substr(query_at);
+  const size_t base_query_at = from.target.find('?');
+  const std::string base_path = from.target.substr(0, base_query_at);
+  Url to = from;
+  if (path.empty()) {  // "?q" keeps the path; "" and "#f" keep the query too
+    to.target = base_path + (query_at != std::string::npos || base_query_at == std::string::npos
+                                 ? query
+                                 : from.target.substr(base_query_at));
+  } else if (path[0] == '/') {
+    to.target = without_dot_segments(path) + query;
+  } else {  // relative to the base's directory
+    to.target = without_dot_segments(base_path.substr(0, base_path.rfind('/') + 1) + path) + query;
+  }
   to.target = encoded_target(to.target);
   return to;
 }
@@ -252,7 +306,7 @@ Proxy choose_proxy(const Url& url, const ProxyEnv& env) {
 }
 
 std::string range_request(const Url& url, const Proxy& proxy, uint64_t offset, uint64_t length,
-                          const std::string& etag) {
+                          const std::string& etag, const std::string& authorization) {
   const bool absolute = proxy.use && !url.tls;  // through a tunnel, the origin sees an ordinary request
   std::string r = "GET " + (absolute ? "http://" + url.authority() : "") + url.target + " HTTP/1.1\r\nHost: " +
                   url.authority() + "\r\nRange: bytes=" + std::to_string(offset) + "-" +
@@ -260,6 +314,7 @@ std::string range_request(const Url& url, const Proxy& proxy, uint64_t offset, u
   if (!etag.empty() && etag[0] == '"' && etag.find_first_of("\r\n") == std::string::npos)
     r += "If-Match: " + etag + "\r\n";  // weak ETags (W/"...") never match If-Match: compared after the answer
   if (absolute && !proxy.authorization.empty()) r += "Proxy-Authorization: " + proxy.authorization + "\r\n";
+  if (!authorization.empty()) r += "Authorization: " + authorization + "\r\n";
   return r + "\r\n";
 }
 
@@ -309,6 +364,9 @@ ResponseHead parse_response_head(std::string_view head) {
       out.location = value;
     } else if (name == "etag") {
       out.etag = value;
+    } else if (name == "retry-after") {
+      uint64_t seconds = 0;  // delta-seconds; an HTTP-date is left to the usual backoff
+      if (parse_count(value, seconds)) out.retry_after_s = std::min<double>(static_cast<double>(seconds), kMaxRetryAfterS);
     } else if (name == "connection") {
       const std::string v = lower(value);
       if (v.find("close") != std::string::npos) out.close_after = true;
@@ -357,7 +415,10 @@ BodyPlan plan_body(const ResponseHead& head, uint64_t offset, uint64_t length, c
   if (status == 412)
     return fatal("the object changed since the load opened it (HTTP " + head.reason + " to If-Match " +
                  printable(etag) + ")");
-  if (status >= 500 || status == 408 || status == 429) return retry("HTTP " + head.reason);
+  if (retryable_status(status)) {
+    out.wait_s = std::max(0.0, head.retry_after_s);
+    return retry("HTTP " + head.reason);
+  }
   if (status != 200 && status != 206) return fatal("HTTP " + head.reason);
   if (!etag.empty() && !head.etag.empty() && head.etag != etag)
     return fatal("the object changed since the load opened it (ETag " + printable(head.etag) + ", was " +

@@ -10,6 +10,14 @@
 
 namespace flash {
 
+// The retry policy, written once for the native reader (flashtensors/stores' Python
+// client holds the same, checked equal by the tests): redirects followed per request,
+// and the statuses worth asking again for.
+constexpr int kMaxRedirects = 8;
+bool retryable_status(int status);  // 5xx, 408 Request Timeout, 429 Too Many Requests
+// The longest Retry-After honoured as such (longer ones are clipped to it).
+constexpr double kMaxRetryAfterS = 3600;
+
 // The parts of an http(s) URL a request needs.
 struct Url {
   bool tls = false;
@@ -32,8 +40,10 @@ std::string shown_url(const std::string& url);
 // sent to servers), or "".
 std::string pinned_etag(const std::string& url);
 
-// Where a redirect's Location (absolute, scheme-relative, absolute-path or relative)
-// leads from `from`; IoError for a location that is none of these.
+// Where a redirect's Location leads from `from`: an absolute http(s) URL or a relative
+// reference resolved as RFC 3986 section 5.2 says (scheme-relative "//host/p",
+// absolute-path "/p", relative path "p" or "../p", query only "?q", fragment only "#f");
+// IoError for another scheme.
 Url redirect_target(const Url& from, const std::string& location);
 
 // A forward proxy (http://[user:password@]host[:port]) a request goes through.
@@ -60,9 +70,10 @@ bool no_proxy_matches(const std::string& host, const std::string& no_proxy);
 Proxy choose_proxy(const Url& url, const ProxyEnv& env);
 
 // The GET of bytes offset..offset+length-1 of `url` (absolute-form through a plain-HTTP
-// proxy), with If-Match when `etag` is a strong ETag.
+// proxy), with If-Match when `etag` is a strong ETag, and `authorization` (the origin's
+// credential, origin_credentials.h) as its Authorization header unless "".
 std::string range_request(const Url& url, const Proxy& proxy, uint64_t offset, uint64_t length,
-                          const std::string& etag);
+                          const std::string& etag, const std::string& authorization = "");
 
 // The CONNECT that opens a tunnel through `proxy` to an https:// origin.
 std::string connect_request(const Url& url, const Proxy& proxy);
@@ -78,6 +89,7 @@ struct ResponseHead {
   bool has_range = false, bad_range = false;
   uint64_t range_first = 0, range_last = 0;
   std::string location, etag;
+  double retry_after_s = -1;  // Retry-After in seconds (clipped to kMaxRetryAfterS), -1 if none or a date
 };
 
 ResponseHead parse_response_head(std::string_view head);
@@ -89,6 +101,7 @@ struct BodyPlan {
   uint64_t want = 0;         // Body: bytes of the body that go to the destination (> 0)
   bool close_after = false;  // Body: the connection cannot be reused afterwards
   std::string problem;       // Retry and Fatal
+  double wait_s = 0;         // Retry: the server's Retry-After (429, 503), the least pause before asking again
 };
 
 BodyPlan plan_body(const ResponseHead& head, uint64_t offset, uint64_t length, const std::string& etag);

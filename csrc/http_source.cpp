@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <chrono>
 #include <cstring>
 #include <mutex>
@@ -19,6 +20,8 @@
 
 #include "errors.h"
 #include "host_memory.h"
+#include "origin_credentials.h"
+#include "resolved_urls.h"
 #include "tls_api.h"
 
 namespace flash {
@@ -26,8 +29,10 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-constexpr int kMaxRedirects = 8;
-constexpr int kMaxFailures = 8;          // failed attempts in a row (with no byte received) before giving up
+constexpr int kMaxFailures = 8;  // failed attempts in a row (with no useful progress) before giving up
+// Useful progress: this many bytes (or the piece's end) since the last step. A server
+// that sends less per `timeout` (a byte per request, or per second) is not progressing.
+constexpr uint64_t kUsefulBytes = 64 << 10;
 constexpr size_t kMaxHeaderBytes = 64 << 10;
 constexpr double kFirstBackoffS = 0.05, kMaxBackoffS = 2.0;
 // read_fresh: pages faulted in per window of the body, just ahead of the bytes. 1 MiB
@@ -127,7 +132,11 @@ class Connection {
   bool ok() const { return fd_ >= 0; }
   const std::string& origin() const { return origin_; }
   bool proxied() const { return proxied_; }
-  void set_timeout(double seconds) { set_timeout_on(fd_, seconds); }
+  void set_timeout(double seconds) {
+    set_timeout_on(fd_, seconds);
+    timeout_s_ = seconds;
+  }
+  double timeout() const { return timeout_s_; }
 
   bool send_all(const std::string& data) {
     size_t done = 0;
@@ -187,6 +196,7 @@ class Connection {
   std::string origin_;
   bool proxied_ = false;
   int fd_ = -1;
+  double timeout_s_ = 0;
   std::unique_ptr<TlsSession> tls_;
 };
 
@@ -198,6 +208,24 @@ struct HttpSource::Attempt {
   std::string problem;      // for Retry and Fatal
   std::string location;     // for Redirect
   bool stale = false;       // a reused connection the server had closed: retry at once
+  double wait_s = 0;        // Retry: the server's Retry-After
+};
+
+// The no-progress clock of one piece: it restarts each time kUsefulBytes more arrived.
+struct HttpSource::Progress {
+  Clock::time_point since = Clock::now();
+  uint64_t pending = 0;  // bytes since then, fewer than kUsefulBytes
+  bool stepped = false;  // a step was made since the caller last looked
+
+  void add(uint64_t bytes) {
+    pending += bytes;
+    if (pending >= kUsefulBytes) {
+      since = Clock::now();
+      pending = 0;
+      stepped = true;
+    }
+  }
+  double left(double timeout_s) const { return timeout_s - seconds_since(since); }
 };
 
 namespace {
@@ -266,7 +294,10 @@ std::string pool_key(const Url& url, const Proxy& proxy) {
 
 }  // namespace
 
-size_t release_idle_connections() { return ConnectionPool::instance().release(); }
+size_t release_idle_connections() {
+  ResolvedUrls::instance().clear();
+  return ConnectionPool::instance().release();
+}
 
 HttpSource::HttpSource(std::string url, double timeout_s)
     : url_(std::move(url)),
@@ -279,8 +310,9 @@ HttpSource::HttpSource(std::string url, double timeout_s)
 HttpSource::~HttpSource() = default;
 
 HttpSource::Attempt HttpSource::attempt(const Url& url, char* dst, uint64_t offset, uint64_t length,
-                                        double seconds_left, bool fresh) const {
+                                        Progress& progress, bool fresh, bool publish) const {
   Attempt out;
+  const double seconds_left = progress.left(timeout_s_);
   Proxy proxy;
   try {
     proxy = choose_proxy(url, proxies_);
@@ -301,7 +333,7 @@ HttpSource::Attempt HttpSource::attempt(const Url& url, char* dst, uint64_t offs
     }
   }
   conn->set_timeout(seconds_left);
-  if (!conn->send_all(range_request(url, proxy, offset, length, etag_))) {
+  if (!conn->send_all(range_request(url, proxy, offset, length, etag_, origin_authorization(url)))) {
     out.kind = Attempt::Retry;
     out.stale = reused;
     out.problem = "sending the request failed: " + errno_message(errno);
@@ -311,7 +343,14 @@ HttpSource::Attempt HttpSource::attempt(const Url& url, char* dst, uint64_t offs
   // The status line and headers; what follows them is the start of the body.
   std::string head, body_start;
   bool nothing = false;
-  if (!read_head([&conn](void* d, size_t n) { return conn->receive(d, n); }, head, body_start, out.problem, nothing)) {
+  auto receive_head = [&](void* d, size_t n) -> long {
+    if (progress.left(timeout_s_) <= 0) {  // headers trickled in: no answer within the timeout
+      errno = EAGAIN;
+      return -1;
+    }
+    return conn->receive(d, n);
+  };
+  if (!read_head(receive_head, head, body_start, out.problem, nothing)) {
     out.kind = head.size() > kMaxHeaderBytes ? Attempt::Fatal : Attempt::Retry;
     out.stale = reused && nothing;
     return out;
@@ -327,6 +366,7 @@ HttpSource::Attempt HttpSource::attempt(const Url& url, char* dst, uint64_t offs
     case BodyPlan::Retry:
       out.kind = Attempt::Retry;
       out.problem = plan.problem;
+      out.wait_s = plan.wait_s;
       return out;
     case BodyPlan::Fatal:
       out.kind = Attempt::Fatal;
@@ -335,9 +375,11 @@ HttpSource::Attempt HttpSource::attempt(const Url& url, char* dst, uint64_t offs
     case BodyPlan::Body:
       break;
   }
+  if (publish) ResolvedUrls::instance().remember(url_, url);  // the threads waiting for it go ahead
   const uint64_t want = plan.want;
   out.received = std::min<uint64_t>(want, body_start.size());
   std::memcpy(dst, body_start.data(), out.received);
+  progress.add(out.received);
   uint64_t ready = fresh ? out.received : want;  // dst bytes whose pages are faulted in
   while (out.received < want) {
     if (out.received == ready) {
@@ -345,15 +387,26 @@ HttpSource::Attempt HttpSource::attempt(const Url& url, char* dst, uint64_t offs
       populate_for_write(reinterpret_cast<uint64_t>(dst + ready), window);
       ready += window;
     }
+    // Each receive waits at most until the no-progress deadline, so a server trickling
+    // bytes slower than a useful step per timeout cannot hold the piece past it.
+    const double left = progress.left(timeout_s_);
+    if (left <= 0) {
+      out.kind = Attempt::Retry;
+      out.problem = "the body trickled (" + std::to_string(progress.pending) + " bytes in " + timeout_text() + ")";
+      return out;
+    }
+    if (std::abs(left - conn->timeout()) > 0.05) conn->set_timeout(left);
     const long n = conn->receive(dst + out.received, ready - out.received);
     if (n <= 0) {
       out.kind = Attempt::Retry;
-      out.problem = n == 0 ? "the server closed the connection mid-body"
+      out.problem = n == 0 ? "a short body: the server closed the connection after " + std::to_string(out.received) +
+                                 " of " + std::to_string(want) + " bytes"
                            : (errno == EAGAIN || errno == EWOULDBLOCK ? "the body stalled (timed out)"
                                                                       : "receiving failed: " + errno_message(errno));
       return out;
     }
     out.received += static_cast<uint64_t>(n);
+    progress.add(static_cast<uint64_t>(n));
   }
   if (!plan.close_after && body_start.size() <= want) ConnectionPool::instance().give(key, std::move(conn));
   out.kind = Attempt::Done;
@@ -368,35 +421,82 @@ void HttpSource::read_fresh(void* dst, uint64_t offset, uint64_t length) const {
   fetch(static_cast<char*>(dst), offset, length, true);
 }
 
+std::string HttpSource::timeout_text() const { return std::to_string(static_cast<int>(timeout_s_ + 0.5)) + " s"; }
+
+namespace {
+
+// A redirect target, or the URL itself, that refuses a request it took before: a signed
+// URL past its expiry answers 401, 403 or 410.
+bool expired_signature(int status) { return status == 401 || status == 403 || status == 410; }
+
+bool same_url(const Url& a, const Url& b) { return a.origin() == b.origin() && a.target == b.target; }
+
+// Releases a claim to resolve a URL (ResolvedUrls) that its holder did not settle.
+struct Claim {
+  const std::string& url;
+  bool held = false;
+  ~Claim() { settle(); }
+  void settle() {
+    if (held) ResolvedUrls::instance().release(url);
+    held = false;
+  }
+};
+
+}  // namespace
+
 void HttpSource::fetch(char* out, uint64_t offset, uint64_t length, bool fresh) const {
   if (length == 0) return;
   uint64_t done = 0;
-  Url url = parsed_;
+  Progress progress;
+  ResolvedUrls& resolved = ResolvedUrls::instance();
+  Claim claim{url_};
+  Url url;
+  bool remembered = false;  // `url` is where an earlier request's redirects led
   int redirects = 0, failures = 0;
+  bool resolved_again = false;  // since the last useful progress, after a remembered target failed
+  // From the start: the remembered target of this URL, or the URL itself (and then, for
+  // everyone, where its redirects lead).
+  auto start = [&]() {
+    const ResolvedUrls::Lookup found = resolved.find(url_, progress.left(timeout_s_));
+    url = found.found ? found.target : parsed_;
+    remembered = found.found;
+    claim.held = found.claimed;
+    redirects = 0;
+  };
   double backoff = kFirstBackoffS;
-  auto progress = Clock::now();
   std::string problem;
   thread_local std::minstd_rand jitter{std::random_device{}()};
   auto fail = [&](const std::string& why, int status) {
     throw RemoteError(shown_ + ": " + why + " (reading " + range_text(offset, length) + ")", status, shown_, offset);
   };
+  start();
   while (done < length) {
-    const double left = timeout_s_ - seconds_since(progress);
+    const double left = progress.left(timeout_s_);
     if (left <= 0)
-      fail("no data for " + std::to_string(static_cast<int>(timeout_s_ + 0.5)) + " s, retries included; last: " +
-               (problem.empty() ? "timed out" : problem),
+      fail((progress.pending ? "only " + std::to_string(progress.pending) + " bytes" : std::string("no data")) +
+               " for " + timeout_text() + ", retries included; last: " + (problem.empty() ? "timed out" : problem),
            0);
-    Attempt a = attempt(url, out + done, offset + done, length - done, left, fresh);
-    if (a.received) {
-      done += a.received;
-      progress = Clock::now();
+    progress.stepped = false;
+    Attempt a = attempt(url, out + done, offset + done, length - done, progress, fresh, !remembered);
+    done += a.received;
+    if (a.kind != Attempt::Redirect) claim.settle();
+    if (progress.stepped) {
       failures = 0;
       backoff = kFirstBackoffS;
+      resolved_again = false;
     }
+    const bool redirected = !same_url(url, parsed_);
     switch (a.kind) {
       case Attempt::Done:
         break;
       case Attempt::Fatal:
+        if (redirected && expired_signature(a.status) && !resolved_again) {
+          // A signed target that expired: where the URL leads now, once per such failure.
+          if (remembered) resolved.forget(url_, url);
+          resolved_again = true;
+          start();
+          break;
+        }
         fail(a.problem, a.status);
         break;
       case Attempt::Redirect:
@@ -413,10 +513,19 @@ void HttpSource::fetch(char* out, uint64_t offset, uint64_t length, bool fresh) 
         if (++failures >= kMaxFailures)
           fail(std::to_string(failures) + " attempts in a row failed; last: " + a.problem, a.status);
         {
-          const double pause = std::min(backoff * (0.5 + std::uniform_real_distribution<double>(0, 1)(jitter)),
-                                        std::max(0.0, timeout_s_ - seconds_since(progress)));
-          std::this_thread::sleep_for(std::chrono::duration<double>(pause));
+          const double room = std::max(0.0, progress.left(timeout_s_));
+          if (a.wait_s > room)
+            fail(a.problem + ", and its Retry-After of " + std::to_string(static_cast<long>(a.wait_s)) +
+                     " s is past the " + timeout_text() + " timeout",
+                 a.status);
+          const double pause = std::max(a.wait_s, backoff * (0.5 + std::uniform_real_distribution<double>(0, 1)(jitter)));
+          std::this_thread::sleep_for(std::chrono::duration<double>(std::min(pause, room)));
           backoff = std::min(backoff * 2, kMaxBackoffS);
+        }
+        // A remembered target that cannot be reached: through the URL itself again.
+        if (remembered && redirected && a.status == 0 && a.received == 0) {
+          resolved.forget(url_, url);
+          start();
         }
         break;
     }

@@ -7,11 +7,18 @@
 // The protocol itself (URLs, proxies, parsing what the server sends) is http_protocol.h.
 //
 // Faults: 5xx, 408, 429, refused or reset connections, short or empty bodies and
-// timeouts are retried with jittered backoff, resuming after the bytes already received;
-// 3xx redirects are followed; 403, 404 and other 4xx fail at once with a RemoteError
-// naming the URL. A piece that receives no byte for `timeout_s`, retries included, fails
-// the load. A URL pinned to an ETag (pinned_etag) is read with If-Match: an object
-// replaced since then fails the load (HTTP 412) rather than mixing versions.
+// timeouts are retried with jittered backoff (at least the server's Retry-After),
+// resuming after the bytes already received; 403, 404 and other 4xx fail at once with a
+// RemoteError naming the URL. A piece that makes no useful progress for `timeout_s`,
+// retries included, fails the load: progress is counted in steps of 64 KiB (or the
+// piece's end), so a server that trickles a byte per request or per second cannot hold
+// a load past its timeout. A URL pinned to an ETag (pinned_etag) is read with If-Match:
+// an object replaced since then fails the load (HTTP 412) rather than mixing versions.
+//
+// Redirects are followed, and where each URL led is remembered for the rest of the load
+// (resolved_urls.h): a Hub resolve URL is resolved once, not once per piece. Requests to
+// an origin given a credential (origin_credentials.h) carry it; those to any other host a
+// redirect leads to do not.
 //
 // Proxies: http_proxy / https_proxy (CONNECT tunnels) / all_proxy / no_proxy, lower or
 // upper case, as curl honours them.
@@ -37,9 +44,11 @@ class HttpSource : public Source {
 
  private:
   struct Attempt;
+  struct Progress;
   void fetch(char* dst, uint64_t offset, uint64_t length, bool fresh) const;
-  Attempt attempt(const Url& url, char* dst, uint64_t offset, uint64_t length, double seconds_left,
-                  bool fresh) const;
+  Attempt attempt(const Url& url, char* dst, uint64_t offset, uint64_t length, Progress& progress, bool fresh,
+                  bool publish) const;
+  std::string timeout_text() const;  // "30 s"
 
   std::string url_;
   std::string shown_;
@@ -50,8 +59,9 @@ class HttpSource : public Source {
 };
 
 // Closes the idle keep-alive connections that reads keep for the process's later reads
-// (of any source); returns how many. Loads call it when they end, so no socket outlives a
-// load; between the read calls of one load, connections are reused.
+// (of any source), and forgets where redirects led; returns how many connections it
+// closed. Loads call it when they end, so no socket (nor signed URL) outlives a load;
+// between the read calls of one load, connections and redirect targets are reused.
 size_t release_idle_connections();
 
 }  // namespace flash

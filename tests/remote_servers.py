@@ -51,6 +51,9 @@ class Faults:
         self.ignore_range = False  # answer 200 with the whole object
         self.redirect_all = False  # every request to /r/<name> is a 302 to /<name>
         self.empty_body = None     # big reads answer this status (200 or 206) with Content-Length: 0
+        self.trickle = None        # "big" (big reads) or "all": the whole answer promised, one byte sent, closed
+        self.retry_after = None    # (status, seconds): the first big read of each file answers it with Retry-After
+        self.answered_at: list = []  # (name, first byte, status, time.monotonic()) of each big read's answer
         self.after_big_read = None  # called with (name, count) after each big read was answered
         self.bytes_sent = 0        # body bytes written to sockets, all requests
         self.big_reads: list = []  # (name, first byte, last byte) of each big read asked for
@@ -117,6 +120,30 @@ def _handler(root: str, faults: Faults):
             if big and faults.stall_big:
                 faults.stop.wait(120)
                 return
+            if big and faults.retry_after and n == 1:
+                status, seconds = faults.retry_after
+                with faults.lock:
+                    faults.answered_at.append((name, start, status, time.monotonic()))
+                self.send_response(status)
+                self.send_header("Retry-After", str(seconds))
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            if big:
+                with faults.lock:
+                    faults.answered_at.append((name, start, 206, time.monotonic()))
+            if faults.trickle == "all" or (big and faults.trickle == "big"):
+                self.send_response(206 if m else 200)
+                if m:
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+                self.send_header("Content-Length", str(end - start + 1))
+                self.end_headers()
+                with open(file, "rb") as f:
+                    f.seek(start)
+                    self.wfile.write(f.read(1))
+                self.wfile.flush()
+                self.close_connection = True
+                return
             if big and faults.status_big:
                 return self._status(faults.status_big)
             if big and n <= faults.fail_5xx:
@@ -177,6 +204,125 @@ def _handler(root: str, faults: Faults):
             self.end_headers()
 
     return Handler
+
+
+class SigningOrigin:
+    """A data origin in front of a "CDN", as the Hugging Face Hub serves files: every GET of
+    ``/<name>`` at ``.url`` is a redirect (counted in ``.resolves``, with the Range of each)
+    to the file at a signed URL, ``<cdn>/<name>?X-Amz-Signature=<generation>`` on a
+    second port (``mode="cdn"``), or the query-only relative ``?X-Amz-Signature=...`` back
+    to the origin (``mode="query"``). The first signature expires after ``expire_after``
+    ranged reads with it (then 403, and the origin signs with the next generation, which
+    lasts; with ``expire_after=0`` no signature lasts). With a
+    ``token``, the origin answers 401 to a request without ``Authorization: <token>``, and
+    the CDN answers 400 to any request that carries an Authorization header (as presigned
+    URLs refuse a second credential); ``.cdn_authorizations`` counts those."""
+
+    def __init__(self, root, mode: str = "cdn", token: str | None = None, expire_after: int | None = None):
+        self.root = os.fspath(root)
+        self.mode, self.token, self.expire_after = mode, token, expire_after
+        self.lock = threading.Lock()
+        self.generation = 1
+        self.used = 0  # ranged reads with the current signature
+        self.resolves: list = []  # (name, Range header) of each request the origin redirected
+        self.expired = 0  # requests refused for an expired signature
+        self.cdn_authorizations = 0
+        self.origin_unauthorized = 0
+        self.origin = self._server(self._origin_get)
+        self.cdn = self._server(self._cdn_get)
+        self.url = f"http://127.0.0.1:{self.origin.server_address[1]}"
+        self.cdn_url = f"http://127.0.0.1:{self.cdn.server_address[1]}"
+
+    def _server(self, get):
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                get(self)
+
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        httpd.daemon_threads = True
+        return httpd
+
+    def _origin_get(self, h):
+        path, _, query = h.path.partition("?")
+        if query:  # mode "query": the signed URL is the origin's own
+            return self._serve_signed(h, path, query)
+        if self.token is not None and h.headers.get("Authorization") != self.token:
+            with self.lock:
+                self.origin_unauthorized += 1
+            return _empty(h, 401)
+        with self.lock:
+            self.resolves.append((path.lstrip("/"), h.headers.get("Range")))
+            signature = f"X-Amz-Signature={self.generation}&X-Amz-Expires=60"
+        h.send_response(302)
+        h.send_header("Location", f"{self.cdn_url}{path}?{signature}" if self.mode == "cdn" else f"?{signature}")
+        h.send_header("Content-Length", "0")
+        h.end_headers()
+
+    def _cdn_get(self, h):
+        if "Authorization" in h.headers:
+            with self.lock:
+                self.cdn_authorizations += 1
+            return _empty(h, 400)
+        path, _, query = h.path.partition("?")
+        self._serve_signed(h, path, query)
+
+    def _serve_signed(self, h, path, query):
+        m = re.search(r"X-Amz-Signature=(\d+)", query)
+        with self.lock:
+            valid = m is not None and int(m[1]) == self.generation
+            if valid and h.headers.get("Range"):
+                self.used += 1
+                if self.expire_after is not None and self.used > self.expire_after and (
+                        self.generation == 1 or self.expire_after == 0):
+                    self.generation, self.used, valid = self.generation + 1, 0, False
+            if not valid:
+                self.expired += 1
+        if not valid:
+            return _empty(h, 403)
+        file = os.path.join(self.root, path.lstrip("/"))
+        if not os.path.isfile(file):
+            return _empty(h, 404)
+        size = os.path.getsize(file)
+        r = re.fullmatch(r"bytes=(\d+)-(\d*)", h.headers.get("Range", ""))
+        start, end = (int(r[1]), min(size - 1, int(r[2]) if r[2] else size - 1)) if r else (0, size - 1)
+        h.send_response(206 if r else 200)
+        if r:
+            h.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        h.send_header("Content-Length", str(end - start + 1))
+        h.end_headers()
+        with open(file, "rb") as f:
+            f.seek(start)
+            h.wfile.write(f.read(end - start + 1))
+
+    def data_resolves(self, suffix: str) -> list:
+        """The resolves of files ending in ``suffix`` for ranges longer than one byte (the
+        native reader's reads, not Python's probes)."""
+        def big(r):
+            m = re.fullmatch(r"bytes=(\d+)-(\d+)", r or "")
+            return m is not None and int(m[2]) > int(m[1])
+        return [(n, r) for n, r in self.resolves if n.endswith(suffix) and big(r)]
+
+    def __enter__(self) -> SigningOrigin:
+        self.threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in (self.origin, self.cdn)]
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        for s in (self.origin, self.cdn):
+            s.shutdown()
+            s.server_close()
+
+
+def _empty(h, status: int):
+    h.send_response(status)
+    h.send_header("Content-Length", "0")
+    h.end_headers()
 
 
 class SilentServer:

@@ -237,7 +237,7 @@ def test_garbage_and_truncated_safetensors(st_original, tmp_path, raw, cut):
 # than the range asked for), or an IoError (an OSError) for a redirect or proxy refused.
 
 HEADER_NAMES = ["Content-Length", "content-length", "Content-Range", "Location", "ETag", "Connection",
-                "Transfer-Encoding", "X-Other", "content-range ", " Content-Length"]
+                "Transfer-Encoding", "X-Other", "content-range ", " Content-Length", "Retry-After"]
 HEADER_VALUES = st.one_of(
     st.integers(-5, 2**70).map(str),
     st.builds(lambda a, b, t: f"bytes {a}-{b}/{t}", st.integers(-2, 2**66), st.integers(-2, 2**66),
@@ -271,8 +271,10 @@ def test_http_response_parser(head, offset, length, etag):
     from flashtensors import _native
 
     native = _native.module()
-    kind, want, close_after, problem, status, location, got_etag = native.http_plan_body(head, offset, length, etag)
+    kind, want, close_after, problem, status, location, got_etag, wait_s = native.http_plan_body(head, offset, length,
+                                                                                                 etag)
     assert kind in ("body", "retry", "redirect", "fatal")
+    assert 0 <= wait_s <= 3600 and (wait_s == 0 or kind == "retry")
     if kind == "body":
         assert 0 < want <= length and status in (200, 206) and not problem
         assert not (etag and got_etag and got_etag != etag.encode())
@@ -295,9 +297,44 @@ def test_http_redirect_targets(location, base):
     try:
         to = _native.module().http_redirect(base, location.encode("utf-8", "surrogatepass"))
     except OSError as e:
-        assert str(e).isprintable()
+        assert str(e).isprintable() and not str(e).rstrip().endswith(":")  # never an empty location shown
         return
     assert to.startswith(("http://", "https://")) and not any(c in to for c in " \t\r\n")
+
+
+# RFC 3986 section 5.4: its examples of references resolved against http://a/b/c/d;p?q
+# (fragments left out: never sent); "g:h" and "http:g" name no http(s) URL, refused.
+RFC_3986_EXAMPLES = {
+    "g": "/b/c/g", "./g": "/b/c/g", "g/": "/b/c/g/", "/g": "/g", "//g": "//g/", "?y": "/b/c/d;p?y",
+    "g?y": "/b/c/g?y", "#s": "/b/c/d;p?q", "g#s": "/b/c/g", "g?y#s": "/b/c/g?y", ";x": "/b/c/;x", "g;x": "/b/c/g;x",
+    "g;x?y#s": "/b/c/g;x?y", "": "/b/c/d;p?q", ".": "/b/c/", "./": "/b/c/", "..": "/b/", "../": "/b/",
+    "../g": "/b/g", "../..": "/", "../../": "/", "../../g": "/g",
+    "../../../g": "/g", "../../../../g": "/g", "/./g": "/g", "/../g": "/g", "g.": "/b/c/g.", ".g": "/b/c/.g",
+    "g..": "/b/c/g..", "..g": "/b/c/..g", "./../g": "/b/g", "./g/.": "/b/c/g/", "g/./h": "/b/c/g/h",
+    "g/../h": "/b/c/h", "g;x=1/./y": "/b/c/g;x=1/y", "g;x=1/../y": "/b/c/y", "g?y/./x": "/b/c/g?y/./x",
+    "g?y/../x": "/b/c/g?y/../x", "g#s/./x": "/b/c/g", "g#s/../x": "/b/c/g",
+}
+
+
+@pytest.mark.parametrize("reference", [*RFC_3986_EXAMPLES, "g:h", "http:g"])
+def test_relative_redirects_resolve_as_rfc_3986_says(reference):
+    from flashtensors import _native
+
+    native = _native.module()
+    if reference not in RFC_3986_EXAMPLES:
+        with pytest.raises(OSError, match=f"{reference}: not an http|unsupported location: {reference}"):
+            native.http_redirect("http://a/b/c/d;p?q", reference.encode())
+        return
+    expected = RFC_3986_EXAMPLES[reference]
+    expected = "http://g:80/" if expected == "//g/" else "http://a:80" + expected
+    assert native.http_redirect("http://a/b/c/d;p?q", reference.encode()) == expected
+
+
+def test_a_query_only_redirect_keeps_the_path():
+    from flashtensors import _native
+
+    to = _native.module().http_redirect("https://cdn.test/repos/ab/cd?old=1", b"?X-Amz-Signature=s&X-Amz-Expires=60")
+    assert to == "https://cdn.test:443/repos/ab/cd?X-Amz-Signature=s&X-Amz-Expires=60"
 
 
 @FUZZ

@@ -25,6 +25,25 @@ MAX_BACKOFF_S = 2.0
 MAX_FAILURES = 8  # failed attempts in a row before giving up, deadline or not
 
 
+def retryable_status(status: int) -> bool:
+    """Whether an HTTP ``status`` is worth asking again for: 5xx, 408, 429; the one
+    Python copy of the native reader's retryable_status (csrc/http_protocol.h), held equal
+    to it by tests/test_remote_policy.py.
+
+    Example:
+        >>> retryable_status(503), retryable_status(429), retryable_status(404)
+        (True, True, False)
+    """
+    return status >= 500 or status in (408, 429)
+
+
+def retry_after(value: str | None) -> float:
+    """Seconds a Retry-After header asks to wait (delta-seconds; an HTTP-date or
+    nothing: 0, the usual backoff), at most an hour, as the native reader reads it."""
+    value = (value or "").strip()
+    return min(float(value), 3600.0) if value.isdigit() and len(value) <= 18 else 0.0
+
+
 class Deadline:
     """``timeout`` seconds from now, moved on by :meth:`progress`."""
 
@@ -44,10 +63,9 @@ class Deadline:
         self._until = time.monotonic() + self.timeout
 
     def pause(self, failures: int, at_least: float = 0.0) -> bool:
-        """Sleeps the jittered backoff after ``failures`` failed attempts in a row, or
-        ``at_least`` seconds (a server's ``Retry-After``) if longer, within the deadline.
-        False when no attempt should follow (deadline passed or too close for ``at_least``,
-        or too many failures)."""
+        """Sleeps the jittered backoff after ``failures`` failed attempts in a row, or the
+        server's Retry-After (``at_least``) if longer, within the deadline. False when no
+        attempt should follow (deadline passed, too many, or a Retry-After past it)."""
         if failures >= MAX_FAILURES or self.expired() or at_least > self.left():
             return False
         backoff = min(FIRST_BACKOFF_S * 2 ** (failures - 1), MAX_BACKOFF_S) * random.uniform(0.5, 1.5)

@@ -3,7 +3,11 @@ size and ETag. Never the tensor bytes (the native core reads those).
 
 Every request stays inside the load's :class:`~.deadline.Deadline`; redirects are
 followed; 5xx, 408, 429, dropped connections and short or empty bodies are retried with
-jittered backoff within it. A body is never buffered past what was asked for: a range
+jittered backoff within it (at least the server's Retry-After). A body trickling in
+slower than 64 KiB per timeout is no progress (as for the native reader). A request to an
+origin given a credential (``_native.authorize_origin``, the registry the native reader
+uses) carries it as its Authorization header; a request to any other host a redirect
+leads to does not. A body is never buffered past what was asked for: a range
 read keeps at most the range (from a server that ignores ``Range``, the start of the
 object, the rest left unread), a whole read at most ``limit`` bytes. Proxies are those
 the native reader uses (``http_proxy``, ``https_proxy`` through CONNECT, ``no_proxy``,
@@ -17,9 +21,12 @@ import ssl
 import urllib.parse
 
 from ..errors import FlashRemoteError
-from .deadline import Deadline, as_deadline
+from .deadline import Deadline, as_deadline, retry_after, retryable_status
 
+# As the native reader's kMaxRedirects (csrc/http_protocol.h), held equal by the tests.
 MAX_REDIRECTS = 8
+# Useful progress: bytes of a body per step of the deadline (the native kUsefulBytes).
+USEFUL_BYTES = 64 << 10
 # The most a whole-object read keeps (an index, a config or tokenizer file).
 MAX_OBJECT_BYTES = 256 << 20
 CHUNK_BYTES = 1 << 20
@@ -109,28 +116,18 @@ def request(url: str, start: int | None = None, end: int | None = None, timeout:
             raise FlashRemoteError(f"{shown(url)}: the object changed during the load (HTTP 412 {reason} to "
                                    f"If-Match {etag})", status, shown(url))
         failures += 1
-        retryable = status == 0 or status >= 500 or status in (408, 429)
-        wait = retry_after(response_headers) if status in (429, 503) else 0.0
-        if not retryable or not deadline.pause(failures, at_least=wait):
+        retryable = status == 0 or retryable_status(status)
+        wait = retry_after(response_headers.get("Retry-After")) if retryable else 0.0
+        if not retryable or not deadline.pause(failures, wait):
             what = f"HTTP {status} {reason}" if status else reason
-            if wait > deadline.left():
-                what += f" asking to retry after {wait:g} s, later than the timeout ({deadline.timeout:g} s) allows"
+            if retryable and wait > deadline.left():
+                what += f", and its Retry-After of {wait:g} s is past the {deadline.timeout:g} s timeout"
             elif retryable and deadline.expired():
                 what = f"no answer within {deadline.timeout:g} s, retries included; last: {what}"
             error = FlashRemoteError(f"{shown(url)}: {what}", status, shown(url))
             error.headers = response_headers  # what the server said, for stores that read its error codes
             raise error
 
-
-def retry_after(headers) -> float:
-    """Seconds a 429 or 503 answer's ``Retry-After`` asks to wait (0 if none, or a date).
-
-    Example:
-        >>> retry_after({"Retry-After": "2"})
-        2.0
-    """
-    value = (headers.get("Retry-After") or "").strip()
-    return float(value) if value.isdigit() else 0.0
 
 
 def _connection(url: str, deadline: Deadline):
@@ -160,7 +157,12 @@ def _connection(url: str, deadline: Deadline):
 
 
 def _once(url: str, headers: dict, deadline: Deadline, start, end, limit: int):
+    from .. import _native
+
     conn, path, extra = _connection(url, deadline)
+    authorization = _native.module().origin_authorization(url)  # this origin's only: never across hosts
+    if authorization:
+        extra = {**extra, "Authorization": authorization}
     try:
         conn.request("GET", path, headers={**headers, **extra})
         response = conn.getresponse()
@@ -188,14 +190,21 @@ def _once(url: str, headers: dict, deadline: Deadline, start, end, limit: int):
 
 
 def _read_at_most(conn, response, n: int, deadline: Deadline) -> bytes:
-    chunks, got = [], 0
+    """Up to ``n`` bytes of the body; each USEFUL_BYTES received moves the deadline on, and
+    a body trickling slower than that is cut at the deadline (a retry)."""
+    chunks, got, pending = [], 0, 0
     while got < n:
+        if deadline.expired():
+            raise _Retry(f"the body trickled ({pending} bytes in {deadline.timeout:g} s)")
         if conn.sock is not None:
             conn.sock.settimeout(max(0.01, deadline.left()))
-        chunk = response.read(min(CHUNK_BYTES, n - got))
+        chunk = response.read1(min(CHUNK_BYTES, n - got))
         if not chunk:
             break
-        deadline.progress()
+        pending += len(chunk)
+        if pending >= USEFUL_BYTES:
+            deadline.progress()
+            pending = 0
         chunks.append(chunk)
         got += len(chunk)
     return b"".join(chunks)

@@ -22,7 +22,7 @@ from functools import lru_cache
 
 from ..errors import FlashError, FlashRemoteError
 from .api import ObjectInfo
-from .deadline import Deadline
+from .deadline import Deadline, retryable_status
 from .http_client import MAX_OBJECT_BYTES
 from .versions import Versions
 
@@ -80,7 +80,7 @@ def _retryable(e: Exception) -> bool:
 
     status = _status(e)
     return (isinstance(e, (be.ConnectionError, be.HTTPClientError, be.IncompleteReadError, ShortBody))
-            or status >= 500 or status in (408, 429))
+            or retryable_status(status))
 
 
 class S3Store:
