@@ -143,13 +143,17 @@ def test_offline_without_a_cached_snapshot_says_so(hub, monkeypatch):
     assert hub.log == []
 
 
-def test_cache_dir_chooses_another_place(hub, tmp_path):
+def test_cache_dir_chooses_another_place(hub, tmp_path, monkeypatch):
     files = sharded(tensors(5))
     sha = hub.commit("org/tiny", files)
     same(flash.load_dict("hf://org/tiny", cache_dir=tmp_path / "elsewhere"), by_load_file(files))
     assert (tmp_path / "elsewhere" / "models--org--tiny" / "snapshots" / sha / "model-00001-of-00002.safetensors"
             ).is_file()
     assert not hub.cache.exists()
+    monkeypatch.setenv("FLASHTENSORS_CACHE_DIR", str(tmp_path / "tier"))  # the other stores' tier, not the Hub's
+    same(flash.load_dict("hf://org/tiny"), by_load_file(files))
+    assert (hub.cache / "models--org--tiny" / "snapshots" / sha / "model-00001-of-00002.safetensors").is_file()
+    assert not (tmp_path / "tier").exists()
 
 
 def test_resolve_requests_per_load_stay_within_the_files_read(hub, monkeypatch):
