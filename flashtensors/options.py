@@ -76,8 +76,9 @@ class LoadOptions:
             raise FlashError(f"{location}: server= (the cache daemon) serves local flash checkpoints to one "
                              f"process and cannot be combined with {' and '.join(clashes)}; drop server=")
         use_server = False if (clashes or server is False) else server
-        return cls(resolve_threads(threads), resolve_timeout(timeout), _cache_dir(cache_dir, location) if remote else None,
-                   verify, use_server, group, io, _connections(connections))
+        tier = _cache_dir(cache_dir, location) if remote else None
+        return cls(resolve_threads(threads), resolve_timeout(timeout), tier, verify, use_server, group, io,
+                   _connections(connections))
 
     def check_kind(self, location, kind: str) -> None:
         """Refuses options the opened checkpoint's format cannot honour."""

@@ -259,3 +259,30 @@ def test_bad_hub_locations_are_named(hub):
         flash.load_dict("hf://org/tiny@")
     with pytest.raises(FlashError, match="not a Hugging Face Hub location"):
         flash.load_dict("hf://just-a-name")
+
+
+def test_a_flash_checkpoint_on_the_hub_loads_verified_online_and_offline(hub, tmp_path, monkeypatch):
+    sd = tensors(15)
+    flash.save_dict(sd, tmp_path / "flash")
+    files = {p.name: p.read_bytes() for p in (tmp_path / "flash").iterdir()}
+    hub.commit("org/flash", files)
+    assert flash.is_checkpoint("org/flash")
+    same(flash.load_dict("org/flash", verify=True), sd)
+    assert flash.verify("hf://org/flash") == len(sd)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    hub.reset_counts()
+    same(flash.load_dict("org/flash", verify=True), sd)  # its data files are links into the cache's blobs
+    assert hub.log == []
+
+
+def test_an_unreachable_hub_falls_back_to_the_cached_snapshot(hub, monkeypatch, caplog):
+    files = sharded(tensors(16))
+    hub.commit("org/tiny", files)
+    flash.load_dict("org/tiny")
+    from flashtensors.benchmark.nginx import free_port
+
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    same(flash.load_dict("org/tiny", timeout=5), by_load_file(files))
+    assert "the Hub did not answer" in caplog.text
+    with pytest.raises(FlashRemoteError, match="hf://org/other@main: .*Connection refused"):
+        flash.load_dict("org/other", timeout=5)

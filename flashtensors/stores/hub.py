@@ -28,6 +28,8 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
 import urllib.parse
 from dataclasses import dataclass
@@ -38,6 +40,9 @@ from . import http_client as http
 from .api import ObjectInfo
 from .deadline import Deadline
 from .hub_cache import HubCache, HubTier
+from .local import LocalStore
+
+log = logging.getLogger("flashtensors")
 
 PREFIX = "hf://"
 DEFAULT_REVISION = "main"
@@ -99,21 +104,39 @@ def open_hub(location: str, timeout: float, cache_dir: str | None = None):
     where = parse_location(location)
     cache = HubCache(cache_dir or constants.HF_HUB_CACHE, where.repo_id)
     if constants.is_offline_mode():
-        return _offline_snapshot(where, cache)
-    store = HubStore(constants.ENDPOINT, where, timeout, get_token())
+        return _cached_snapshot(where, cache, "HF_HUB_OFFLINE is set")
+    try:
+        store = HubStore(constants.ENDPOINT, where, timeout, get_token())
+    except FlashRemoteError as e:
+        if e.status != 0 or cache.commit_of(where.revision) is None:
+            raise
+        # No answer from the Hub at all (no network): the cached snapshot, as huggingface_hub falls back to it.
+        log.warning("%s: the Hub did not answer (%s); loading the snapshot in the Hub cache", where, e)
+        return _cached_snapshot(where, cache, "the Hub did not answer")
     from .tier import TieredStore
 
     return TieredStore(store, tier=HubTier(cache, store))
 
 
-def _offline_snapshot(where: HubLocation, cache: HubCache):
-    from .local import LocalStore
-
+def _cached_snapshot(where: HubLocation, cache: HubCache, why: str):
     commit = cache.commit_of(where.revision)
     if commit is None:
-        raise FlashRemoteError(f"{where}: HF_HUB_OFFLINE is set and the Hub cache ({cache.root}) holds no snapshot "
-                               "of it: load it once online, or unset HF_HUB_OFFLINE", 0, str(where))
-    return LocalStore(cache.snapshot(commit))
+        raise FlashRemoteError(f"{where}: {why} and the Hub cache ({cache.root}) holds no snapshot of it: load it "
+                               "once online, or unset HF_HUB_OFFLINE", 0, str(where))
+    return SnapshotStore(cache, commit)
+
+
+class SnapshotStore(LocalStore):
+    """A snapshot of the Hub cache as a local directory, whose files are links to the
+    repository's blobs (a flash index's data files may lead there, and nowhere else)."""
+
+    def __init__(self, cache: HubCache, commit: str):
+        super().__init__(cache.snapshot(commit))
+        self.blobs = os.path.realpath(os.path.join(cache.dir, "blobs"))
+
+    def check_inside(self, name: str) -> None:
+        if os.path.dirname(os.path.realpath(self.describe(name))) != self.blobs:
+            super().check_inside(name)
 
 
 class HubStore:
