@@ -82,6 +82,8 @@ class MockHub:
         self._throttle = 0
         self._retry_after = "1"
         self.cdn_status = None  # set: every CDN request answers this status
+        self.stall_past = None  # set: CDN reads reaching this offset or past it get no answer until exit
+        self.stop = threading.Event()
         self.hub = _server(_hub_handler(self))
         self.cdn = _server(_cdn_handler(self))
         self.url = f"http://127.0.0.1:{self.hub.server_address[1]}"
@@ -158,6 +160,7 @@ class MockHub:
         return self
 
     def __exit__(self, *exc):
+        self.stop.set()
         for server in (self.hub, self.cdn):
             server.shutdown()
             server.server_close()
@@ -290,6 +293,9 @@ def _cdn_handler(hub: MockHub):
             sha256 = path.strip("/")
             if hub.cdn_status:
                 return self.error(hub.cdn_status, None, "refused by the test")
+            if hub.stall_past is not None and _last_byte(self.headers) >= hub.stall_past:
+                hub.stop.wait(120)
+                return
             if self.headers.get("Authorization"):
                 return self.error(400, "InvalidArgument", "Only one auth mechanism allowed")
             if sha256 not in hub.blobs or not hub.signature_ok(sha256, urllib.parse.parse_qs(query)):
@@ -299,6 +305,12 @@ def _cdn_handler(hub: MockHub):
             self.serve_bytes(data, {"ETag": f'"{hashlib.md5(data).hexdigest()}"'})
 
     return Cdn
+
+
+def _last_byte(headers) -> float:
+    """The last byte a request asks for (infinity for all of a file)."""
+    m = re.fullmatch(r"bytes=\d+-(\d*)", headers.get("Range") or "")
+    return int(m[1]) if m and m[1] else float("inf")
 
 
 def _pointer(data: bytes) -> bytes:

@@ -5,6 +5,10 @@ tier; checked against safetensors' own ``load_file`` and huggingface_hub itself.
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -12,6 +16,7 @@ from huggingface_hub import constants
 from safetensors.torch import load, save
 
 from flashtensors import FlashError, FlashRemoteError, flash, reading
+from flashtensors.formats.safetensors import HEADER_PROBE_BYTES
 
 from helpers import assert_same, flashtensors
 from hub_mock import TOKEN, MockHub
@@ -39,9 +44,9 @@ def hub(monkeypatch, tmp_path):
         yield h
 
 
-def tensors(seed: int) -> dict:
+def tensors(seed: int, rows: int = 64) -> dict:
     g = torch.Generator().manual_seed(seed)
-    sd = {f"model.layers.{i}.w": torch.randn(64 + i, 48, generator=g) for i in range(4)}
+    sd = {f"model.layers.{i}.w": torch.randn(rows + i, 48, generator=g) for i in range(4)}
     sd["model.norm"] = torch.rand(48, generator=g).to(torch.bfloat16)
     return sd
 
@@ -286,3 +291,29 @@ def test_an_unreachable_hub_falls_back_to_the_cached_snapshot(hub, monkeypatch, 
     assert "the Hub did not answer" in caplog.text
     with pytest.raises(FlashRemoteError, match="hf://org/other@main: .*Connection refused"):
         flash.load_dict("org/other", timeout=5)
+
+
+def test_a_killed_load_leaves_no_blob_and_no_link(hub):
+    """A load killed mid-stream leaves part files only; the next load removes them and
+    commits complete blobs and their links."""
+    files = sharded(tensors(17, rows=2048))
+    sha = hub.commit("org/tiny", files)
+    hub.stall_past = HEADER_PROBE_BYTES  # the headers are read, the tensors past them never arrive
+    repo = hub.cache / "models--org--tiny"
+    code = "from flashtensors import flash; flash.load_dict('org/tiny', timeout=120)"
+    child = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE)
+    try:
+        while not list(repo.glob("blobs/*.part")):  # streaming has begun
+            assert child.poll() is None, child.stderr.read().decode()
+            time.sleep(0.05)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        child.stderr.close()
+    assert all(p.name.endswith(".part") for p in (repo / "blobs").iterdir()), list((repo / "blobs").iterdir())
+    assert not list(repo.glob("snapshots/*/*")) and not (repo / "refs").exists()
+    hub.stall_past = None
+    same(flash.load_dict("org/tiny"), by_load_file(files))
+    assert not list(repo.glob("blobs/*.part"))
+    for name in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"):
+        assert (repo / "snapshots" / sha / name).read_bytes() == files[name]
