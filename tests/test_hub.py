@@ -192,7 +192,7 @@ def test_a_failed_load_leaves_nothing_in_the_cache(hub):
 def test_a_gated_repo_loads_with_a_token_and_names_itself_without(hub, monkeypatch):
     files = sharded(tensors(8))
     hub.commit("org/gated", files, gated=True)
-    with pytest.raises(FlashRemoteError, match="org/gated is gated: set HF_TOKEN"):
+    with pytest.raises(FlashRemoteError, match="org/gated is gated, and no token was sent: set HF_TOKEN"):
         flash.load_dict("org/gated")
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     same(flash.load_dict("org/gated"), by_load_file(files))

@@ -247,13 +247,14 @@ class HubStore:
         """``e`` (an HTTP error of the Hub) said as the Hub means it (its ``X-Error-Code``)."""
         code = (getattr(e, "headers", None) or {}).get("X-Error-Code", "")
         where = self.describe(name).rstrip("/")
-        token = ("set HF_TOKEN or run `hf auth login` with an account that was granted access" if not self.token_sent
-                 else "the token sent (HF_TOKEN, or the one `hf auth login` keeps) gives no access to it")
+        if self.token_sent:
+            access = "the token sent (HF_TOKEN, or the one `hf auth login` keeps) gives no access to it"
+        else:
+            access = "no token was sent: set HF_TOKEN or run `hf auth login` with an account that has access"
         if code == "GatedRepo" or (e.status == 403 and not code):
-            message = f"the repository {self.repo_id} is gated: {token}"
+            message = f"the repository {self.repo_id} is gated, and {access}"
         elif code == "RepoNotFound" or (e.status == 401 and not code):
-            message = (f"the Hub ({self.endpoint}) has no repository {self.repo_id}, or it is private and "
-                       f"{token.split(': ', 1)[-1] if self.token_sent else 'no token was sent (HF_TOKEN)'}")
+            message = f"the Hub ({self.endpoint}) has no repository {self.repo_id}, or it is private and {access}"
         elif code == "RevisionNotFound":
             message = f"the repository {self.repo_id} has no revision {self.revision!r}"
         elif code == "EntryNotFound":
