@@ -99,9 +99,20 @@ def open_hub(location: str, timeout: float, cache_dir: str | None = None):
     Raises FlashRemoteError when the Hub does not have the repository or revision, refuses
     access, or (offline) the cache holds no snapshot of it.
     """
+    where = parse_location(location)
+    try:
+        return _open(where, timeout, cache_dir)
+    except FlashRemoteError as e:
+        if location.startswith(PREFIX):
+            raise
+        # A bare org/name was taken for a repo ID because no such local path exists: say both.
+        raise FlashRemoteError(f"{location}: no such local file or directory, and as a Hub repo ID: {e}", e.status,
+                               e.url) from None
+
+
+def _open(where: HubLocation, timeout: float, cache_dir: str | None):
     from huggingface_hub import constants, get_token
 
-    where = parse_location(location)
     cache = HubCache(cache_dir or constants.HF_HUB_CACHE, where.repo_id)
     if constants.is_offline_mode():
         return _cached_snapshot(where, cache, "HF_HUB_OFFLINE is set")
