@@ -74,6 +74,7 @@ class MockHub:
     def __init__(self, url_lifetime_s: float = 3600.0):
         self.repos: dict = {}
         self.blobs: dict = {}  # sha256 -> bytes
+        self.cdn_etags: dict = {}  # sha256 -> the CDN's ETag of the blob
         self.url_lifetime_s = url_lifetime_s
         self.secret = secrets.token_bytes(16)
         self.counts: Counter = Counter()
@@ -103,7 +104,9 @@ class MockHub:
             repo.refs[branch] = sha
             for name, data in files.items():
                 if is_lfs(name, data):
-                    self.blobs[hashlib.sha256(data).hexdigest()] = data
+                    sha256 = hashlib.sha256(data).hexdigest()
+                    self.blobs[sha256] = data
+                    self.cdn_etags[sha256] = hashlib.md5(data).hexdigest()  # once: not per range served
             return sha
 
     def tag(self, repo_id: str, tag: str, sha: str) -> None:
@@ -301,8 +304,7 @@ def _cdn_handler(hub: MockHub):
             if sha256 not in hub.blobs or not hub.signature_ok(sha256, urllib.parse.parse_qs(query)):
                 return self.error(403, "AccessDenied", "Request has expired or its signature is wrong")
             # An S3-like ETag, unlike the Hub's (clients must not take it for the file's sha256).
-            data = hub.blobs[sha256]
-            self.serve_bytes(data, {"ETag": f'"{hashlib.md5(data).hexdigest()}"'})
+            self.serve_bytes(hub.blobs[sha256], {"ETag": f'"{hub.cdn_etags[sha256]}"'})
 
     return Cdn
 
