@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from .errors import FlashError
-from .stores import is_remote, resolve_timeout
+from .stores import is_remote, resolve_timeout, scheme_of
 
 MAX_THREADS = 256
 MAX_CONNECTIONS = 1024  # the native reader's bound, as for $FLASHTENSORS_CONNECTIONS
@@ -76,8 +76,9 @@ class LoadOptions:
             raise FlashError(f"{location}: server= (the cache daemon) serves local flash checkpoints to one "
                              f"process and cannot be combined with {' and '.join(clashes)}; drop server=")
         use_server = False if (clashes or server is False) else server
-        return cls(resolve_threads(threads), resolve_timeout(timeout), _cache_dir(cache_dir) if remote else None,
-                   verify, use_server, group, io, _connections(connections))
+        tier = _cache_dir(cache_dir, location) if remote else None
+        return cls(resolve_threads(threads), resolve_timeout(timeout), tier, verify, use_server, group, io,
+                   _connections(connections))
 
     def check_kind(self, location, kind: str) -> None:
         """Refuses options the opened checkpoint's format cannot honour."""
@@ -111,11 +112,12 @@ def _connections(connections) -> int:
     return connections
 
 
-def _cache_dir(cache_dir) -> str | None:
+def _cache_dir(cache_dir, location) -> str | None:
     """The local tier's directory: ``cache_dir``, else ``$FLASHTENSORS_CACHE_DIR``, else
-    None; ``False`` turns it off whatever the environment says."""
+    None; ``False`` turns it off whatever the environment says. A Hub location's tier is
+    the Hub's cache (flashtensors/stores/hub.py): only ``cache_dir`` moves it."""
     if cache_dir is False:
         return None
-    if cache_dir is None:
+    if cache_dir is None and scheme_of(location) != "hf":
         cache_dir = os.environ.get(CACHE_DIR_ENV) or None
     return None if cache_dir is None else os.path.abspath(os.fspath(cache_dir))

@@ -109,7 +109,8 @@ def default_model_dir(store) -> str:
 def fetch_model_files(url: str, directory=None, timeout=None) -> str:
     """Fetches the config, tokenizer and other small files of the remote model directory
     ``url`` (``s3://bucket/prefix``, ``http(s)://...``), never its weights, into
-    ``directory`` (default: :func:`default_model_dir`); returns the directory. Files
+    ``directory`` (default: :func:`default_model_dir`; for a Hub location, ``org/name`` or
+    ``hf://org/name[@revision]``, its snapshot in the Hub's cache); returns the directory. Files
     fetched before are fetched again (a changed config is picked up).
 
     This makes the local model directory an engine reads its config and tokenizer from
@@ -134,6 +135,11 @@ def fetch_model_files(url: str, directory=None, timeout=None) -> str:
     if "config.json" not in names:
         raise FlashError(f"{store.describe('config.json')}: not found, so {url} is not a Hugging Face model "
                          f"directory (the engine needs its config.json)")
+    keep = getattr(getattr(store, "tier", None), "keep", None)
+    if directory is None and keep is not None:  # a Hub model: into the Hub's cache, where every engine looks
+        for name in names:
+            keep(name, *store.read(name))
+        return store.tier.dir
     directory = os.path.abspath(os.fspath(directory if directory is not None else default_model_dir(store)))
     fetch_files(store, names, directory)
     return directory

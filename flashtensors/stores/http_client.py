@@ -124,7 +124,10 @@ def request(url: str, start: int | None = None, end: int | None = None, timeout:
                 what += f", and its Retry-After of {wait:g} s is past the {deadline.timeout:g} s timeout"
             elif retryable and deadline.expired():
                 what = f"no answer within {deadline.timeout:g} s, retries included; last: {what}"
-            raise FlashRemoteError(f"{shown(url)}: {what}", status, shown(url))
+            error = FlashRemoteError(f"{shown(url)}: {what}", status, shown(url))
+            error.headers = response_headers  # what the server said, for stores that read its error codes
+            raise error
+
 
 
 def _connection(url: str, deadline: Deadline):

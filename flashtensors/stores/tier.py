@@ -101,9 +101,8 @@ class LocalTier:
         bytes), or None where none can be made (the reason is logged: the load goes on)."""
         try:
             os.makedirs(self.dir, exist_ok=True)
-            self._remove_stale_parts(name)
-            part = f"{self.path(name)}.{os.getpid()}-{secrets.token_hex(4)}{PART_SUFFIX}"
-            return _native.module().FileTee(part, size)
+            remove_stale_parts(self.dir, name)
+            return _native.module().FileTee(part_path(self.path(name)), size)
         except (OSError, ValueError) as e:
             log.warning("not keeping a local copy of %s: %s", self.store.describe(name), e)
             return None
@@ -150,13 +149,19 @@ class LocalTier:
         finally:
             os.close(fd)
 
-    def _remove_stale_parts(self, name: str) -> None:
-        """Part files of ``name`` left by processes of this machine that died mid-load."""
-        pattern = re.compile(re.escape(name) + r"\.(\d+)-[0-9a-f]+" + re.escape(PART_SUFFIX))
-        for entry in os.listdir(self.dir):
-            m = pattern.fullmatch(entry)
-            if m and not _alive(int(m[1])):
-                unlink_quietly(os.path.join(self.dir, entry))
+
+def part_path(path: str) -> str:
+    """A new part file's name for the file at ``path``, unique to this process and call."""
+    return f"{path}.{os.getpid()}-{secrets.token_hex(4)}{PART_SUFFIX}"
+
+
+def remove_stale_parts(directory: str, name: str) -> None:
+    """Part files of ``name`` in ``directory`` left by processes of this machine that died mid-load."""
+    pattern = re.compile(re.escape(name) + r"\.(\d+)-[0-9a-f]+" + re.escape(PART_SUFFIX))
+    for entry in os.listdir(directory):
+        m = pattern.fullmatch(entry)
+        if m and not _alive(int(m[1])):
+            unlink_quietly(os.path.join(directory, entry))
 
 
 def directory_name(identity: str) -> str:
@@ -193,9 +198,9 @@ class TieredStore:
 
     local = False
 
-    def __init__(self, remote, cache_dir: str):
+    def __init__(self, remote, cache_dir: str | None = None, tier=None):
         self.remote = remote
-        self.tier = LocalTier(cache_dir, remote)
+        self.tier = tier or LocalTier(cache_dir, remote)  # another tier: the Hub's cache (stores/hub_cache.py)
         self.copies = LocalStore(self.tier.dir)
         self._objects: dict = {}
         self._copies: dict = {}
@@ -254,7 +259,11 @@ class TieredStore:
                 return body, self.stat(name)
             except FlashFormatError:
                 pass
-        return self.remote.read(name, start, end, missing_ok=missing_ok, **bounded)
+        got = self.remote.read(name, start, end, missing_ok=missing_ok, **bounded)
+        remember = getattr(self.tier, "remember", None)  # a tier that keeps whole small files too (the Hub's cache)
+        if got is not None and start is None and end is None and remember is not None:
+            remember(name, *got)
+        return got
 
 
 
