@@ -56,6 +56,8 @@ def scheme_of(location) -> str | None:
         >>> scheme_of("s3://bucket/m"), scheme_of("/models/m"), scheme_of("gs://bucket/m")
         ('s3', None, None)
     """
+    if not isinstance(location, str) or location.startswith(("/", ".")):  # a path, at no cost
+        return None
     scheme = url_scheme(location)
     if scheme is not None:
         return scheme if scheme in SCHEMES else None

@@ -65,7 +65,7 @@ class HubLocation:
 
 def is_repo_id(text) -> bool:
     """Whether ``text`` is written as a Hub repo ID ``org/name`` (whether or not a local
-    path of that name exists: flashtensors/locations.py lets that one win).
+    path of that name exists: flashtensors/stores/__init__.py lets that one win).
 
     Example:
         >>> is_repo_id("Qwen/Qwen3-8B"), is_repo_id("./m"), is_repo_id("/models/m")
