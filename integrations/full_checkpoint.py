@@ -12,7 +12,6 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,35 +22,13 @@ from flashtensors import flash
 from flashtensors.checkpoint import checkpoint_files
 from flashtensors.errors import FlashDeviceError, FlashFormatError
 from flashtensors.formats import detect
-from flashtensors.stores import is_remote, open_store, scheme_of
+from flashtensors.stores import is_remote, open_store
 
 from .loader_options import FlashLoaderConfig, verify_needs_flash
 
 # The process group that reads a checkpoint once and shares it among the tensor-parallel
 # ranks, for staging on a device (None: each rank reads the whole checkpoint itself).
 GroupFor = Callable[[torch.device], object]
-
-
-def hub_location(model, revision: str | None) -> str | None:
-    """``hf://org/name@revision`` for an engine's model named by its Hub repo ID (``org/name``
-    where no such local path exists), else None. With ``HF_HUB_OFFLINE=1`` vLLM has already
-    put the cached snapshot's directory in its place.
-
-    Example:
-        >>> hub_location("Qwen/Qwen3-8B", None), hub_location("/models/qwen", "main")
-        ('hf://Qwen/Qwen3-8B@main', None)
-    """
-    if not isinstance(model, str) or model.startswith("hf://") or scheme_of(model) != "hf":
-        return None
-    return f"hf://{model}@{revision or 'main'}"
-
-
-def with_hub_cache(options: FlashLoaderConfig, root, download_dir: str | None) -> FlashLoaderConfig:
-    """``options`` for reading ``root``: a Hub location's cache is the engine's ``download_dir``
-    (vLLM's and SGLang's ``--download-dir``) unless the ``cache_dir`` option names one."""
-    if str(root).startswith("hf://") and options.cache_dir is None and download_dir:
-        return dataclasses.replace(options, cache_dir=str(download_dir))
-    return options
 
 
 def layout_of(root: Path | str, timeout: float | None = None, cache_dir: str | None = None) -> str:

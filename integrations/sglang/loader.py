@@ -40,7 +40,8 @@ from sglang.srt.model_loader.loader import BaseModelLoader, DefaultModelLoader
 from flashtensors.errors import FlashFormatError
 from flashtensors.stores import is_remote
 
-from ..full_checkpoint import hand_over, hub_location, layout_of, no_weights_error, stage, tp_group_for, with_hub_cache
+from ..full_checkpoint import hand_over, layout_of, no_weights_error, stage, tp_group_for
+from ..hub import hub_location, with_hub_cache
 from ..loader_options import FlashConfigError, FlashLoaderConfig
 
 log = logging.getLogger("sglang.flashtensors")

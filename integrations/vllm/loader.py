@@ -64,14 +64,13 @@ from flashtensors.stores import is_remote
 
 from ..full_checkpoint import (
     hand_over,
-    hub_location,
     layout_of,
     model_device,
     no_weights_error,
     stage,
     tp_group_for,
-    with_hub_cache,
 )
+from ..hub import hub_location, with_hub_cache
 from ..loader_options import FlashLoaderConfig, verify_needs_flash
 from . import per_rank
 
