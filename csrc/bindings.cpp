@@ -512,6 +512,12 @@ PYBIND11_MODULE(_C, m) {
       "Example: authorize_origin('https://huggingface.co', 'Bearer hf_...').");
   m.def(
       "origin_authorization",
-      [](const std::string& url) { return flash::origin_authorization(flash::parse_url(url)); },
-      py::arg("url"), "The Authorization value authorize_origin gave `url`'s origin, or ''.");
+      [](const std::string& url) {
+        try {
+          return flash::origin_authorization(flash::parse_url(url));
+        } catch (const flash::IoError&) {
+          return std::string();  // not an http(s) URL: no origin given a credential
+        }
+      },
+      py::arg("url"), "The Authorization value authorize_origin gave `url`'s origin, or '' (also for a non-URL).");
 }

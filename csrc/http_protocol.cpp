@@ -198,9 +198,10 @@ std::string Url::authority() const {
 Url parse_url(const std::string& url) {
   Url u;
   size_t rest;
-  if (url.rfind("http://", 0) == 0) {
+  const std::string scheme = lower(url.substr(0, 8));  // schemes are case-insensitive (RFC 3986 3.1)
+  if (scheme.rfind("http://", 0) == 0) {
     rest = 7;
-  } else if (url.rfind("https://", 0) == 0) {
+  } else if (scheme == "https://") {
     u.tls = true;
     rest = 8;
   } else {

@@ -38,10 +38,12 @@ class FirstError {
 };
 
 // Runs fn(worker_index) on n new threads and joins them all, even when one throws.
-// The caller's thread is never used: workers call cudaSetDevice, which must not leak
-// into the Python thread that torch tracks.
+// The caller's thread is never used for CUDA work: workers call cudaSetDevice, which must
+// not leak into the Python thread that torch tracks. Host-only work with one worker runs
+// on the caller's thread (`inline_one`): starting a thread would cost more than a small
+// load's one read.
 template <typename Fn>
-void run_workers(int n, FirstError& error, Fn fn) {
+void run_workers(int n, FirstError& error, Fn fn, bool inline_one = false) {
   auto guarded = [&](int w) {
     try {
       fn(w);
@@ -53,6 +55,10 @@ void run_workers(int n, FirstError& error, Fn fn) {
       error.set(std::make_exception_ptr(IoError(e.what())));
     }
   };
+  if (inline_one && n == 1) {
+    guarded(0);
+    return;
+  }
   std::vector<std::thread> threads;
   threads.reserve(n);
   for (int w = 0; w < n && !error.failed(); ++w) {
@@ -300,7 +306,7 @@ void execute_plan(const std::vector<std::string>& paths, const std::vector<ReadO
       }
     }
     if (stager) stager->finish();
-  });
+  }, !any_cuda);
   error.rethrow();
 }
 

@@ -13,6 +13,7 @@ ResolvedUrls& ResolvedUrls::instance() {
 ResolvedUrls::Lookup ResolvedUrls::find(const std::string& url, double wait_s) {
   const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(std::max(wait_s, 0.0));
   std::unique_lock<std::mutex> lock(mu_);
+  forget_if_forked();
   for (;;) {
     Entry& e = entries_[url];
     if (e.known) return {true, false, e.target};
@@ -27,6 +28,7 @@ ResolvedUrls::Lookup ResolvedUrls::find(const std::string& url, double wait_s) {
 void ResolvedUrls::remember(const std::string& url, const Url& target) {
   {
     std::lock_guard<std::mutex> lock(mu_);
+    forget_if_forked();
     Entry& e = entries_[url];
     e.resolving = false;
     e.known = true;
@@ -51,6 +53,12 @@ void ResolvedUrls::forget(const std::string& url, const Url& target) {
   if (it != entries_.end() && it->second.known && it->second.target.origin() == target.origin() &&
       it->second.target.target == target.target)
     it->second.known = false;
+}
+
+void ResolvedUrls::forget_if_forked() {
+  if (pid_ == ::getpid()) return;
+  entries_.clear();
+  pid_ = ::getpid();
 }
 
 size_t ResolvedUrls::clear() {

@@ -5,12 +5,15 @@
 // threads wait for its answer (so a load resolves each URL once); later ranges go
 // straight to the target. A target that fails (an expired signature: 401/403/410, or no
 // connection) is forgotten, and the URL resolved again. Loads forget everything when
-// they end (release_idle_connections), so a signature never outlives its load.
+// they end (release_idle_connections), so a signature never outlives its load. A forked
+// child starts with none (a claim of its parent's threads would never be settled there).
 #pragma once
 #include <condition_variable>
 #include <map>
 #include <mutex>
 #include <string>
+
+#include <unistd.h>
 
 #include "http_protocol.h"
 
@@ -44,8 +47,11 @@ class ResolvedUrls {
     bool resolving = false, known = false;
     Url target;
   };
+  void forget_if_forked();  // with mu_ held
+
   std::mutex mu_;
   std::condition_variable changed_;
+  pid_t pid_ = ::getpid();
   std::map<std::string, Entry> entries_;
 };
 

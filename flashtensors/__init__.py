@@ -8,10 +8,11 @@ Example:
 
 from .errors import FlashChecksumError, FlashDeviceError, FlashError, FlashFormatError, FlashRemoteError
 from .formats.flash import INDEX_FILENAME
+from .stores import register_scheme
 
 __version__ = "0.1.0"
 __all__ = ["flash", "FlashError", "FlashFormatError", "FlashChecksumError", "FlashDeviceError", "FlashRemoteError",
-           "INDEX_FILENAME", "patch_transformers"]
+           "INDEX_FILENAME", "patch_transformers", "register_scheme"]
 
 
 def __getattr__(name):

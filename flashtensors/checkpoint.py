@@ -59,7 +59,7 @@ def open_checkpoint(location, *, timeout=None, cache_dir=None, formats=None) -> 
     """Opens the checkpoint at ``location``: a flash checkpoint directory (preferred where a
     directory holds both), a ``.safetensors`` file, or a directory of safetensors weights
     (Hugging Face layout), on this machine or at an ``http(s)://`` or ``s3://`` URL
-    (``timeout``: see :func:`flashtensors.locations.resolve_timeout`; ``cache_dir``: the
+    (``timeout``: see :func:`flashtensors.stores.resolve_timeout`; ``cache_dir``: the
     local tier for a URL). ``formats``: the formats to consider (default: all, see
     flashtensors/formats/__init__.py).
 
@@ -113,17 +113,17 @@ def holds_flash(location) -> bool:
         return False
 
 
-def checkpoint_files(location) -> tuple | None:
+def checkpoint_files(location, timeout=None) -> tuple | None:
     """``(kind, data file paths or URLs)`` of the checkpoint at ``location`` ("flash" or
     "safetensors"), chosen as every load chooses them, each checked to exist; None when it
     holds none. FlashFormatError for an invalid flash index or HF weight index, or one
-    naming a missing file (a remote store: FlashRemoteError).
+    naming a missing file (a remote store: FlashRemoteError; ``timeout`` as for loads).
 
     Example:
         >>> checkpoint_files("/models/Qwen3-8B")                           # doctest: +SKIP
         ('safetensors', ['/models/Qwen3-8B/model-00001-of-00005.safetensors', ...])
     """
-    store = open_store(location)
+    store = open_store(location, timeout)
     found = find_format(store)
     if found is None:
         return None

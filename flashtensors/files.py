@@ -1,6 +1,7 @@
-"""Small file operations every writer of flashtensors shares (checkpoint saves, the local
-tier's copies): making a rename durable by fsyncing its directory, and removing a file that
-may already be gone.
+"""Small file operations flashtensors shares: making a rename durable by fsyncing its
+directory and removing a file that may already be gone (checkpoint saves, the local tier's
+copies), and the stamp that tells one version of a file from the next (loads that retry
+after a save, the daemon's copies).
 
 Example:
     >>> os.replace("model.part", "model.flash"); fsync_dir(".")        # doctest: +SKIP
@@ -32,3 +33,16 @@ def unlink_quietly(path) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def version_stamp(path) -> tuple:
+    """What tells this version of file ``path`` from a later one: (device, inode, size,
+    mtime_ns, ctime_ns). Saves replace an index by renaming a new file over it, and never
+    rewrite a data file in place, so a save always changes the stamp. OSError if missing.
+
+    Example:
+        >>> version_stamp("/models/m/flash_index.json")                # doctest: +SKIP
+        (2049, 1311, 4242, 1733570000000000000, 1733570000000000000)
+    """
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns

@@ -84,7 +84,7 @@ def load_dict(path, device_map=None, *, verify: bool = False, threads: int | Non
             the default socket, if a daemon listens there; without one (or if it fails)
             the checkpoint is loaded directly. The daemon serves local flash checkpoints
             to one process: naming a server together with ``group``, ``verify=True`` or
-            a URL raises FlashError (by default it is just not used then). See docs/cache.md.
+            a URL raises FlashError (by default it is just not used then). See docs/daemon.md.
         group: a ``torch.distributed`` process group: a collective call (every rank of
             the group must make it, with the same checkpoint). Each rank gets what its
             own call asks for (its device_map), while the group reads each byte from

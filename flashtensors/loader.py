@@ -19,6 +19,7 @@ from . import _native, reading
 from .checkpoint import open_checkpoint
 from .device_map import device_codes, device_of_code, normalize_device_map, uncovered_error
 from .errors import FlashDeviceError, FlashError, FlashFormatError
+from .files import version_stamp
 from .formats.flash import ALIGNMENT, INDEX_FILENAME
 from .formats.index import DTYPE_NAMES, torch_dtype
 from .memory import allocate_host
@@ -31,6 +32,9 @@ log = logging.getLogger("flashtensors")
 # the same checkpoint (a restarted or second replica) is warm. The benchmark turns it off
 # to keep its cold runs cold. Read when a load runs.
 CACHE_AFTER_COLD_LOAD = True
+# Data files smaller than this are read, never mapped, and their page-cache residency is
+# not asked: copying them costs less than the mapping and the residency check would.
+SMALL_FILE_BYTES = 256 << 10
 
 
 def load(location, device_map=None, options: LoadOptions | None = None, **settings) -> dict:
@@ -120,10 +124,9 @@ def _index_identity(location):
     if not isinstance(location, (str, os.PathLike)):
         return None
     try:
-        st = os.stat(os.path.join(location, INDEX_FILENAME))
+        return version_stamp(os.path.join(location, INDEX_FILENAME))
     except (OSError, TypeError, ValueError):
         return None
-    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def new_plan(index, device_map, only=None):
@@ -191,7 +194,8 @@ def _residency(plan, ckpt, io: str) -> dict:
     if io != "auto":
         return {}
     resident = _native.module().resident_fraction
-    return {f: resident(ckpt.sources[f]) for f in plan.files_used(False) if ckpt.here[f]}
+    return {f: resident(ckpt.sources[f]) for f in plan.files_used(False)
+            if ckpt.here[f] and ckpt.index.files[f].size >= SMALL_FILE_BYTES}
 
 
 def _read_into_page_cache(paths, window: int = 2 << 20) -> None:
@@ -228,7 +232,7 @@ def _files_to_map(plan, ckpt, residency: dict, io: str) -> dict:
     for f in plan.files_used(True):
         if not ckpt.here[f]:  # read over the network
             continue
-        if io == "mmap" or residency[f] >= 0.5:
+        if io == "mmap" or residency.get(f, 0.0) >= 0.5:  # small files are not asked: read
             try:
                 storage = torch.UntypedStorage.from_file(ckpt.sources[f], shared=False,
                                                          nbytes=ckpt.index.files[f].size)

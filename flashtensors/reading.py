@@ -43,15 +43,22 @@ def read(ckpt, ops, owners, options, *, collective=None, wanted=None, mapped=Non
     if collective is not None:
         return _read_collectively(collective, ckpt, ops, owners, options, wanted, mapped)
     tier = _tier(ckpt, wanted)
+    if tier is None:  # the common case, without the context manager's cost (small loads)
+        _read_and_check(ckpt, ops, options, None, wanted, mapped, checked)
+        return True
     with _kept_if_good(tier, options):
-        execute(ckpt, lambda threads: _native.module().execute_plan(
-            ckpt.sources, ops, threads, CHUNK_BYTES, options.io, options.timeout, tier and tier.tees,
-            options.connections),
-            options.threads, to_gpu=any(device >= 0 for *_, device in ops))
-        if options.verify:
-            check_memory(ckpt, _checked_tensors(ckpt, wanted if checked is None else checked),
-                         locate(ops, mapped or {}), options.threads)
+        _read_and_check(ckpt, ops, options, tier, wanted, mapped, checked)
     return True
+
+
+def _read_and_check(ckpt, ops, options, tier, wanted, mapped, checked) -> None:
+    execute(ckpt, lambda threads: _native.module().execute_plan(
+        ckpt.sources, ops, threads, CHUNK_BYTES, options.io, options.timeout, tier and tier.tees,
+        options.connections),
+        options.threads, to_gpu=any(device >= 0 for *_, device in ops))
+    if options.verify:
+        check_memory(ckpt, _checked_tensors(ckpt, wanted if checked is None else checked),
+                     locate(ops, mapped or {}), options.threads)
 
 
 def _read_collectively(c, ckpt, ops, owners, options, wanted, mapped) -> bool:

@@ -31,15 +31,15 @@ from .loader_options import FlashLoaderConfig, verify_needs_flash
 GroupFor = Callable[[torch.device], object]
 
 
-def layout_of(root: Path | str, timeout: float | None = None, cache_dir: str | None = None) -> str:
+def layout_of(root: Path | str, timeout: float | None = None) -> str:
     """``"full"`` (a flash checkpoint) or ``"safetensors"``: what a local directory or URL holds,
     from its index or headers, or ``"none"`` for a local directory with neither. Raises
-    FlashRemoteError (missing, forbidden, unreachable) naming the URL, or FlashFormatError.
-    ``cache_dir``: the URL's local tier (a Hub location's: the Hub cache)."""
-    if is_remote(root):  # the index or headers only; nothing there: FlashRemoteError
-        kind = detect(open_store(root, timeout, cache_dir=cache_dir)).kind
-    else:  # the files, checked to exist (an HF index naming a missing shard is named here)
-        kind = (checkpoint_files(root) or ("none",))[0]
+    FlashRemoteError (missing, forbidden, unreachable) naming the URL, or FlashFormatError."""
+    # The files, checked to exist (an HF index naming a missing shard is named here).
+    found = checkpoint_files(root, timeout)
+    if found is None and is_remote(root):
+        detect(open_store(root, timeout))  # raises, naming what the server lacks
+    kind = (found or ("none",))[0]
     return "full" if kind == "flash" else kind
 
 

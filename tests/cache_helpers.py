@@ -13,7 +13,7 @@ import torch
 
 from flashtensors import FlashError
 from flashtensors.daemon import spawn
-from flashtensors.daemon.client import CacheClient
+from flashtensors.daemon.client import DaemonClient
 
 from concurrency_workers import report
 
@@ -42,7 +42,7 @@ class Daemon:
     def __init__(self, socket: str, memory: str = "1GiB", log_path: str | None = None):
         self.socket = socket
         self.log_path = log_path or socket + ".log"
-        self.client = CacheClient(socket, timeout=60)
+        self.client = DaemonClient(socket, timeout=60)
         with open(self.log_path, "ab") as log:
             try:
                 self.proc = spawn.start(socket, memory, log=log, verbose=True, timeout=START_TIMEOUT_S)
@@ -78,7 +78,7 @@ def same_tensors(a: dict, b: dict) -> bool:
 def load_from_daemon(socket, paths_and_seeds, rounds, queue):
     """Loads each (path, seed) ``rounds`` times through the daemon (no fallback) and checks it."""
     def body():
-        client = CacheClient(socket, timeout=120)
+        client = DaemonClient(socket, timeout=120)
         expected = {path: state_dict(seed) for path, seed in paths_and_seeds}
         for _ in range(rounds):
             for path, _seed in paths_and_seeds:

@@ -51,7 +51,8 @@ class Faults:
         self.ignore_range = False  # answer 200 with the whole object
         self.redirect_all = False  # every request to /r/<name> is a 302 to /<name>
         self.empty_body = None     # big reads answer this status (200 or 206) with Content-Length: 0
-        self.trickle = None        # "big" (big reads) or "all": the whole answer promised, one byte sent, closed
+        self.trickle = None        # "big" (big reads) or "all": the whole answer promised, one byte sent, closed;
+        #                            "slow": big reads send a byte every 0.5 s
         self.retry_after = None    # (status, seconds): the first big read of each file answers it with Retry-After
         self.answered_at: list = []  # (name, first byte, status, time.monotonic()) of each big read's answer
         self.after_big_read = None  # called with (name, count) after each big read was answered
@@ -132,7 +133,7 @@ def _handler(root: str, faults: Faults):
             if big:
                 with faults.lock:
                     faults.answered_at.append((name, start, 206, time.monotonic()))
-            if faults.trickle == "all" or (big and faults.trickle == "big"):
+            if faults.trickle == "all" or (big and faults.trickle in ("big", "slow")):
                 self.send_response(206 if m else 200)
                 if m:
                     self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
@@ -141,7 +142,13 @@ def _handler(root: str, faults: Faults):
                 with open(file, "rb") as f:
                     f.seek(start)
                     self.wfile.write(f.read(1))
-                self.wfile.flush()
+                    self.wfile.flush()
+                    try:
+                        while faults.trickle == "slow" and not faults.stop.wait(0.5):
+                            self.wfile.write(f.read(1))
+                            self.wfile.flush()
+                    except OSError:  # the client hung up
+                        pass
                 self.close_connection = True
                 return
             if big and faults.status_big:

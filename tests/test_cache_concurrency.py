@@ -13,7 +13,7 @@ import pytest
 
 from flashtensors import flash
 from flashtensors.daemon import protocol
-from flashtensors.daemon.client import CacheClient
+from flashtensors.daemon.client import DaemonClient
 from flashtensors.daemon.protocol import ProtocolError
 
 from cache_helpers import Daemon, load_from_daemon, request_then_die, same_tensors, socket_dir, state_dict
@@ -139,7 +139,7 @@ def test_a_daemon_dying_mid_reply_gives_an_error_or_a_fallback_never_garbage(soc
     fake = FakeDaemon(sock, reply, fds=[memfd])
     try:
         with pytest.raises(ProtocolError):
-            CacheClient(sock, timeout=30).load_tensors(ckpt)
+            DaemonClient(sock, timeout=30).load_tensors(ckpt)
         with caplog.at_level(logging.DEBUG, logger="flashtensors"):
             assert same_tensors(flash.load_dict(ckpt, server=sock), state_dict(4))
         assert "loading directly" in caplog.text

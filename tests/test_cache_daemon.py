@@ -9,7 +9,7 @@ import torch
 from flashtensors import FlashChecksumError, FlashError, flash
 from flashtensors.cli import main
 from flashtensors.daemon.holdings import Holdings
-from flashtensors.daemon.protocol import CacheError
+from flashtensors.daemon.protocol import DaemonError
 
 from cache_helpers import Daemon, same_tensors, state_dict
 
@@ -76,18 +76,21 @@ def test_lru_eviction_under_a_small_budget(sock, tmp_path):
         # A checkpoint larger than the budget is refused by the daemon and loaded directly.
         big = tmp_path / "big"
         flash.save_dict(state_dict(9, n=12), big)
-        with pytest.raises(CacheError, match="does not fit"):
+        with pytest.raises(DaemonError, match="does not fit"):
             d.client.load(big)
         assert same_tensors(flash.load_dict(big, server=d.socket), state_dict(9, n=12))
 
 
-def test_a_checkpoint_being_served_is_never_evicted(tmp_path):
+def test_a_checkpoint_being_served_is_never_evicted(tmp_path, monkeypatch):
+    from flashtensors.daemon import holdings
+
+    monkeypatch.setattr(holdings, "PIN_WAIT_S", 0.2)  # the pin below is never let go while it waits
     a, b = tmp_path / "a", tmp_path / "b"
     flash.save_dict(state_dict(1, n=4), a)
     flash.save_dict(state_dict(2, n=4), b)
     store = Holdings(budget=int(1.5 * MiB))
     entry = store.acquire(str(a))  # pinned, as while it is sent to a client
-    with pytest.raises(CacheError, match="being served"):
+    with pytest.raises(DaemonError, match="being served"):
         store.acquire(str(b))
     store.release(entry)
     store.release(store.acquire(str(b)))

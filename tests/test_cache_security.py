@@ -12,7 +12,7 @@ import pytest
 
 from flashtensors import FlashFormatError, flash
 from flashtensors.daemon import paths, protocol
-from flashtensors.daemon.client import CacheClient
+from flashtensors.daemon.client import DaemonClient
 from flashtensors.daemon.paths import UnsafeSocketError
 
 from cache_helpers import same_tensors, socket_dir, state_dict
@@ -184,7 +184,7 @@ def test_flashtensors_server_off_and_the_default_socket(daemon, tmp_path, monkey
     assert paths.resolve_server() == f"/tmp/flashtensors-{os.getuid()}/cache.sock"
     assert paths.resolve_server(daemon.socket) == daemon.socket
     assert paths.resolve_server(False) is None
-    assert CacheClient(daemon.socket).ping()["pid"] == daemon.proc.pid
+    assert DaemonClient(daemon.socket).ping()["pid"] == daemon.proc.pid
 
 
 def test_import_flashtensors_stays_light():

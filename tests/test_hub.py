@@ -192,7 +192,7 @@ def test_a_failed_load_leaves_nothing_in_the_cache(hub):
 def test_a_gated_repo_loads_with_a_token_and_names_itself_without(hub, monkeypatch):
     files = sharded(tensors(8))
     hub.commit("org/gated", files, gated=True)
-    with pytest.raises(FlashRemoteError, match="org/gated is gated: set HF_TOKEN"):
+    with pytest.raises(FlashRemoteError, match="org/gated is gated, and no token was sent: set HF_TOKEN"):
         flash.load_dict("org/gated")
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     same(flash.load_dict("org/gated"), by_load_file(files))
@@ -201,7 +201,10 @@ def test_a_gated_repo_loads_with_a_token_and_names_itself_without(hub, monkeypat
 
 def test_a_missing_repo_and_revision_are_named(hub):
     hub.commit("org/tiny", sharded(tensors(9)))
-    with pytest.raises(FlashRemoteError, match=r"hf://org/nope@main: the Hub .* has no repository org/nope"):
+    with pytest.raises(FlashRemoteError, match=r"^hf://org/nope@main: the Hub .* has no repository org/nope"):
+        flash.load_dict("hf://org/nope")
+    with pytest.raises(FlashRemoteError, match=r"^org/nope: no such local file or directory, and as a Hub repo ID: "
+                                               r"hf://org/nope@main: the Hub .* has no repository org/nope"):
         flash.load_dict("org/nope")
     with pytest.raises(FlashRemoteError, match="the repository org/tiny has no revision 'v9'"):
         flash.load_dict("hf://org/tiny@v9")

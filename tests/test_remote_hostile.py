@@ -216,3 +216,26 @@ def test_s3_pins_reads_to_the_version_opened(s3, tmp_path):
         _native.module().execute_plan(ckpt.sources, [(0, 0, 64, buffer.ctypes.data, -1)], 1, 1 << 20)
     with pytest.raises(FlashRemoteError, match=rf"s3://{bucket}/p/model.safetensors: the object changed"):
         ckpt.store.read("model.safetensors", 0, 7)
+
+
+@pytest.mark.parametrize(("trickle", "error"), [
+    ("big", r"FlashRemoteError: .*\.flash: .*(only \d+ bytes for 3 s|attempts in a row failed).*short body"),
+    ("all", r"FlashRemoteError: .*flash_index.json: .*short body"),  # the Python client's index read
+    ("slow", r"FlashRemoteError: .*\.flash: only \d+ bytes for 3 s.*trickled"),  # a byte every 0.5 s, never closed
+])
+def test_a_trickling_server_fails_within_the_timeout(site, trickle, error):
+    # Each range answered with a 206 promising it whole, then one byte sent and the
+    # connection closed (or a byte every 0.5 s): a byte is no useful progress, so backoff
+    # grows and the timeout holds.
+    root, _ = site
+    with FaultServer(root) as server:
+        server.faults.trickle = trickle
+        r = subprocess.run([sys.executable, "-c", CHILD, f"{server.url}/m", "3", str(root / "m")],
+                           capture_output=True, text=True, timeout=3 + SLACK_S + 30)
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        requests = server.faults.requests
+    assert out["error"] and re.match(error, out["error"]), out
+    assert out["wall"] < 3 + SLACK_S
+    assert out["cpu"] < 1.0, out  # correctness bounds on a busy loop, not speed
+    assert requests < 200, requests

@@ -29,10 +29,10 @@ def run(args) -> int:
     """Run ``flashtensors cache`` with parsed ``args``; returns the exit code."""
     import os
 
-    from ..daemon.client import CacheClient
+    from ..daemon.client import DaemonClient
     from ..errors import FlashError
 
-    client = CacheClient(args.socket)
+    client = DaemonClient(args.socket)
     if args.action != "ls" and not args.dir:
         raise FlashError(f"cache {args.action} needs a checkpoint directory")
     if args.action == "ls" and args.dir:

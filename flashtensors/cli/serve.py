@@ -9,7 +9,7 @@ EXAMPLES = """\
 Keeps whole checkpoints in shared memory under --memory, evicting the least recently
 used. flash.load_dict() in processes of the same user finds the daemon by its socket
 and maps CPU tensors from its memory; without a daemon it loads directly. Stops
-cleanly on SIGTERM or Ctrl-C. See docs/cache.md.
+cleanly on SIGTERM or Ctrl-C. See docs/daemon.md.
 
 examples:
   flashtensors serve --memory 64GiB

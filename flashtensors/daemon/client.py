@@ -5,7 +5,7 @@ directly) when no daemon is reachable, the target is a GPU, or the daemon fails 
 way, so a daemon can only make loads faster, never make them fail.
 
 Example:
-    >>> client = CacheClient("/tmp/flashtensors-1000/cache.sock")
+    >>> client = DaemonClient("/tmp/flashtensors-1000/cache.sock")
     >>> client.load("/models/m")                  # warm the cache ahead of time
     {'ok': True, 'path': '/models/m', 'nbytes': 1207959552, 'tensors': 311}
     >>> sd = client.load_tensors("/models/m")     # zero-copy CPU tensors
@@ -24,7 +24,7 @@ from ..checkpoint import holds_flash
 from ..errors import FlashError
 from ..formats.flash import ALIGNMENT, INDEX_FILENAME, parse_index_bytes
 from . import paths, protocol
-from .protocol import CacheError, ProtocolError
+from .protocol import DaemonError, ProtocolError
 
 log = logging.getLogger("flashtensors")
 
@@ -36,7 +36,7 @@ CONNECT_TIMEOUT_S = 5.0
 AUTO_TIMEOUT_S = 5.0
 
 
-class CacheClient:
+class DaemonClient:
     """A connection factory for the daemon at ``socket_path`` (default: as :func:`paths.resolve_server`)."""
 
     def __init__(self, socket_path: str | None = None, timeout: float = TIMEOUT_S):
@@ -63,7 +63,7 @@ class CacheClient:
         """The checkpoint in ``path`` as ``{name: tensor}``, in saved order: zero-copy,
         copy-on-write views of the daemon's shared memory. Host devices only.
 
-        Raises CacheError when the daemon refuses or fails; FlashDeviceError for a device
+        Raises DaemonError when the daemon refuses or fails; FlashDeviceError for a device
         map naming anything but the CPU.
         """
         from ..device_map import normalize_device_map
@@ -114,7 +114,7 @@ class CacheClient:
                 pass  # refused before reading the request: the reply, read next, says why
             reply, fds = protocol.recv_frame(sock, protocol.MAX_REPLY_BYTES, max_fds=1 if op == "get" else 0)
             if not reply.get("ok"):
-                raise CacheError(f"cache daemon: {reply.get('error', 'request refused')}")
+                raise DaemonError(f"cache daemon: {reply.get('error', 'request refused')}")
         except BaseException:
             sock.close()
             protocol.close_fds(fds)
@@ -169,9 +169,9 @@ def _check_same_checkpoint(path, index_bytes: bytes) -> None:
         with open(os.path.join(os.fspath(path), INDEX_FILENAME), "rb") as f:
             own = f.read(len(index_bytes) + 1)
     except OSError as e:
-        raise CacheError(f"{path}: cannot read the index to compare with the daemon's: {e}") from None
+        raise DaemonError(f"{path}: cannot read the index to compare with the daemon's: {e}") from None
     if own != index_bytes:
-        raise CacheError(f"{path}: the daemon's copy is not the checkpoint this process sees there")
+        raise DaemonError(f"{path}: the daemon's copy is not the checkpoint this process sees there")
 
 
 def try_load(path, device_map=None, server=None):
@@ -182,12 +182,14 @@ def try_load(path, device_map=None, server=None):
     None (``$FLASHTENSORS_SERVER``, else the default socket path).
     """
     socket_path = paths.resolve_server(server)
-    if socket_path is None or not holds_flash(path):  # the daemon serves flash checkpoints
+    if socket_path is None:
         return None
-    try:
+    try:  # first, as the one cost of a load when no daemon runs
         if not stat.S_ISSOCK(os.stat(socket_path).st_mode):
             return None
     except OSError:
+        return None
+    if not holds_flash(path):  # the daemon serves flash checkpoints
         return None
     from ..device_map import normalize_device_map
 
@@ -195,7 +197,7 @@ def try_load(path, device_map=None, server=None):
         log.debug("%s: GPU targets are loaded directly, not through the cache daemon", path)
         return None
     try:
-        return CacheClient(socket_path, timeout=AUTO_TIMEOUT_S).load_tensors(path, device_map)
+        return DaemonClient(socket_path, timeout=AUTO_TIMEOUT_S).load_tensors(path, device_map)
     except paths.UnsafeSocketError as e:
         log.warning("not using the cache daemon: %s", e)
     except (FlashError, OSError) as e:

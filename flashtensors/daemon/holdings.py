@@ -32,15 +32,18 @@ from dataclasses import dataclass, field
 from .. import _native
 from ..checkpoint import open_checkpoint
 from ..errors import FlashFormatError
+from ..files import version_stamp
 from ..formats import FLASH
 from ..formats.flash import INDEX_FILENAME
 from ..options import resolve_threads
-from .protocol import CacheError
+from .protocol import DaemonError
 
 log = logging.getLogger("flashtensors.daemon")
 
 SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
 FILL_CHUNK_BYTES = 16 << 20
+# How long a load waits for checkpoints being served to be let go before it is refused for room.
+PIN_WAIT_S = 2.0
 
 
 @dataclass(eq=False)
@@ -70,16 +73,12 @@ def index_identity(path: str) -> tuple:
     """What identifies the checkpoint's current version: (device, inode, size, mtime_ns,
     ctime_ns) of its index and of every data file the index names, so that a data file
     replaced or rewritten in place is noticed too. FlashFormatError if it has no index."""
-    def stamp(p):
-        st = os.stat(p)
-        return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
-
     try:
-        own = stamp(os.path.join(path, INDEX_FILENAME))
+        own = version_stamp(os.path.join(path, INDEX_FILENAME))
     except OSError as e:
         raise FlashFormatError(f"{path}: no flash checkpoint here ({e.strerror})") from None
     try:
-        files = tuple(stamp(p) for p in open_checkpoint(path, formats=[FLASH]).sources)
+        files = tuple(version_stamp(p) for p in open_checkpoint(path, formats=[FLASH]).sources)
     except (OSError, FlashFormatError):
         files = ()  # the load that follows reports what is wrong
     return own, files
@@ -137,6 +136,7 @@ class Holdings:
             entry.pins -= 1
             if entry.dead and entry.pins == 0:
                 self._close(entry)
+            self._cond.notify_all()  # a load waiting for room may go on
 
     def evict(self, path: str) -> bool:
         """Drops ``path`` from the cache (once no request uses it). Returns whether it was cached."""
@@ -182,18 +182,30 @@ class Holdings:
 
     def _make_room(self, nbytes: int, path: str) -> None:
         if nbytes > self.budget:
-            raise CacheError(f"{path}: {nbytes / 1e9:.2f} GB does not fit the cache's budget "
+            raise DaemonError(f"{path}: {nbytes / 1e9:.2f} GB does not fit the cache's budget "
                              f"of {self.budget / 1e9:.2f} GB")
-        evictable = sum(e.nbytes for e in self._entries.values() if e.pins == 0)
-        if self.used - evictable + nbytes > self.budget:  # evicting would not be enough: keep all
-            raise CacheError(f"{path}: no room in the cache: the memory is held by checkpoints being served")
-        for entry in list(self._entries.values()):  # least recently used first
+        # The least recently used checkpoints go first. One still being served (a client that
+        # just got its reply lets go a moment later) is waited for a little, so that the order
+        # of use decides what goes, not the timing of other requests; past that, what is free goes.
+        deadline = time.monotonic() + PIN_WAIT_S
+        while True:
+            victims, freed = [], 0
+            for entry in self._entries.values():
+                if self.used - freed + nbytes <= self.budget:
+                    break
+                victims.append(entry)
+                freed += entry.nbytes
+            left = deadline - time.monotonic()
+            if not any(v.pins for v in victims) or left <= 0:
+                break
+            self._cond.wait(left)
+        for entry in list(self._entries.values()):
             if self.used + nbytes <= self.budget:
                 break
             if entry.pins == 0:
                 self._drop(entry, f"evicted (least recently used) to make room for {path}")
         if self.used + nbytes > self.budget:
-            raise CacheError(f"{path}: no room in the cache: the memory is held by checkpoints being served")
+            raise DaemonError(f"{path}: no room in the cache: the memory is held by checkpoints being served")
         self.used += nbytes
 
     # -- loading --
@@ -214,7 +226,7 @@ class Holdings:
         except (OSError, RuntimeError) as e:  # no memory, no file descriptors, ...
             with self._cond:
                 self.used -= nbytes
-            raise CacheError(f"{path}: cannot hold the checkpoint in memory: {e}") from None
+            raise DaemonError(f"{path}: cannot hold the checkpoint in memory: {e}") from None
         except BaseException:
             with self._cond:
                 self.used -= nbytes

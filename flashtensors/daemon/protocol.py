@@ -33,11 +33,11 @@ PATH_OPS = ("get", "load", "evict")
 _HEADER = struct.Struct(">I")
 
 
-class CacheError(FlashError):
+class DaemonError(FlashError):
     """The cache daemon refused a request, or could not be reached or understood."""
 
 
-class ProtocolError(CacheError):
+class ProtocolError(DaemonError):
     """A malformed, oversized or truncated message."""
 
 

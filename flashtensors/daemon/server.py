@@ -1,7 +1,7 @@
 """The cache daemon: accepts connections on a Unix socket and serves checkpoints from
 its :class:`~flashtensors.daemon.holdings.Holdings`.
 
-Security model (docs/cache.md): the socket is 0600 in a 0700 directory owned by the
+Security model (docs/daemon.md): the socket is 0600 in a 0700 directory owned by the
 daemon's user; each connection's peer credentials (SO_PEERCRED) are checked and only
 the daemon's own user, or root, is served, so a client only ever gets checkpoints it
 could read itself. Every request is validated (size, JSON, operation, absolute path)
@@ -27,7 +27,7 @@ import time
 from ..errors import FlashError
 from . import paths, protocol
 from .holdings import Holdings
-from .protocol import CacheError, ProtocolError
+from .protocol import DaemonError, ProtocolError
 
 log = logging.getLogger("flashtensors.daemon")
 
@@ -54,12 +54,12 @@ class Daemon:
         paths.make_socket_dir(self.socket_path)
         if os.path.lexists(self.socket_path):
             if not stat.S_ISSOCK(os.lstat(self.socket_path).st_mode):
-                raise CacheError(f"{self.socket_path}: exists and is not a socket")
+                raise DaemonError(f"{self.socket_path}: exists and is not a socket")
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             probe.settimeout(5)
             try:
                 probe.connect(self.socket_path)
-                raise CacheError(f"{self.socket_path}: a cache daemon is already serving here")
+                raise DaemonError(f"{self.socket_path}: a cache daemon is already serving here")
             except (ConnectionRefusedError, FileNotFoundError):
                 os.unlink(self.socket_path)  # left by a daemon that died
             finally:
@@ -192,7 +192,7 @@ class Daemon:
 def _real_dir(path: str) -> str:
     real = os.path.realpath(path)
     if not os.path.isdir(real):
-        raise CacheError(f"{path}: not a directory")
+        raise DaemonError(f"{path}: not a directory")
     return real
 
 

@@ -17,7 +17,7 @@ import sys
 import time
 
 from ..errors import FlashError
-from .client import CacheClient
+from .client import DaemonClient
 
 START_TIMEOUT_S = 90.0
 
@@ -31,7 +31,7 @@ def start(socket_path: str, memory: int | str, *, log=subprocess.DEVNULL, verbos
     answer within ``timeout`` seconds."""
     cmd = [sys.executable, "-m", "flashtensors.cli", "serve", "--memory", str(memory), "--socket", socket_path]
     proc = subprocess.Popen(cmd + (["-v"] if verbose else []), stdout=log, stderr=subprocess.STDOUT)
-    client = CacheClient(socket_path, timeout=timeout)
+    client = DaemonClient(socket_path, timeout=timeout)
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:

@@ -99,9 +99,20 @@ def open_hub(location: str, timeout: float, cache_dir: str | None = None):
     Raises FlashRemoteError when the Hub does not have the repository or revision, refuses
     access, or (offline) the cache holds no snapshot of it.
     """
+    where = parse_location(location)
+    try:
+        return _open(where, timeout, cache_dir)
+    except FlashRemoteError as e:
+        if location.startswith(PREFIX):
+            raise
+        # A bare org/name was taken for a repo ID because no such local path exists: say both.
+        raise FlashRemoteError(f"{location}: no such local file or directory, and as a Hub repo ID: {e}", e.status,
+                               e.url) from None
+
+
+def _open(where: HubLocation, timeout: float, cache_dir: str | None):
     from huggingface_hub import constants, get_token
 
-    where = parse_location(location)
     cache = HubCache(cache_dir or constants.HF_HUB_CACHE, where.repo_id)
     if constants.is_offline_mode():
         return _cached_snapshot(where, cache, "HF_HUB_OFFLINE is set")
@@ -247,13 +258,14 @@ class HubStore:
         """``e`` (an HTTP error of the Hub) said as the Hub means it (its ``X-Error-Code``)."""
         code = (getattr(e, "headers", None) or {}).get("X-Error-Code", "")
         where = self.describe(name).rstrip("/")
-        token = ("set HF_TOKEN or run `hf auth login` with an account that was granted access" if not self.token_sent
-                 else "the token sent (HF_TOKEN, or the one `hf auth login` keeps) gives no access to it")
+        if self.token_sent:
+            access = "the token sent (HF_TOKEN, or the one `hf auth login` keeps) gives no access to it"
+        else:
+            access = "no token was sent: set HF_TOKEN or run `hf auth login` with an account that has access"
         if code == "GatedRepo" or (e.status == 403 and not code):
-            message = f"the repository {self.repo_id} is gated: {token}"
+            message = f"the repository {self.repo_id} is gated, and {access}"
         elif code == "RepoNotFound" or (e.status == 401 and not code):
-            message = (f"the Hub ({self.endpoint}) has no repository {self.repo_id}, or it is private and "
-                       f"{token.split(': ', 1)[-1] if self.token_sent else 'no token was sent (HF_TOKEN)'}")
+            message = f"the Hub ({self.endpoint}) has no repository {self.repo_id}, or it is private and {access}"
         elif code == "RevisionNotFound":
             message = f"the repository {self.repo_id} has no revision {self.revision!r}"
         elif code == "EntryNotFound":

@@ -112,8 +112,7 @@ class FlashModelLoader(DefaultModelLoader):
         return with_hub_cache(self.options, root, self.load_config.download_dir)
 
     def _layout(self, root: Path | str) -> str:
-        options = self._options_for(root)
-        layout = layout_of(root, options.timeout, options.cache_dir)
+        layout = layout_of(root, self.options.timeout)
         if layout == "none":
             raise no_weights_error(root)
         return layout

@@ -35,15 +35,10 @@ import os
 import sys
 
 from flashtensors import INDEX_FILENAME, flash
-from flashtensors.checkpoint import checkpoint_files, open_checkpoint
+from flashtensors.checkpoint import holds_flash, open_checkpoint
 
 from . import loading
 from .compat import check_accelerate
-
-
-def is_flash_checkpoint(directory) -> bool:
-    """Whether ``directory`` holds a flash checkpoint (what every load of it would read)."""
-    return (checkpoint_files(directory) or (None,))[0] == "flash"
 
 
 def flash_checkpoint_dir(checkpoint) -> str | None:
@@ -52,10 +47,10 @@ def flash_checkpoint_dir(checkpoint) -> str | None:
     if checkpoint is None:
         return None
     path = os.fspath(checkpoint)
-    if os.path.isdir(path) and is_flash_checkpoint(path):
+    if os.path.isdir(path) and holds_flash(path):
         return path
     directory, name = os.path.split(path)
-    if name == INDEX_FILENAME and is_flash_checkpoint(directory or "."):
+    if name == INDEX_FILENAME and holds_flash(directory or "."):
         return directory or "."
     return None
 
@@ -65,7 +60,7 @@ def _checkpoint_of_data_file(path) -> str | None:
     if not isinstance(path, (str, os.PathLike)):
         return None
     directory, name = os.path.split(os.path.abspath(os.fspath(path)))
-    if not name.endswith(".flash") or not is_flash_checkpoint(directory):
+    if not name.endswith(".flash") or not holds_flash(directory):
         return None
     if name not in {f.name for f in flash.read_index(directory).files}:
         return None

@@ -103,7 +103,7 @@ class FlashModelLoader(BaseModelLoader):
         whose index or headers are read) are checked here."""
         root = self._weights(model_config)
         if is_remote(root):
-            if self._remote_layout(root) != "full" and self.options.verify:
+            if layout_of(root, self.options.timeout) != "full" and self.options.verify:
                 raise verify_needs_flash(root)
         elif self.options.verify and not holds_flash(root) and not per_rank.saved_tp_sizes(root):
             raise verify_needs_flash(root)
@@ -115,7 +115,7 @@ class FlashModelLoader(BaseModelLoader):
         setattr(model, _STARTED_FROM, str(model_config.model))
         started = time.perf_counter()
         _, tp_size = per_rank.tp_rank_and_size()
-        layout = self._remote_layout(root) if is_remote(root) else _layout(root, tp_size)
+        layout = layout_of(root, self.options.timeout) if is_remote(root) else _layout(root, tp_size)
         if layout == "per-rank":
             per_rank.load_rank(model, root, verify=self.options.verify, threads=self.options.threads)
         else:
@@ -152,7 +152,7 @@ class FlashModelLoader(BaseModelLoader):
         root = self._reload_source(model_config, model)
         started = time.perf_counter()
         _, tp_size = per_rank.tp_rank_and_size()
-        layout = self._remote_layout(root) if is_remote(root) else _layout(root, tp_size, reload=True)
+        layout = layout_of(root, self.options.timeout) if is_remote(root) else _layout(root, tp_size, reload=True)
         if layout == "per-rank":
             raise FlashFormatError(
                 f"{root}: holds per-rank flash checkpoints only, which are already sharded into vLLM's "
@@ -173,9 +173,6 @@ class FlashModelLoader(BaseModelLoader):
     def _options_for(self, root: Path | str) -> FlashLoaderConfig:
         return with_hub_cache(self.options, root, self.load_config.download_dir)
 
-    def _remote_layout(self, root: str) -> str:
-        options = self._options_for(root)
-        return layout_of(root, options.timeout, options.cache_dir)
 
     def _weights(self, model_config: ModelConfig) -> Path | str:
         """Where the weights are read from: the URL of ``weights``, else the Hub repository
