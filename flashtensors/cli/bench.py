@@ -170,14 +170,17 @@ def _hub(args, device, log) -> int:
     from ..benchmark.hub import BenchHub
     from ..benchmark.nginx import Nginx
     from ..benchmark.prepare import prepare_hub_model
-    from ..benchmark.remote import hub_source
+    from ..benchmark.remote import http_source, hub_source
 
     model, expected = prepare_hub_model(args, log)
     blobs = os.path.join(os.path.dirname(model), "blobs")
     with BenchHub(f"bench/{os.path.basename(os.path.dirname(model))}", model, blobs,
-                  limit_rate=args.limit_rate or "100m") as hub, Nginx(blobs) as wire:
+                  limit_rate=args.limit_rate or "100m") as hub, Nginx(blobs) as wire, Nginx(model) as plain:
         nbytes = sum(size for _, size, sha in hub.files.values() if sha)
-        return _remote(args, [hub_source(hub, wire.url, expected, nbytes)], device, log)
+        # The same shards over plain uncapped HTTP, no Hub and no cache: what streaming costs this machine.
+        return _remote(args, [hub_source(hub, wire.url, expected, nbytes),
+                              http_source(plain.url, "plain HTTP uncapped, no cache", expected=expected)],
+                       device, log)
 
 
 def _remote(args, sources, device, log) -> int:
