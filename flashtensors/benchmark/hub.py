@@ -52,9 +52,9 @@ class BenchHub:
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self.cdn_url = self.cdn.url
 
-    def cdn_urls(self) -> list:
-        """``(name, CDN URL)`` of each weight file, signed: what a download from the CDN reads."""
-        return [(n, self.sign(sha)) for n, (_, _, sha) in self.files.items() if sha]
+    def weight_files(self) -> list:
+        """``(name, size, sha256)`` of each weight file (LFS file), whose blob the CDN serves at ``/<sha256>``."""
+        return [(n, size, sha) for n, (_, size, sha) in self.files.items() if sha]
 
     def sign(self, sha256: str) -> str:
         expires = int(time.time()) + 3600

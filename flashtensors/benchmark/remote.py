@@ -106,9 +106,9 @@ def hub_source(hub, wire_url: str, expected: dict, nbytes: int) -> dict:
     rate = hub.cdn.limit_rate
     return {"label": f"Hub, CDN {rate + '/conn' if rate else 'uncapped'}", "url": f"hf://{hub.repo_id}",
             "kind": "safetensors", "bytes": nbytes, "index_files": {}, "s3_safetensors": None, "endpoint": None,
-            "data_files": [(name, f"{wire_url}/{url.split('/')[3].split('?')[0]}") for name, url in hub.cdn_urls()],
+            "data_files": [(name, f"{wire_url}/{sha}") for name, _, sha in hub.weight_files()],
             "expected": expected, "capped": True, "hub": True,
-            "sizes": {name: size for name, (_, size, sha) in hub.files.items() if sha},
+            "sizes": {name: size for name, size, _ in hub.weight_files()},
             "env": {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0",
                     "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}}
 

@@ -176,7 +176,7 @@ def _hub(args, device, log) -> int:
     blobs = os.path.join(os.path.dirname(model), "blobs")
     with BenchHub(f"bench/{os.path.basename(os.path.dirname(model))}", model, blobs,
                   limit_rate=args.limit_rate or "100m") as hub, Nginx(blobs) as wire, Nginx(model) as plain:
-        nbytes = sum(size for _, size, sha in hub.files.values() if sha)
+        nbytes = sum(size for _, size, _ in hub.weight_files())
         # The same shards over plain uncapped HTTP, no Hub and no cache: what streaming costs this machine.
         return _remote(args, [hub_source(hub, wire.url, expected, nbytes),
                               http_source(plain.url, "plain HTTP uncapped, no cache", expected=expected)],
