@@ -33,7 +33,8 @@ def hub_location(model, revision: str | None) -> str | None:
 
 def with_hub_cache(options: FlashLoaderConfig, root, download_dir: str | None) -> FlashLoaderConfig:
     """``options`` for reading ``root``: a Hub location's cache is the engine's ``download_dir``
-    (vLLM's and SGLang's ``--download-dir``) unless the ``cache_dir`` option names one."""
+    (vLLM's and SGLang's ``--download-dir``), unless the ``cache_dir`` option names one (it
+    does with ``"weights": "hf://org/name"``)."""
     if str(root).startswith("hf://") and options.cache_dir is None and download_dir:
         return dataclasses.replace(options, cache_dir=str(download_dir))
     return options
