@@ -73,3 +73,19 @@ def test_an_unpatched_load_finds_the_weights_in_the_cache(hub):
     flash_tf.unpatch()
     AutoModelForCausalLM.from_pretrained(REPO)
     assert cdn_reads(hub) == 0  # huggingface_hub found the file the patched load streamed
+
+
+def test_a_repository_of_bin_weights_is_left_to_transformers(hub, tmp_path):
+    import torch
+
+    from tiny_models import make_model
+
+    model = make_model("qwen2", seed=2)
+    files = {"config.json": model.config.to_json_string().encode()}
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    files["pytorch_model.bin"] = (tmp_path / "pytorch_model.bin").read_bytes()
+    hub.commit("testorg/bin-only", files)
+    with SafetensorsReads() as reads:
+        loaded = AutoModelForCausalLM.from_pretrained("testorg/bin-only")
+    assert reads.by_flashtensors == []
+    assert_same_model(loaded, model)

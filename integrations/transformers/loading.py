@@ -34,8 +34,10 @@ from flashtensors import INDEX_FILENAME, flash
 from flashtensors.checkpoint import checkpoint_files, holds_flash, open_checkpoint
 from flashtensors.device_map import normalize_device_map
 from flashtensors.errors import FlashDeviceError, FlashFormatError
+from flashtensors.formats import find_format
 from flashtensors.formats.index import torch_dtype
 from flashtensors.formats.safetensors import SUFFIX
+from flashtensors.stores import open_store
 
 from ..hub import hub_location
 
@@ -56,14 +58,14 @@ def flash_dir(checkpoint_files) -> str | None:
 
 class HubWeights(list):
     """What ``resolve_checkpoint_files`` answers for a model named by Hub repo ID: a list
-    holding its Hub location (``hf://org/name@revision``), with the checkpoint opened there
-    (``.checkpoint``: its index, from the Hub's listing and the files' headers), the Hub
-    cache (``.cache_dir``, None for huggingface_hub's) and transformers' own resolution,
-    for the loads flashtensors leaves to it (``.resolve_by_transformers()``)."""
+    holding its Hub location (``hf://org/name@revision``), with the index of the checkpoint
+    there (``.index``, from the Hub's listing and the files' headers), the Hub cache
+    (``.cache_dir``, None for huggingface_hub's) and transformers' own resolution, for the
+    loads flashtensors leaves to it (``.resolve_by_transformers()``)."""
 
-    def __init__(self, location: str, checkpoint, cache_dir, resolve_by_transformers):
+    def __init__(self, location: str, index, cache_dir, resolve_by_transformers):
         super().__init__([location])
-        self.location, self.checkpoint, self.cache_dir = location, checkpoint, cache_dir
+        self.location, self.index, self.cache_dir = location, index, cache_dir
         self.resolve_by_transformers = resolve_by_transformers
 
 
@@ -81,10 +83,12 @@ def _hub_weights(original, args, kwargs, arguments) -> HubWeights | None:
             or download.get("force_download") or arguments["use_safetensors"] is False):
         return None
     cache_dir = download.get("cache_dir")
-    checkpoint = open_checkpoint(location, cache_dir=cache_dir)
-    if checkpoint.index.kind != "flash" and not settings["safetensors"]:
+    store = open_store(location, cache_dir=cache_dir)
+    found = find_format(store)
+    if found is None or (found.kind != "flash" and not settings["safetensors"]):
         return None
-    return HubWeights(location, checkpoint, cache_dir, lambda: original(*args, **kwargs))
+    index, _ = found.format.index(store, found)
+    return HubWeights(location, index, cache_dir, lambda: original(*args, **kwargs))
 
 
 def safetensors_files(checkpoint_files) -> list | None:
@@ -179,7 +183,7 @@ def get_dtype(original, *args, **kwargs):
         and getattr(arguments["config"], "dtype", None) is None
     ):
         if hub is not None:
-            index = hub.checkpoint.index
+            index = hub.index
         else:
             index = flash.read_index(directory) if directory is not None else open_checkpoint(safetensors[0]).index
         arguments["state_dict"] = {
@@ -267,12 +271,12 @@ def _load_from_hub(original, bound: inspect.BoundArguments, hub: HubWeights):
     (tensor parallelism, a device it cannot target), or where the caller gave a state dict,
     transformers downloads and reads the files as unpatched."""
     arguments = bound.arguments
-    placement = device_placement(arguments["model"], arguments["load_config"], list(hub.checkpoint.index.tensors))
+    placement = device_placement(arguments["model"], arguments["load_config"], list(hub.index.tensors))
     if (arguments["state_dict"] is not None or arguments["load_config"].device_mesh is not None
             or not _engine_places(placement)):
         arguments["checkpoint_files"], arguments["load_config"].sharded_metadata = hub.resolve_by_transformers()
         return original(*bound.args, **bound.kwargs)
-    if hub.checkpoint.index.kind != "flash":
+    if hub.index.kind != "flash":
         _refuse_verify(hub)
     state_dict = flash.load_dict(hub.location, device_map=placement, verify=settings["verify"],
                                  cache_dir=hub.cache_dir)
