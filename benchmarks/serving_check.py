@@ -10,7 +10,7 @@
     python3 benchmarks/serving_check.py OUT_DIR        # run by benchmarks/gpu_check.sh
 
 Prints one line per check (``ok``, ``FAILED`` or ``skipped``) and leaves logs in OUT_DIR.
-The model is built from a config (tests/tiny_models.py): the machine has no network.
+The model is built from a config (tests/support/tiny_models.py): the machine has no network.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE.parent / "tests" / "support"))
 PROMPTS = ["hello world", "The quick brown fox"]
 
 

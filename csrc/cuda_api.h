@@ -1,8 +1,10 @@
 // The few CUDA runtime functions the loader needs, looked up at run time.
 //
-// We never link libcudart: the library torch already loaded is found in the process
-// (or, failing that, dlopen'ed by its usual names), so one build of the extension
-// serves every torch/CUDA version and machines without CUDA.
+// We never link libcudart: the runtime torch's own CUDA library (libc10_cuda) resolves to
+// is found in the process, whatever its file name (pip wheels may carry hash-renamed
+// copies, libcudart-<hash>.so.12), and never a second runtime beside it; without torch's
+// CUDA library, a runtime already mapped, else one dlopen'ed by its usual names. So one
+// build of the extension serves every torch/CUDA version and machines without CUDA.
 #pragma once
 #include <cstddef>
 
@@ -39,7 +41,8 @@ const CudaApi& cuda_api();
 // True when a CUDA runtime can be found (does not initialise CUDA).
 bool cuda_runtime_available();
 
-// The path of the runtime library in use ("" when none).
+// The path of the runtime library in use ("" when none): torch's, as the dynamic linker
+// named it.
 const char* cuda_runtime_path();
 
 // Throws CudaError("<what>: <cuda message>") when status is not cudaSuccess.

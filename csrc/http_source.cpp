@@ -390,19 +390,24 @@ HttpSource::Attempt HttpSource::attempt(const Url& url, char* dst, uint64_t offs
     // Each receive waits at most until the no-progress deadline, so a server trickling
     // bytes slower than a useful step per timeout cannot hold the piece past it.
     const double left = progress.left(timeout_s_);
+    auto trickled = [&] {
+      return "the body trickled (" + std::to_string(progress.pending) + " bytes in " + timeout_text() + ")";
+    };
     if (left <= 0) {
       out.kind = Attempt::Retry;
-      out.problem = "the body trickled (" + std::to_string(progress.pending) + " bytes in " + timeout_text() + ")";
+      out.problem = trickled();
       return out;
     }
     if (std::abs(left - conn->timeout()) > 0.05) conn->set_timeout(left);
     const long n = conn->receive(dst + out.received, ready - out.received);
     if (n <= 0) {
+      const bool timed_out = n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
       out.kind = Attempt::Retry;
       out.problem = n == 0 ? "a short body: the server closed the connection after " + std::to_string(out.received) +
                                  " of " + std::to_string(want) + " bytes"
-                           : (errno == EAGAIN || errno == EWOULDBLOCK ? "the body stalled (timed out)"
-                                                                      : "receiving failed: " + errno_message(errno));
+                           : !timed_out             ? "receiving failed: " + errno_message(errno)
+                           : progress.pending == 0 ? "the body stalled (timed out)"
+                                                   : trickled();  // bytes came, too few to count
       return out;
     }
     out.received += static_cast<uint64_t>(n);

@@ -36,6 +36,33 @@ DLManagedTensor* make_view(const Memory& memory, uint64_t offset, int32_t device
   return &view->managed;
 }
 
+// The alignment a tensor's address needs: its item size (length over element count; 1
+// where that is not a whole number, as for strided or packed sub-byte data) as a power of
+// two, at most 16 (what vector loads of any dtype need).
+uint64_t address_alignment(const TensorInfo& t) {
+  uint64_t numel = 1;
+  for (int64_t d : t.shape) numel *= static_cast<uint64_t>(std::max<int64_t>(d, 0));
+  if (numel == 0 || t.has_strides || t.length % numel) return 1;
+  const uint64_t item = t.length / numel;
+  return std::min<uint64_t>(item & (~item + 1), 16);  // its lowest set bit
+}
+
+// The first residue c (mod 16) of a region's buffer offset, starting from `preferred`,
+// that puts every member at an address its dtype allows; `preferred` when none does
+// (members of one storage saved at offsets no placement can align).
+uint64_t aligned_residue(const LoadPlan& plan, const Region& r, uint64_t preferred) {
+  for (uint64_t shift = 0; shift < 16; ++shift) {
+    const uint64_t c = (preferred + shift) % 16;
+    bool fits = true;
+    for (uint32_t m : r.members) {
+      const TensorInfo& t = plan.tensor(m);
+      fits = fits && (c + t.offset - r.start) % address_alignment(t) == 0;
+    }
+    if (fits) return c;
+  }
+  return preferred % 16;
+}
+
 std::vector<int64_t> contiguous_strides(const std::vector<int64_t>& shape) {
   std::vector<int64_t> strides(shape.size());
   int64_t s = 1;
@@ -138,15 +165,22 @@ std::vector<std::pair<int32_t, uint64_t>> LoadPlan::layout(const std::vector<uin
     // Regions adjacent in the file are placed adjacent in the buffer, and each such run
     // keeps its offset within an aligned block, so that it is read in one piece from an
     // aligned file offset into an aligned address (O_DIRECT), whatever the format's offsets.
+    // Except where that would put a tensor at an address its dtype does not allow (a
+    // safetensors writer that did not sort by dtype can leave fp32 data at 2 mod 4: CUDA
+    // kernels fault on it): such a region starts a run of its own, shifted by under 16
+    // bytes past the room for its aligned block's lead (buffers are 16-aligned at least).
     uint64_t offset = 0;
     const Region* previous = nullptr;
     for (size_t r = first; r < regions_.size(); ++r) {
       Region& region = regions_[r];
       if (region.mapped) continue;
-      if (previous && previous->file == region.file && previous->end == region.start) {
-        region.buffer_offset = previous->buffer_offset + (previous->end - previous->start);
+      const bool adjacent = previous && previous->file == region.file && previous->end == region.start;
+      const uint64_t next_to_previous = adjacent ? previous->buffer_offset + (previous->end - previous->start) : 0;
+      if (adjacent && aligned_residue(*this, region, next_to_previous) == next_to_previous % 16) {
+        region.buffer_offset = next_to_previous;
       } else {
-        region.buffer_offset = (offset + alignment - 1) / alignment * alignment + region.start % alignment;
+        const uint64_t own = (offset + alignment - 1) / alignment * alignment + region.start % alignment;
+        region.buffer_offset = own + (aligned_residue(*this, region, own) + 16 - own % 16) % 16;
       }
       offset = region.buffer_offset + (region.end - region.start);
       previous = &region;

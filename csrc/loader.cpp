@@ -249,9 +249,10 @@ struct Concurrency {
 
 // Local files: `threads` threads, pieces of chunk_bytes. Remote sources: one thread per
 // connection (as many as asked for, more or fewer than `threads`), pieces of at most
-// kRemotePieceBytes, the last ones cut finer (taper), shrunk where needed so that the
-// pinned staging memory (two pieces per thread, GPU targets only) stays within what
-// `threads` pieces of chunk_bytes would take.
+// kRemotePieceBytes, the last ones cut finer (taper), shrunk where needed so that their
+// pinned staging slices (two per thread, GPU targets only) fit the pool's blocks that a
+// local load of `threads` threads pins: ceil(connections / threads) slices per block, so
+// remote and local loads taking turns reuse the same pinned blocks.
 Concurrency concurrency_for(const std::vector<std::string>& paths, const LoadOptions& options, bool staged) {
   const auto align = [](uint64_t bytes) { return std::max<uint64_t>(kDirectAlign, bytes / kDirectAlign * kDirectAlign); };
   const size_t threads = clamp_threads(options.threads);
@@ -261,8 +262,10 @@ Concurrency concurrency_for(const std::vector<std::string>& paths, const LoadOpt
   const size_t connections = clamp_threads(options.connections > 0 ? options.connections : default_connections());
   const uint64_t piece = std::min(chunk, kRemotePieceBytes);
   if (!staged) return {connections, align(piece), true};
-  const uint64_t staging_budget = threads * chunk;  // per staging slot, over all threads
-  return {connections, align(std::min(piece, staging_budget / connections)), true};
+  const uint64_t block = std::max<uint64_t>(PinnedPool::kBlockBytes, chunk + kDirectAlign);  // a local slice's
+  const uint64_t per_block = (connections + threads - 1) / threads;
+  const uint64_t fits = block / per_block > 2 * kDirectAlign ? block / per_block - kDirectAlign : kDirectAlign;
+  return {connections, std::min(align(piece), fits / kDirectAlign * kDirectAlign), true};
 }
 
 }  // namespace
@@ -281,7 +284,11 @@ void execute_plan(const std::vector<std::string>& paths, const std::vector<ReadO
 
   PinnedLease pinned;
   // A block more than a chunk: room to read a piece from the block that holds its start.
-  if (any_cuda) pinned.buffers = PinnedPool::instance().acquire(2 * n_threads, chunk + kDirectAlign);
+  // Pinned with the load's first target device current (see PinnedPool::acquire).
+  if (any_cuda) {
+    const auto first = std::find_if(ops.begin(), ops.end(), [](const ReadOp& op) { return op.device >= 0; });
+    pinned.buffers = PinnedPool::instance().acquire(2 * n_threads, chunk + kDirectAlign, first->device);
+  }
 
   std::atomic<size_t> next{0};
   FirstError error;

@@ -34,15 +34,16 @@ def _load_into(location, targets: dict, options: LoadOptions, collective) -> Non
         ops = [(e.file, e.offset, e.length, owners[("t", name)][0], ("t", name)) for name, e in direct]
         ops += [(e.file, e.offset, e.length, staged[name].data_ptr(), ("t", name)) for name, e in strided
                 if e.length]
-        reading.read(ckpt, ops, owners, options, collective=collective, wanted=set(targets))
+        with reading.ordered_on_devices({t.device for t in targets.values() if t.device.type == "cuda"}):
+            reading.read(ckpt, ops, owners, options, collective=collective, wanted=set(targets))
         for name, e in strided:
             targets[name].copy_(_saved_view(staged.get(name), e))
         return
     ops = [(e.file, e.offset, e.length, targets[name].data_ptr(), _device_code(targets[name]))
            for name, e in direct]
-    for device in {t.device for t in targets.values() if t.device.type == "cuda"}:
-        reading.synchronize_before_copies(device)
-    reading.read(ckpt, ops, {}, options, wanted=set(targets), checked={name for name, _ in direct})
+    devices = {t.device for t in targets.values() if t.device.type == "cuda"}
+    with reading.ordered_on_devices(devices):
+        reading.read(ckpt, ops, {}, options, wanted=set(targets), checked={name for name, _ in direct})
     if strided:
         # Not one run of bytes on both sides: load just those (same checkpoint, same
         # options, checks included) and copy them over.

@@ -19,11 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 from . import _native
-from .errors import FlashChecksumError, FlashError, FlashFormatError, FlashRemoteError
+from .errors import FlashChecksumError, FlashDeviceError, FlashError, FlashFormatError, FlashRemoteError
 
 CHUNK_BYTES = 16 << 20
-# Pinned staging memory for GPU loads: two CHUNK_BYTES buffers (and a block) per thread, pinned once per
-# process, so GPU loads use at most PINNED_RING_BYTES // (2 * CHUNK_BYTES) threads.
+# Pinned staging memory for GPU loads: two blocks of CHUNK_BYTES (and 8 KiB) per thread, pinned once per
+# process with the load's first GPU current and shared by local and remote loads (csrc/pinned_pool.h), so GPU
+# loads use at most PINNED_RING_BYTES // (2 * CHUNK_BYTES) threads.
 PINNED_RING_BYTES = 512 << 20
 # Checksums of memory are computed in slices of this much (spread over the load's threads).
 CHECK_SLICE_BYTES = 64 << 20
@@ -238,6 +239,8 @@ def execute(ckpt, read, threads: int, *, to_gpu: bool) -> None:
         raise FlashRemoteError(str(e) + _tensor_named(ckpt, e.url, e.offset), e.status, e.url) from None
     except OSError as e:
         raise FlashFormatError(f"{ckpt.location}: reading the checkpoint failed: {e}") from None
+    except native.CudaError as e:  # pinning the staging ring, a copy, a stream: the device's side
+        raise FlashDeviceError(f"{ckpt.location}: copying the checkpoint to the GPU failed: {e}") from None
     except RuntimeError as e:
         raise FlashError(f"{ckpt.location}: copying the checkpoint to the GPU failed: {e}") from None
 
@@ -257,3 +260,19 @@ def synchronize_before_copies(device) -> None:
     import torch
 
     torch.cuda.current_stream(device).synchronize()
+
+
+@contextmanager
+def ordered_on_devices(devices):
+    """Around reads into memory that already exists (a model's parameters): every stream of
+    each device, not only torch's current one (vLLM's, a user's), finishes its work before
+    the copies start, which may still read or write that memory; and once the block ends
+    the bytes are on the device for work on any stream (the core waits for its copies; the
+    second device-wide wait covers copies a group's exchange queued on torch's streams)."""
+    import torch
+
+    for device in devices:
+        torch.cuda.synchronize(device)
+    yield
+    for device in devices:
+        torch.cuda.synchronize(device)

@@ -1,9 +1,13 @@
 """Shared fixtures. GPU tests carry the `gpu` marker and skip cleanly without CUDA."""
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
+
+SUPPORT = Path(__file__).parent / "support"  # the helper modules, on pytest's pythonpath
+pytest.register_assert_rewrite("helpers")  # assert_same's failures show the values compared
 
 
 def pytest_collection_modifyitems(config, items):
@@ -47,6 +51,23 @@ def daemon(sock):
         yield d
 
 
+@pytest.fixture
+def small_pieces(monkeypatch):
+    """Remote reads in pieces of 8 KiB, so that every tensor is read in many range requests."""
+    from flashtensors import reading
+
+    monkeypatch.setattr(reading, "CHUNK_BYTES", 8 << 10)  # every path reads it when a load runs
+
+
+@pytest.fixture
+def transformers_patched():
+    """transformers patched (flashtensors' defaults) during the test, unpatched after it."""
+    from model_checks import patched_transformers
+
+    with patched_transformers():
+        yield
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     """moto's S3 server on loopback, for the whole session (a remote_servers.MotoServer)."""
@@ -57,16 +78,14 @@ def s3_server():
 
 
 @pytest.fixture
-def s3(s3_server, monkeypatch):
+def s3(s3_server, monkeypatch, small_pieces):
     """``(botocore client, bucket)``: a fresh bucket on the moto server, with the AWS
     environment pointing flashtensors at it, and remote reads in 8 KiB pieces."""
-    from flashtensors import reading
     from flashtensors.benchmark.nginx import free_port
 
     from remote_servers import point_aws_at
 
     point_aws_at(monkeypatch, s3_server.url)
-    monkeypatch.setattr(reading, "CHUNK_BYTES", 8 << 10)
     from flashtensors.stores.s3 import client
 
     c = client()
@@ -74,3 +93,12 @@ def s3(s3_server, monkeypatch):
     c.create_bucket(Bucket=bucket)
     s3_server.requests.clear()
     return c, bucket
+
+
+@pytest.fixture(scope="session")
+def async_cudart(tmp_path_factory):
+    """The stand-in CUDA runtime that keeps CUDA's asynchrony (support/async_cudart.cpp),
+    built once: a path for FLASHTENSORS_CUDART."""
+    from helpers import build_library
+
+    return build_library(SUPPORT / "async_cudart.cpp", tmp_path_factory.mktemp("asynccuda") / "libcudart_async.so")

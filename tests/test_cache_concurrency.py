@@ -16,39 +16,21 @@ from flashtensors.daemon import protocol
 from flashtensors.daemon.client import DaemonClient
 from flashtensors.daemon.protocol import ProtocolError
 
-from cache_helpers import Daemon, load_from_daemon, request_then_die, same_tensors, socket_dir, state_dict
+from cache_helpers import Daemon, load_from_daemon, request_then_die, same_tensors
+from helpers import state_dict
+from processes import run_spawned
 
 WAIT_S = 240
-
-
-@pytest.fixture
-def sock():
-    with socket_dir() as d:
-        yield os.path.join(d, "cache.sock")
-
-
-def _run_all(procs, queue):
-    for p in procs:
-        p.start()
-    try:
-        results = [queue.get(timeout=WAIT_S) for _ in procs]
-    finally:
-        for p in procs:
-            p.join(30)
-            if p.is_alive():
-                p.kill()
-    assert results == ["ok"] * len(procs), results
 
 
 def test_four_clients_on_the_same_and_different_checkpoints(sock, tmp_path):
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     flash.save_dict(state_dict(1), a)
     flash.save_dict(state_dict(2), b)
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
     work = [[(a, 1)], [(a, 1)], [(b, 2)], [(b, 2), (a, 1)]]
     with Daemon(sock) as d:
-        _run_all([ctx.Process(target=load_from_daemon, args=(sock, w, 5, queue)) for w in work], queue)
+        reports, exits = run_spawned([(load_from_daemon, (sock, w, 5)) for w in work], timeout=WAIT_S)
+        assert reports == ["ok"] * len(work), exits
         entries = {e["path"]: e for e in d.client.ls()["entries"]}
         assert entries[a]["served"] == 3 * 5 and entries[b]["served"] == 2 * 5
         assert entries[a]["pinned"] == entries[b]["pinned"] == 0
@@ -150,7 +132,7 @@ def test_a_daemon_dying_mid_reply_gives_an_error_or_a_fallback_never_garbage(soc
 
 def test_a_daemon_killed_while_a_client_waits_never_gives_garbage(sock, tmp_path):
     ckpt = str(tmp_path / "m")
-    expected = state_dict(6, n=16, numel=1 << 20)  # 64 MiB: the daemon is still reading when killed
+    expected = state_dict(6, n=16, shape=(1 << 20,))  # 64 MiB: the daemon is still reading when killed
     flash.save_dict(expected, ckpt)
     results = []
     with Daemon(sock) as d:

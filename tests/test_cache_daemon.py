@@ -11,12 +11,14 @@ from flashtensors.cli import main
 from flashtensors.daemon.holdings import Holdings
 from flashtensors.daemon.protocol import DaemonError
 
-from cache_helpers import Daemon, same_tensors, state_dict
+from cache_helpers import Daemon, same_tensors
+from helpers import state_dict
 
 MiB = 1 << 20
 
 
-def mixed_state_dict() -> dict:
+def views_and_dtypes() -> dict:
+    """Tied tensors, a strided view and six dtypes, as a model's state dict has them."""
     gen = torch.Generator().manual_seed(0)
     embed = torch.randn(64, 32, generator=gen)
     return {
@@ -33,7 +35,7 @@ def mixed_state_dict() -> dict:
 
 def test_load_through_the_daemon_equals_a_direct_load(daemon, tmp_path, monkeypatch):
     ckpt = tmp_path / "m"
-    sd = mixed_state_dict()
+    sd = views_and_dtypes()
     flash.save_dict(sd, ckpt)
     direct = flash.load_dict(ckpt, server=False)
     served = daemon.client.load_tensors(ckpt)

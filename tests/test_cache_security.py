@@ -15,7 +15,8 @@ from flashtensors.daemon import paths, protocol
 from flashtensors.daemon.client import DaemonClient
 from flashtensors.daemon.paths import UnsafeSocketError
 
-from cache_helpers import same_tensors, socket_dir, state_dict
+from cache_helpers import same_tensors, socket_dir
+from helpers import state_dict
 
 
 def _raw(sock_path, data: bytes) -> dict:

@@ -10,13 +10,12 @@ from safetensors.torch import save_file
 from flashtensors import FlashError, FlashRemoteError, flash, reading
 from flashtensors.convert.upload import upload_checkpoint
 
-from helpers import assert_same, flashtensors
+from helpers import assert_same, flashtensors, state_dict
 from remote_servers import nginx, upload
 
 
 def state():
-    torch.manual_seed(3)
-    sd = {f"model.layers.{i}.w": torch.randn(32 + i, 16) for i in range(4)}
+    sd = state_dict(3, 4, (32, 16), name="model.layers.{i}.w", grow=1)
     sd["model.norm"] = torch.ones(7, dtype=torch.float16)
     return sd
 

@@ -12,24 +12,15 @@ from flashtensors import flash
 from flashtensors.benchmark.system import drop_from_cache
 
 import group_workers
-
-
-def _run_group(body, world, tmp_path, *args, timeout=240) -> dict:
-    """Runs ``body`` on ``world`` spawned ranks; returns {rank: (status, facts)}."""
-    return group_workers.spawn(body, world, tmp_path, *args, timeout=timeout)
-
-
-def _state_dict() -> dict:
-    gen = torch.Generator().manual_seed(0)
-    sd = {f"layers.{i}.w": torch.randn(1000 + 77 * i, 257, generator=gen) for i in range(12)}
-    sd.update(bias=torch.arange(10, dtype=torch.int16), scalar=torch.tensor(2.5), empty=torch.empty(0, 4))
-    return sd  # about 14 MB: several pieces of the exchange
+from group_workers import run_group
+from helpers import state_dict
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("group")
-    sd = _state_dict()
+    sd = state_dict(0, 12, (1000, 257), name="layers.{i}.w", grow=77)  # about 14 MB: several pieces of the exchange
+    sd.update(bias=torch.arange(10, dtype=torch.int16), scalar=torch.tensor(2.5), empty=torch.empty(0, 4))
     sd["tied"] = sd["layers.0.w"]  # shared storage survives the exchange
     flash.save_dict(sd, root / "flash")
     st = dict(sd)
@@ -53,7 +44,7 @@ def test_every_rank_gets_the_checkpoint(checkpoints, tmp_path, world, kind):
     # page cache reads again (this test failed that way, and always after drop_caches).
     path = checkpoints[kind]
     assert drop_from_cache(_data_files(path)), "could not evict the data files from the page cache"
-    reports = _run_group(group_workers.full_load, world, tmp_path, str(path))
+    reports = run_group(group_workers.full_load, world, tmp_path, str(path))
     assert {r: s for r, (s, _) in reports.items()} == {r: "ok" for r in range(world)}
     if kind == "flash":
         facts = reports[0][1]
@@ -61,19 +52,19 @@ def test_every_rank_gets_the_checkpoint(checkpoints, tmp_path, world, kind):
 
 
 def test_ranks_fill_different_tensors(checkpoints, tmp_path):
-    reports = _run_group(group_workers.own_tensors, 3, tmp_path, str(checkpoints["flash"]))
+    reports = run_group(group_workers.own_tensors, 3, tmp_path, str(checkpoints["flash"]))
     assert {r: s for r, (s, _) in reports.items()} == {0: "ok", 1: "ok", 2: "ok"}
 
 
 def test_different_checkpoints_are_refused_on_every_rank(checkpoints, tmp_path):
-    reports = _run_group(group_workers.rank_paths, 2, tmp_path,
+    reports = run_group(group_workers.rank_paths, 2, tmp_path,
                          [str(checkpoints["flash"]), str(checkpoints["safetensors"])])
     assert len(reports) == 2
     assert all("different checkpoints" in status for status, _ in reports.values()), reports
 
 
 def test_a_rank_that_cannot_open_its_checkpoint_fails_every_rank(checkpoints, tmp_path):
-    reports = _run_group(group_workers.rank_paths, 3, tmp_path,
+    reports = run_group(group_workers.rank_paths, 3, tmp_path,
                          [str(checkpoints["flash"]), str(tmp_path / "missing"), str(checkpoints["flash"])])
     assert len(reports) == 3
     for status, _ in reports.values():
@@ -82,7 +73,7 @@ def test_a_rank_that_cannot_open_its_checkpoint_fails_every_rank(checkpoints, tm
 
 def test_a_rank_that_dies_fails_the_others_in_bounded_time(checkpoints, tmp_path):
     started = time.monotonic()
-    reports = _run_group(group_workers.dies_before_loading, 2, tmp_path, str(checkpoints["flash"]), timeout=120)
+    reports = run_group(group_workers.dies_before_loading, 2, tmp_path, str(checkpoints["flash"]), timeout=120)
     assert set(reports) == {0}
     assert "GroupError" in reports[0][0], reports
     assert time.monotonic() - started < 120

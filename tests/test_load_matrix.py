@@ -15,7 +15,7 @@ from flashtensors import FlashChecksumError, FlashError, flash
 from flashtensors.checkpoint import open_checkpoint
 
 import matrix_workers
-from helpers import save_shards
+from helpers import save_shards, state_dict
 from remote_servers import nginx, point_aws_at, upload
 
 LAYOUTS = {"flash": "flash", "file": "st/model.safetensors", "hf": "hf"}
@@ -23,20 +23,14 @@ PLACES = ["local", "http", "s3", "s3-cached"]
 METHODS = ["load_dict", "load_into"]
 
 
-def _state() -> dict:
-    gen = torch.Generator().manual_seed(7)
-    sd = {f"layers.{i}.w": torch.randn(300 + 37 * i, 129, generator=gen) for i in range(6)}
-    sd.update({"layers.0.b": torch.arange(11, dtype=torch.int16), "emb": torch.randn(50, 8).to(torch.bfloat16),
-               "scalar": torch.tensor(1.5), "empty": torch.empty(0, 3)})
-    return sd  # about 1 MB: several pieces with small CHUNK/PIECE sizes
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, s3_server):
     """The checkpoints on disk, served by nginx and uploaded to moto's S3:
     ``{"root", "url", "bucket", "expected", "expected_file"}``."""
     root = tmp_path_factory.mktemp("matrix")
-    sd = _state()
+    sd = state_dict(7, 6, (300, 129), name="layers.{i}.w", grow=37)
+    sd.update({"layers.0.b": torch.arange(11, dtype=torch.int16), "emb": torch.randn(50, 8).to(torch.bfloat16),
+               "scalar": torch.tensor(1.5), "empty": torch.empty(0, 3)})  # about 1 MB: several pieces
     flash.save_dict(sd, root / "flash")
     (root / "st").mkdir()
     save_file(sd, str(root / "st" / "model.safetensors"))
@@ -164,7 +158,7 @@ def test_a_named_server_with_what_it_cannot_serve_is_refused_by_name(world, tmp_
 # -- a group of two ranks ------------------------------------------------------------
 
 def run_group(w, cases, world_size=2) -> dict:
-    return matrix_workers.run_group(w["root"], w["expected_file"], cases, world_size)
+    return matrix_workers.run_cases(w["root"], w["expected_file"], cases, world_size)
 
 
 def test_a_group_of_two(world, s3_server, tmp_path):

@@ -15,31 +15,20 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from flashtensors import FlashRemoteError, flash, reading
+from flashtensors import FlashRemoteError, flash
 from flashtensors.stores.tier import META_SUFFIX, PART_SUFFIX
 
-from helpers import assert_same
+from helpers import assert_same, mixed_state_dict
 from remote_servers import FaultServer, nginx, upload
 
-
-def state(seed=0):
-    torch.manual_seed(seed)
-    sd = {f"layers.{i}.weight": torch.randn(64 + i, 48) for i in range(6)}
-    sd["layers.0.bias"] = torch.arange(17, dtype=torch.int16)
-    sd["emb"] = torch.randn(3, 5).to(torch.bfloat16)
-    return sd
-
-
-@pytest.fixture(autouse=True)
-def small_pieces(monkeypatch):
-    monkeypatch.setattr(reading, "CHUNK_BYTES", 8 << 10)  # every path reads it when a load runs
+pytestmark = pytest.mark.usefixtures("small_pieces")
 
 
 @pytest.fixture
 def site(tmp_path):
     """A web root with a flash checkpoint (m/) and a sharded Hugging Face directory (hf/)."""
     root = tmp_path / "www"
-    sd = state()
+    sd = mixed_state_dict()
     flash.save_dict(sd, root / "m")
     write_hf(root / "hf", sd)
     return root, sd
@@ -56,12 +45,6 @@ def write_hf(where, sd, mtime=None):
         if mtime is not None:
             os.utime(where / shard, (mtime, mtime))
     (where / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
-
-
-def by(loaded, order):
-    """``loaded`` in the order of ``order`` (safetensors files keep their own order)."""
-    assert sorted(loaded) == sorted(order)
-    return {k: loaded[k] for k in order}
 
 
 def cached_files(cache):
@@ -91,7 +74,7 @@ def test_second_load_reads_the_local_copy(site, where, tmp_path):
         second = flash.load_dict(f"{server.url}/{where}", "cpu", cache_dir=cache)
         assert data_reads(log) == []
     assert_same(first, second)
-    assert_same({k: second[k] for k in sd}, sd)
+    assert_same(second, sd, ordered=False)
     # Byte for byte the remote files, each with a sidecar naming its size and ETag.
     copies = [f for f in cached_files(cache) if not f.endswith(META_SUFFIX)]
     assert copies and not any(f.endswith(PART_SUFFIX) for f in copies)
@@ -136,41 +119,43 @@ def test_a_subset_is_not_kept(site, tmp_path):
                                        "model-00002-of-00002.safetensors" + META_SUFFIX]
 
 
-def test_a_changed_object_is_fetched_again(site, tmp_path):
+@pytest.fixture
+def hf_in_tier(site, tmp_path):
+    """The site's hf/ served by nginx, loaded once into a local tier: yields ``(root, sd,
+    url, cache, log)``, nginx's access log ``log`` emptied after that load."""
     root, sd = site
     cache, log = tmp_path / "cache", tmp_path / "access.log"
     with nginx(root, access_log=log) as server:
         url = f"{server.url}/hf"
         flash.load_dict(url, cache_dir=cache)
-        # New values, same sizes; nginx's ETag is mtime and size, so give the files a new mtime.
-        changed = {k: v + 1 if v.is_floating_point() else v * 3 for k, v in sd.items()}
-        write_hf(root / "hf", changed, mtime=time.time() + 100)
         open(log, "w").close()
-        got = flash.load_dict(url, cache_dir=cache)
-        assert_same({k: got[k] for k in sd}, changed)
-        assert {line.split(" ")[1] for line in data_reads(log)} == {
-            "/hf/model-00001-of-00002.safetensors", "/hf/model-00002-of-00002.safetensors"}
-        # The copies now hold the new objects: a third load reads no data.
-        open(log, "w").close()
-        assert_same(flash.load_dict(url, cache_dir=cache), got)
-        assert data_reads(log) == []
+        yield root, sd, url, cache, log
 
 
-def test_only_the_changed_shard_is_fetched_again(site, tmp_path):
-    root, sd = site
-    cache, log = tmp_path / "cache", tmp_path / "access.log"
-    with nginx(root, access_log=log) as server:
-        url = f"{server.url}/hf"
-        flash.load_dict(url, cache_dir=cache)
-        shard = root / "hf" / "model-00002-of-00002.safetensors"
-        keys = list(sd)[4:]
-        save_file({k: sd[k] * 2 for k in keys}, shard)
-        os.utime(shard, (12345, 12345))
-        open(log, "w").close()
-        got = flash.load_dict(url, cache_dir=cache)
-        assert [line.split(" ")[1] for line in data_reads(log)] == ["/hf/model-00002-of-00002.safetensors"] * len(
-            data_reads(log))
-        assert data_reads(log)
+def test_a_changed_object_is_fetched_again(hf_in_tier):
+    root, sd, url, cache, log = hf_in_tier
+    # New values, same sizes; nginx's ETag is mtime and size, so give the files a new mtime.
+    changed = {k: v + 1 if v.is_floating_point() else v * 3 for k, v in sd.items()}
+    write_hf(root / "hf", changed, mtime=time.time() + 100)
+    got = flash.load_dict(url, cache_dir=cache)
+    assert_same(got, changed, ordered=False)
+    assert {line.split(" ")[1] for line in data_reads(log)} == {
+        "/hf/model-00001-of-00002.safetensors", "/hf/model-00002-of-00002.safetensors"}
+    # The copies now hold the new objects: a third load reads no data.
+    open(log, "w").close()
+    assert_same(flash.load_dict(url, cache_dir=cache), got)
+    assert data_reads(log) == []
+
+
+def test_only_the_changed_shard_is_fetched_again(hf_in_tier):
+    root, sd, url, cache, log = hf_in_tier
+    shard = root / "hf" / "model-00002-of-00002.safetensors"
+    keys = list(sd)[4:]
+    save_file({k: sd[k] * 2 for k in keys}, shard)
+    os.utime(shard, (12345, 12345))
+    got = flash.load_dict(url, cache_dir=cache)
+    reads = data_reads(log)
+    assert reads and [line.split(" ")[1] for line in reads] == ["/hf/model-00002-of-00002.safetensors"] * len(reads)
     assert_same({k: got[k] for k in keys}, {k: sd[k] * 2 for k in keys})
 
 
@@ -223,37 +208,24 @@ def test_an_unusable_cache_dir_does_not_fail_the_load(site, tmp_path, caplog):
 
 def test_s3_second_load_reads_the_local_copy(s3, s3_server, tmp_path):
     c, bucket = s3
-    sd = state()
-    save_file(sd, tmp_path / "model.safetensors")
+    sd = mixed_state_dict()
+    changed = {k: v + 1 if v.is_floating_point() else v * 3 for k, v in sd.items()}
     key = "models/m/model.safetensors"
-    c.put_object(Bucket=bucket, Key=key, Body=(tmp_path / "model.safetensors").read_bytes())
     cache = tmp_path / "cache"
     url = f"s3://{bucket}/models/m"
-
-    def data_gets():
-        return [r for r in s3_server.requests if r[0] == "GET" and r[1].endswith(key)]
-
-    s3_server.requests.clear()
-    assert_same(by(flash.load_dict(url, "cpu", cache_dir=cache), sd), sd)
-    assert data_gets()
-    s3_server.requests.clear()
-    assert_same(by(flash.load_dict(url, "cpu", cache_dir=cache), sd), sd)
-    assert data_gets() == []
-    # A new object under the same key (a new ETag) is fetched again.
-    changed = {k: v + 1 if v.is_floating_point() else v * 3 for k, v in sd.items()}
-    save_file(changed, tmp_path / "model.safetensors")
-    c.put_object(Bucket=bucket, Key=key, Body=(tmp_path / "model.safetensors").read_bytes())
-    s3_server.requests.clear()
-    assert_same(by(flash.load_dict(url, "cpu", cache_dir=cache), sd), changed)
-    assert data_gets()
-    s3_server.requests.clear()
-    assert_same(by(flash.load_dict(url, "cpu", cache_dir=cache), sd), changed)
-    assert data_gets() == []
+    for want in (sd, changed):  # then a new object under the same key (a new ETag): fetched again
+        save_file(want, tmp_path / "model.safetensors")
+        c.put_object(Bucket=bucket, Key=key, Body=(tmp_path / "model.safetensors").read_bytes())
+        for reads_data in (True, False):  # the first load reads the object, the second the local copy
+            s3_server.requests.clear()
+            assert_same(flash.load_dict(url, "cpu", cache_dir=cache), want, ordered=False)
+            data_gets = [r for r in s3_server.requests if r[0] == "GET" and r[1].endswith(key)]
+            assert bool(data_gets) == reads_data, data_gets
 
 
 def test_s3_flash_checkpoint_cached(s3, s3_server, tmp_path):
     c, bucket = s3
-    sd = state()
+    sd = mixed_state_dict()
     flash.save_dict(sd, tmp_path / "m")
     upload(c, bucket, tmp_path / "m", "m")
     cache = tmp_path / "cache"

@@ -12,12 +12,11 @@ import textwrap
 import time
 
 import pytest
-import torch
 from safetensors.torch import save_file
 
-from flashtensors import FlashRemoteError, flash, reading
+from flashtensors import FlashRemoteError, flash
 
-from helpers import assert_same
+from helpers import assert_same, state_dict
 from remote_servers import FaultServer, SilentServer, nginx
 
 # A bound on how long past `timeout` a failing load may take: generous, for a shared
@@ -25,20 +24,10 @@ from remote_servers import FaultServer, SilentServer, nginx
 SLACK_S = 15
 
 
-def state():
-    torch.manual_seed(3)
-    return {f"w{i}": torch.randn(128, 64) for i in range(4)}
-
-
-@pytest.fixture
-def small_pieces(monkeypatch):
-    monkeypatch.setattr(reading, "CHUNK_BYTES", 8 << 10)
-
-
 @pytest.fixture
 def site(tmp_path):
     root = tmp_path / "www"
-    sd = state()
+    sd = state_dict(3, 4, (128, 64))
     flash.save_dict(sd, root / "m")
     (root / "st").mkdir()
     save_file(sd, root / "st" / "model.safetensors")
@@ -155,7 +144,7 @@ def _replace_with(path, sd):
 def test_an_object_replaced_mid_load_never_yields_mixed_tensors(tmp_path, small_pieces, cached):
     root = tmp_path / "www"
     root.mkdir()
-    old = state()
+    old = state_dict(3, 4, (128, 64))
     new = {k: v + 1 for k, v in old.items()}
     save_file(old, root / "model.safetensors")
 
@@ -205,7 +194,7 @@ def test_s3_pins_reads_to_the_version_opened(s3, tmp_path):
     from flashtensors.checkpoint import open_checkpoint
 
     c, bucket = s3
-    sd = state()
+    sd = state_dict(3, 4, (128, 64))
     save_file(sd, tmp_path / "model.safetensors")
     c.put_object(Bucket=bucket, Key="p/model.safetensors", Body=(tmp_path / "model.safetensors").read_bytes())
     ckpt = open_checkpoint(f"s3://{bucket}/p", timeout=10)

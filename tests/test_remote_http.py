@@ -12,26 +12,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from flashtensors import FlashChecksumError, FlashError, FlashRemoteError, flash, reading
+from flashtensors import FlashChecksumError, FlashError, FlashRemoteError, flash
 
-from helpers import assert_same
+from helpers import assert_same, mixed_state_dict
 from remote_servers import FaultServer, nginx
-
-
-def state(n=6, big=0):
-    torch.manual_seed(0)
-    sd = {f"layers.{i}.weight": torch.randn(64 + i, 48) for i in range(n)}
-    sd["layers.0.bias"] = torch.arange(17, dtype=torch.int16)
-    sd["emb"] = torch.randn(3, 5).to(torch.bfloat16)
-    if big:
-        sd["big"] = torch.randn(big)
-    return sd
-
-
-@pytest.fixture
-def small_pieces(monkeypatch):
-    """Pieces of 8 KiB, so that every tensor is read in many range requests."""
-    monkeypatch.setattr(reading, "CHUNK_BYTES", 8 << 10)  # every path reads it when a load runs
 
 
 @pytest.fixture
@@ -39,7 +23,8 @@ def site(tmp_path):
     """A web root with a flash checkpoint (m/), a safetensors file (st/model.safetensors)
     and a sharded Hugging Face directory (hf/)."""
     root = tmp_path / "www"
-    sd = state(big=50_000)
+    sd = mixed_state_dict()
+    sd["big"] = torch.randn(50_000)
     flash.save_dict(sd, root / "m")
     (root / "st").mkdir()
     save_file(sd, root / "st" / "model.safetensors")

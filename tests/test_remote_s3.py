@@ -11,13 +11,12 @@ from safetensors.torch import save_file
 
 from flashtensors import FlashRemoteError, flash
 
-from helpers import assert_same
+from helpers import assert_same, state_dict
 from remote_servers import upload
 
 
 def state():
-    torch.manual_seed(1)
-    sd = {f"blocks.{i}.w": torch.randn(40 + i, 32) for i in range(5)}
+    sd = state_dict(1, 5, (40, 32), name="blocks.{i}.w", grow=1)
     sd["norm"] = torch.ones(9, dtype=torch.float16)
     return sd
 

@@ -10,25 +10,19 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from flashtensors import FlashRemoteError, flash
 
-from helpers import assert_same
+from helpers import assert_same, state_dict
 from remote_servers import Tinyproxy, issue_cert, make_ca, nginx
 
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 
 
-def state():
-    torch.manual_seed(4)
-    return {f"p{i}": torch.randn(96, 32) for i in range(3)}
-
-
 @pytest.fixture
 def site(tmp_path):
     root = tmp_path / "www"
-    sd = state()
+    sd = state_dict(4, 3, (96, 32))
     flash.save_dict(sd, root / "m")
     return root, sd
 

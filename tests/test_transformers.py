@@ -1,6 +1,6 @@
 """transformers' from_pretrained reading flash checkpoints (flashtensors.integrations.transformers).
 
-Every test builds real tiny models (tests/tiny_models.py), saves them both as safetensors
+Every test builds real tiny models (tests/support/tiny_models.py), saves them both as safetensors
 (transformers' own save_pretrained) and as flash, loads both and compares bit for bit.
 """
 
@@ -16,7 +16,6 @@ pytest.importorskip("accelerate")
 
 from transformers import (  # noqa: E402
     AutoModel,
-    AutoModelForCausalLM,
     AutoTokenizer,
     modeling_utils,  # noqa: E402
 )
@@ -25,17 +24,10 @@ import flashtensors  # noqa: E402
 from flashtensors import FlashChecksumError, FlashError, FlashFormatError, flash  # noqa: E402
 from flashtensors.integrations import transformers as flash_tf  # noqa: E402
 
-from model_checks import assert_same_model, output, patched_transformers, tied_pairs  # noqa: E402
+from model_checks import assert_same_model, load_model, output, tied_pairs  # noqa: E402
 from tiny_models import ARCHS, VOCAB_SIZE, make_model, make_tokenizer  # noqa: E402
 
-AUTO_CLASS = {"bert": AutoModel}
-
-
-@pytest.fixture(autouse=True)
-def patched():
-    """Each test starts patched (defaults) and leaves transformers unpatched."""
-    with patched_transformers():
-        yield
+pytestmark = pytest.mark.usefixtures("transformers_patched")  # unpatched after each test
 
 
 def save_both(model, tmp_path, **flash_kwargs):
@@ -44,10 +36,6 @@ def save_both(model, tmp_path, **flash_kwargs):
     model.save_pretrained(st_dir)
     flash_tf.save_pretrained(model, fl_dir, **flash_kwargs)
     return st_dir, fl_dir
-
-
-def load(arch, path, **kwargs):
-    return AUTO_CLASS.get(arch, AutoModelForCausalLM).from_pretrained(path, **kwargs)
 
 
 # --- loading ------------------------------------------------------------------------------------
@@ -59,8 +47,8 @@ def test_flash_loads_like_safetensors(arch, tmp_path):
     st_dir, fl_dir = save_both(model, tmp_path)
     assert not list(fl_dir.glob("*.safetensors*"))
 
-    from_st, st_info = load(arch, st_dir, output_loading_info=True)
-    from_fl, fl_info = load(arch, fl_dir, output_loading_info=True)
+    from_st, st_info = load_model(arch, st_dir, output_loading_info=True)
+    from_fl, fl_info = load_model(arch, fl_dir, output_loading_info=True)
 
     assert_same_model(from_fl, from_st)
     assert_same_model(from_fl, model)
@@ -73,14 +61,14 @@ def test_tied_embeddings_stay_tied(tmp_path):
     _, fl_dir = save_both(model, tmp_path)
     assert "lm_head.weight" not in flash.read_index(fl_dir).tensors  # saved once, as transformers does
 
-    loaded = load("gpt2", fl_dir)
+    loaded = load_model("gpt2", fl_dir)
     assert loaded.lm_head.weight is loaded.transformer.wte.weight
 
 
 def test_buffers_match(tmp_path):
     """Non-persistent buffers (rotary inv_freq) are rebuilt exactly as from safetensors."""
     st_dir, fl_dir = save_both(make_model("llama"), tmp_path)
-    a, b = load("llama", st_dir), load("llama", fl_dir)
+    a, b = load_model("llama", st_dir), load_model("llama", fl_dir)
     buffers_a, buffers_b = dict(a.named_buffers()), dict(b.named_buffers())
     assert buffers_a.keys() == buffers_b.keys() and buffers_a
     for name in buffers_a:
@@ -95,7 +83,7 @@ def test_buffers_match(tmp_path):
 )
 def test_load_kwargs(kwargs, tmp_path):
     st_dir, fl_dir = save_both(make_model("qwen2", dtype=torch.bfloat16), tmp_path)
-    from_st, from_fl = load("qwen2", st_dir, **kwargs), load("qwen2", fl_dir, **kwargs)
+    from_st, from_fl = load_model("qwen2", st_dir, **kwargs), load_model("qwen2", fl_dir, **kwargs)
     assert from_fl.dtype == from_st.dtype
     assert_same_model(from_fl, from_st)
 
@@ -108,7 +96,7 @@ def test_dtype_auto_without_config_dtype(tmp_path):
         del config["dtype"]
         (path / "config.json").write_text(json.dumps(config))
 
-    from_st, from_fl = load("llama", st_dir, dtype="auto"), load("llama", fl_dir, dtype="auto")
+    from_st, from_fl = load_model("llama", st_dir, dtype="auto"), load_model("llama", fl_dir, dtype="auto")
     assert from_fl.dtype == from_st.dtype == torch.bfloat16
     assert_same_model(from_fl, from_st)
 
@@ -116,8 +104,8 @@ def test_dtype_auto_without_config_dtype(tmp_path):
 @pytest.mark.parametrize("device_map", ["auto", "balanced", "sequential", "cpu", {"": "cpu"}])
 def test_device_map_on_cpu(device_map, tmp_path):
     st_dir, fl_dir = save_both(make_model("llama"), tmp_path)
-    from_st = load("llama", st_dir, device_map=device_map)
-    from_fl = load("llama", fl_dir, device_map=device_map)
+    from_st = load_model("llama", st_dir, device_map=device_map)
+    from_fl = load_model("llama", fl_dir, device_map=device_map)
     assert getattr(from_fl, "hf_device_map", None) == getattr(from_st, "hf_device_map", None)
     assert_same_model(from_fl, from_st)
 
@@ -127,8 +115,8 @@ def test_device_map_with_disk_offload(tmp_path):
     device_map = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",
                   "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "disk"}
     st_dir, fl_dir = save_both(make_model("llama"), tmp_path)
-    from_st = load("llama", st_dir, device_map=device_map, offload_folder=tmp_path / "offload_st")
-    from_fl = load("llama", fl_dir, device_map=device_map, offload_folder=tmp_path / "offload_fl")
+    from_st = load_model("llama", st_dir, device_map=device_map, offload_folder=tmp_path / "offload_st")
+    from_fl = load_model("llama", fl_dir, device_map=device_map, offload_folder=tmp_path / "offload_fl")
     assert from_fl.hf_device_map == from_st.hf_device_map == device_map
     assert from_fl.lm_head.weight.device.type == "meta"  # offloaded, like the safetensors load
     assert torch.equal(output(from_fl), output(from_st))
@@ -139,7 +127,7 @@ def test_device_map_with_disk_offload(tmp_path):
 def test_device_map_on_gpu(device_map, tmp_path):
     st_dir, fl_dir = save_both(make_model("llama"), tmp_path)
     kwargs = dict(device_map=device_map, dtype=torch.bfloat16)
-    from_st, from_fl = load("llama", st_dir, **kwargs), load("llama", fl_dir, **kwargs)
+    from_st, from_fl = load_model("llama", st_dir, **kwargs), load_model("llama", fl_dir, **kwargs)
     assert from_fl.model.embed_tokens.weight.device == torch.device("cuda", 0)
     assert_same_model(from_fl, from_st)
 
@@ -198,14 +186,14 @@ def test_truncated_data_file_raises(tmp_path):
     f = data_file(fl_dir)
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     with pytest.raises(FlashFormatError):
-        load("llama", fl_dir)
+        load_model("llama", fl_dir)
 
 
 def test_garbled_index_raises(tmp_path):
     _, fl_dir = save_both(make_model("llama"), tmp_path)
     (fl_dir / flashtensors.INDEX_FILENAME).write_text("{not json")
     with pytest.raises(FlashFormatError):
-        load("llama", fl_dir)
+        load_model("llama", fl_dir)
 
 
 def test_flipped_bit_raises_with_verify(tmp_path):
@@ -216,7 +204,7 @@ def test_flipped_bit_raises_with_verify(tmp_path):
     f.write_bytes(bytes(data))
     flash_tf.patch(verify=True)
     with pytest.raises(FlashChecksumError):
-        load("llama", fl_dir)
+        load_model("llama", fl_dir)
 
 
 # --- patch / unpatch ----------------------------------------------------------------------------
@@ -225,9 +213,9 @@ def test_flipped_bit_raises_with_verify(tmp_path):
 def test_safetensors_dirs_load_as_before(tmp_path):
     model = make_model("gpt2")
     model.save_pretrained(tmp_path / "st")
-    patched = load("gpt2", tmp_path / "st")
+    patched = load_model("gpt2", tmp_path / "st")
     flash_tf.unpatch()
-    assert_same_model(patched, load("gpt2", tmp_path / "st"))
+    assert_same_model(patched, load_model("gpt2", tmp_path / "st"))
 
 
 def test_use_safetensors_prefers_safetensors(tmp_path):
@@ -236,8 +224,8 @@ def test_use_safetensors_prefers_safetensors(tmp_path):
     make_model("llama", seed=1).save_pretrained(path)
     flash.save_dict(make_model("llama", seed=2).state_dict(), path)
 
-    assert_same_model(load("llama", path), make_model("llama", seed=2))
-    assert_same_model(load("llama", path, use_safetensors=True), make_model("llama", seed=1))
+    assert_same_model(load_model("llama", path), make_model("llama", seed=2))
+    assert_same_model(load_model("llama", path, use_safetensors=True), make_model("llama", seed=1))
 
 
 def test_patch_is_idempotent_and_unpatch_restores():
@@ -263,7 +251,7 @@ def test_unpatched_transformers_cannot_read_flash(tmp_path):
     _, fl_dir = save_both(make_model("llama"), tmp_path)
     flash_tf.unpatch()
     with pytest.raises(OSError, match="model.safetensors"):
-        load("llama", fl_dir)
+        load_model("llama", fl_dir)
 
 
 def test_patch_transformers_one_liner(tmp_path):
@@ -288,10 +276,10 @@ def test_save_refuses_to_clobber(tmp_path):
     path = flash_tf.save_pretrained(model, tmp_path / "m")
     with pytest.raises(FlashError, match="overwrite=True"):
         flash_tf.save_pretrained(make_model("llama", seed=3), path)
-    assert_same_model(load("llama", path), model)
+    assert_same_model(load_model("llama", path), model)
 
     flash_tf.save_pretrained(make_model("llama", seed=3), path, overwrite=True)
-    assert_same_model(load("llama", path), make_model("llama", seed=3))
+    assert_same_model(load_model("llama", path), make_model("llama", seed=3))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no staging left behind
 
 
@@ -300,7 +288,7 @@ def test_sharded_save_is_one_checkpoint(tmp_path):
     model = make_model("llama")
     path = flash_tf.save_pretrained(model, tmp_path / "m", max_shard_size="100KB")
     assert not list(path.glob("*.safetensors*"))
-    assert_same_model(load("llama", path), model)
+    assert_same_model(load_model("llama", path), model)
 
 
 def test_failed_save_leaves_nothing(tmp_path):

@@ -17,37 +17,24 @@ import torch
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-from transformers import AutoModel, AutoModelForCausalLM  # noqa: E402
-
 import flashtensors  # noqa: E402
 from flashtensors import FlashFormatError, flash  # noqa: E402
 from flashtensors.integrations import transformers as flash_tf  # noqa: E402
 from flashtensors.integrations.transformers import loading  # noqa: E402
 
-from model_checks import SafetensorsReads, assert_same_model, output, patched_transformers, tied_pairs  # noqa: E402
+from model_checks import SafetensorsReads, assert_same_model, load_model, output, tied_pairs  # noqa: E402
 from tiny_models import ARCHS, make_model  # noqa: E402
 
-AUTO_CLASS = {"bert": AutoModel}
-
-
-@pytest.fixture(autouse=True)
-def patched():
-    """Each test starts patched (defaults) and leaves transformers unpatched."""
-    with patched_transformers():
-        yield
-
-
-def load(arch, path, **kwargs):
-    return AUTO_CLASS.get(arch, AutoModelForCausalLM).from_pretrained(path, **kwargs)
+pytestmark = pytest.mark.usefixtures("transformers_patched")  # unpatched after each test
 
 
 def load_both(arch, path, **kwargs):
     """(patched load, unpatched load, reads of the patched load) of ``path``."""
     with SafetensorsReads() as reads:
-        patched = load(arch, path, **kwargs)
+        patched = load_model(arch, path, **kwargs)
     flash_tf.unpatch()
     try:
-        unpatched = load(arch, path, **kwargs)
+        unpatched = load_model(arch, path, **kwargs)
     finally:
         flash_tf.patch()
     return patched, unpatched, reads
@@ -64,9 +51,9 @@ def test_safetensors_load_through_flashtensors_like_transformers(arch, tmp_path)
     model.save_pretrained(tmp_path / "m")
 
     with SafetensorsReads() as reads:
-        patched, patched_info = load(arch, tmp_path / "m", output_loading_info=True)
+        patched, patched_info = load_model(arch, tmp_path / "m", output_loading_info=True)
     flash_tf.unpatch()
-    unpatched, unpatched_info = load(arch, tmp_path / "m", output_loading_info=True)
+    unpatched, unpatched_info = load_model(arch, tmp_path / "m", output_loading_info=True)
 
     assert_read_by_flashtensors(reads, tmp_path / "m" / "model.safetensors")
     assert_same_model(patched, unpatched)
@@ -80,13 +67,13 @@ def test_safetensors_false_leaves_safetensors_to_transformers(tmp_path):
     make_model("llama").save_pretrained(tmp_path / "m")
     flashtensors.patch_transformers(safetensors=False)
     with SafetensorsReads() as reads:
-        model = load("llama", tmp_path / "m")
+        model = load_model("llama", tmp_path / "m")
     assert reads.by_transformers and reads.by_flashtensors == []
     assert_same_model(model, make_model("llama"))
 
     flash_tf.patch()  # back to the default
     with SafetensorsReads() as reads:
-        load("llama", tmp_path / "m")
+        load_model("llama", tmp_path / "m")
     assert reads.by_transformers == [] and len(reads.by_flashtensors) == 1
 
 
@@ -95,7 +82,7 @@ def test_flash_still_loads_with_safetensors_false(tmp_path):
     flash_tf.save_pretrained(model, tmp_path / "fl")
     flash_tf.patch(safetensors=False)
     with SafetensorsReads() as reads:
-        assert_same_model(load("llama", tmp_path / "fl"), model)
+        assert_same_model(load_model("llama", tmp_path / "fl"), model)
     assert_read_by_flashtensors(reads, tmp_path / "fl")
 
 
@@ -191,8 +178,8 @@ def test_use_safetensors_beside_a_flash_checkpoint_reads_the_files(tmp_path):
     flash.save_dict(make_model("llama", seed=2).state_dict(), path)
 
     with SafetensorsReads() as reads:
-        assert_same_model(load("llama", path), make_model("llama", seed=2))
-        assert_same_model(load("llama", path, use_safetensors=True), make_model("llama", seed=1))
+        assert_same_model(load_model("llama", path), make_model("llama", seed=2))
+        assert_same_model(load_model("llama", path, use_safetensors=True), make_model("llama", seed=1))
     shards = sorted(str(p) for p in path.glob("*.safetensors"))
     assert reads.by_transformers == []
     assert [str(s) for s in reads.by_flashtensors] == [str(path)] + shards
@@ -212,16 +199,16 @@ def test_truncated_safetensors_file_raises_naming_it(tmp_path):
     f = tmp_path / "m" / "model.safetensors"
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     with pytest.raises(FlashFormatError, match="model.safetensors"):
-        load("llama", tmp_path / "m")
+        load_model("llama", tmp_path / "m")
 
 
 def test_verify_refuses_safetensors(tmp_path):
     make_model("llama").save_pretrained(tmp_path / "m")
     flash_tf.patch(verify=True)
     with pytest.raises(FlashFormatError, match=r"model\.safetensors: patch\(verify=True\) checks"):
-        load("llama", tmp_path / "m")
+        load_model("llama", tmp_path / "m")
     flash_tf.patch(verify=True, safetensors=False)  # left to transformers: loads, unverified
-    assert_same_model(load("llama", tmp_path / "m"), make_model("llama"))
+    assert_same_model(load_model("llama", tmp_path / "m"), make_model("llama"))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a device flashtensors cannot read to")
@@ -234,7 +221,7 @@ def test_devices_flashtensors_cannot_target_are_left_to_transformers(tmp_path):
         if not patch_on:
             flash_tf.unpatch()
         with SafetensorsReads() as reads, pytest.raises(Exception) as e:
-            load("llama", tmp_path / "m", device_map={"": "cuda:0"})
+            load_model("llama", tmp_path / "m", device_map={"": "cuda:0"})
         errors.append((type(e.value), str(e.value)))
         assert reads.by_flashtensors == []
     assert errors[0] == errors[1]

@@ -7,18 +7,12 @@ import json
 import os
 
 import pytest
-import test_cuda_path_async
 import torch
 
 from flashtensors import FlashError, flash, loader, memory, reading
 
-from helpers import assert_same, flashtensors
+from helpers import assert_same, flashtensors, state_dict
 from remote_servers import nginx
-
-
-def state(n_tensors=8, numel=64 << 10, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return {f"t{i}": torch.randn(numel, generator=g) for i in range(n_tensors)}
 
 
 def data_requests(log_path):
@@ -46,7 +40,7 @@ def test_many_connections_through_a_capped_server(tmp_path, monkeypatch):
     # 2 MiB in 32 pieces of 64 KiB, each served at 32 KiB/s after its first 32 KiB: every
     # request lasts about a second, so the pieces can only arrive together if the loader
     # keeps many requests in flight, each on a connection of its own.
-    sd = state(n_tensors=4, numel=128 << 10)
+    sd = state_dict(n=4, shape=(128 << 10,))
     flash.save_dict(sd, tmp_path / "m")
     monkeypatch.setattr(reading, "CHUNK_BYTES", 64 << 10)
     monkeypatch.setenv("FLASHTENSORS_CONNECTIONS", "16")
@@ -90,7 +84,7 @@ def test_a_small_remote_checkpoint_is_spread_over_connections(tmp_path, monkeypa
 
 
 def test_the_connections_keyword_sets_the_requests_in_flight(tmp_path, monkeypatch):
-    sd = state(n_tensors=4, numel=128 << 10)  # 2 MiB: 32 pieces of 64 KiB
+    sd = state_dict(n=4, shape=(128 << 10,))  # 2 MiB: 32 pieces of 64 KiB
     flash.save_dict(sd, tmp_path / "m")
     monkeypatch.setattr(reading, "CHUNK_BYTES", 64 << 10)
     monkeypatch.setenv("FLASHTENSORS_CONNECTIONS", "16")  # the keyword wins over the environment
@@ -132,7 +126,7 @@ def test_read_calls_of_one_load_share_their_connections(tmp_path):
                             connections=1)
         assert connections_of(log, 3)[0] != first[0]  # released: a new connection
         assert native.release_idle_connections() == 1
-        flash.save_dict(state(n_tensors=2), tmp_path / "m")
+        flash.save_dict(state_dict(n=2), tmp_path / "m")
         flash.load_dict(f"{server.url}/m", "cpu")
         assert native.release_idle_connections() == 0  # the load closed its own
 
@@ -186,7 +180,7 @@ def test_a_bad_connections_keyword_is_refused(connections, message):
 
 
 def test_connections_on_a_local_checkpoint_is_refused_by_name(tmp_path):
-    flash.save_dict(state(n_tensors=1), tmp_path / "m")
+    flash.save_dict(state_dict(n=1), tmp_path / "m")
     with pytest.raises(FlashError, match="connections= sizes the requests in flight of a remote checkpoint"):
         flash.load_dict(tmp_path / "m", "cpu", connections=8)
     with pytest.raises(FlashError, match="connections= sizes the requests in flight of a remote checkpoint"):
@@ -195,7 +189,7 @@ def test_connections_on_a_local_checkpoint_is_refused_by_name(tmp_path):
 
 @pytest.mark.parametrize("value", ["0", "many", "100000"])
 def test_a_bad_connection_count_is_refused_by_name(tmp_path, monkeypatch, value):
-    sd = state(n_tensors=1)
+    sd = state_dict(n=1)
     flash.save_dict(sd, tmp_path / "m")
     monkeypatch.setenv("FLASHTENSORS_CONNECTIONS", value)
     assert_same(flash.load_dict(tmp_path / "m", "cpu", server=False), sd)  # local loads do not use it
@@ -236,16 +230,16 @@ def test_huge_page_buffers_are_advised_and_aligned(monkeypatch):
 @pytest.mark.parametrize("io", ["direct", "buffered"])
 def test_loads_into_huge_pages_hold_the_bytes(tmp_path, monkeypatch, io):
     need_thp()
-    sd = state(n_tensors=9, numel=2 << 20, seed=1)  # 72 MiB: one buffer past MIN_HUGE_BUFFER
+    sd = state_dict(1, 9, (2 << 20,))  # 72 MiB: one buffer past MIN_HUGE_BUFFER
     flash.save_dict(sd, tmp_path / "m")
     monkeypatch.setenv(memory.HUGE_PAGES_ENV, "on")
     loaded = loader.load(str(tmp_path / "m"), "cpu", io=io)  # read, not mapped
     assert_same(loaded, sd)
-    assert "hg" in vm_flags(loaded["t0"].data_ptr())
+    assert "hg" in vm_flags(loaded["layer.0"].data_ptr())
     with nginx(tmp_path) as server:
         remote = flash.load_dict(f"{server.url}/m", "cpu")
     assert_same(remote, sd)
-    assert "hg" in vm_flags(remote["t0"].data_ptr())
+    assert "hg" in vm_flags(remote["layer.0"].data_ptr())
 
 
 def test_a_bad_huge_pages_setting_is_refused(monkeypatch):
@@ -291,8 +285,6 @@ def test_bench_times_the_peers_on_a_plain_and_a_capped_server(tmp_path):
     assert doc["stream_s"] > 0 and doc["curl_s"] > 0
 
 
-async_cudart = test_cuda_path_async.async_cudart  # the stand-in CUDA runtime, built once per module
-
 RING_UNDER_ASYNC_CUDA = """
 import random, sys
 sys.path.insert(0, sys.argv[1])
@@ -306,8 +298,10 @@ for seed in range(1, 9):
     threads = rng.randint(1, 4)
     d.C.release_pinned()
     d.load(url, plan, threads, chunk, f"seed {seed}")
-    # the ring holds what `threads` local pieces would (plus one alignment block per buffer)
-    assert d.C.pinned_bytes() <= 2 * threads * chunk + 2 * 12 * 4096, (d.C.pinned_bytes(), threads)
+    # the ring holds what `threads` local pieces would (two buffers a thread, each with its
+    # alignment slack), in blocks of the pool's one size (16 MiB + 8 KiB, csrc/pinned_pool.h)
+    block, need = (16 << 20) + 2 * 4096, 2 * threads * (chunk + 2 * 4096)
+    assert d.C.pinned_bytes() <= -(-need // block) * block, (d.C.pinned_bytes(), threads)
     plan.free()
 print("ok")
 """
@@ -315,17 +309,19 @@ print("ok")
 
 def test_remote_pieces_through_the_pinned_ring_under_async_cuda(tmp_path, async_cudart):
     # The GPU path of a remote load, more connections than threads, under the stand-in
-    # runtime that keeps CUDA's asynchrony (tests/async_cudart.cpp): bit-exact bytes on
+    # runtime that keeps CUDA's asynchrony (tests/support/async_cudart.cpp): bit-exact bytes on
     # both "devices" and the host, no violation, the pinned ring within its budget.
     import subprocess
     import sys
-    from pathlib import Path
 
+    import async_cuda_driver
+
+    support = os.path.dirname(async_cuda_driver.__file__)
     data = tmp_path / "data.bin"
     data.write_bytes(os.urandom((1 << 20) + 4096 * 3 + 123))
     env = dict(os.environ, FLASHTENSORS_CUDART=str(async_cudart), FLASHTENSORS_CONNECTIONS="12")
     with nginx(tmp_path) as server:
-        proc = subprocess.run([sys.executable, "-c", RING_UNDER_ASYNC_CUDA, str(Path(__file__).parent),
+        proc = subprocess.run([sys.executable, "-c", RING_UNDER_ASYNC_CUDA, support,
                                f"{server.url}/data.bin", str(data)], env=env, capture_output=True, text=True,
                               timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -1,15 +1,16 @@
-"""Process bodies for tests/test_group_load.py: ranks of a real gloo process group.
-Each reports (rank, "ok" or its error, facts) on the queue."""
+"""Process bodies for tests/test_group_load.py: ranks of a real gloo process group, run
+by ``run_group``. Each reports (rank, "ok" or its error, facts) on the queue."""
 
-import multiprocessing as mp
 import os
-import queue as queue_module
 import time
 
 import torch
 import torch.distributed as dist
 
 from flashtensors import flash, group
+
+from helpers import assert_same
+from processes import run_spawned
 
 
 def _rank_main(rank, world, rdv, queue, body):
@@ -25,21 +26,17 @@ def _rank_main(rank, world, rdv, queue, body):
             dist.destroy_process_group()
 
 
-def full_load(rank, world, rdv, queue, path):
+def full_load(rank, world, rdv, path, queue):
     """Every rank loads the whole checkpoint; compares with a plain load."""
     def body(rank, world):
         out = flash.load_dict(path, group=dist.group.WORLD)
-        plain = flash.load_dict(path, server=False)
-        assert list(out) == list(plain)
-        for name, t in plain.items():
-            assert out[name].dtype == t.dtype and out[name].shape == t.shape, name
-            assert torch.equal(out[name].view(-1).view(torch.uint8), t.view(-1).view(torch.uint8)), name
+        assert_same(out, flash.load_dict(path, server=False))
         storages = [t.untyped_storage().data_ptr() for t in out.values() if t.numel()]
         return {"tensors": len(out), "storages": len(set(storages))}
     _rank_main(rank, world, rdv, queue, body)
 
 
-def own_tensors(rank, world, rdv, queue, path):
+def own_tensors(rank, world, rdv, path, queue):
     """Each rank fills its own share of the tensors (load_into), some strided."""
     def body(rank, world):
         plain = flash.load_dict(path, server=False)
@@ -55,14 +52,14 @@ def own_tensors(rank, world, rdv, queue, path):
     _rank_main(rank, world, rdv, queue, body)
 
 
-def rank_paths(rank, world, rdv, queue, paths):
+def rank_paths(rank, world, rdv, paths, queue):
     """Rank r loads paths[r] (mismatched or missing checkpoints)."""
     def body(rank, world):
         flash.load_dict(paths[rank], group=dist.group.WORLD)
     _rank_main(rank, world, rdv, queue, body)
 
 
-def dies_before_loading(rank, world, rdv, queue, path):
+def dies_before_loading(rank, world, rdv, path, queue):
     """The last rank exits without a word after joining the group."""
     def body(rank, world):
         # The group is only joined once every rank got past this: a rank that exits while
@@ -74,26 +71,10 @@ def dies_before_loading(rank, world, rdv, queue, path):
     _rank_main(rank, world, rdv, queue, body)
 
 
-def spawn(body, world: int, scratch, *args, timeout: float = 240) -> dict:
-    """Runs ``body(rank, world, rendezvous file, queue, *args)`` on ``world`` spawned ranks;
+def run_group(body, world: int, scratch, *args, timeout: float = 240) -> dict:
+    """Runs ``body(rank, world, rendezvous file, *args, queue)`` on ``world`` spawned ranks;
     returns ``{rank: what it put on the queue after its rank}`` for the ranks that reported
     within ``timeout`` seconds (every rank is stopped by then)."""
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
     rdv = os.path.join(os.fspath(scratch), f"rdv-{time.monotonic_ns()}")
-    procs = [ctx.Process(target=body, args=(rank, world, rdv, results, *args)) for rank in range(world)]
-    for p in procs:
-        p.start()
-    reports, deadline = {}, time.monotonic() + timeout
-    while len(reports) < world and time.monotonic() < deadline:
-        try:
-            rank, *report = results.get(timeout=1)
-            reports[rank] = tuple(report)
-        except queue_module.Empty:
-            if all(p.exitcode is not None for p in procs):
-                break
-    for p in procs:
-        p.join(timeout=30)
-        if p.is_alive():
-            p.kill()
-    return reports
+    reports, _ = run_spawned([(body, (rank, world, rdv, *args)) for rank in range(world)], timeout)
+    return {rank: tuple(report) for rank, *report in reports}

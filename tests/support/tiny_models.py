@@ -27,18 +27,16 @@ VOCAB_SIZE = len(SPECIAL_TOKENS) + 256  # specials, then one token per byte
 MAX_POSITIONS = 512
 
 # Shared shapes: hidden 128 with 4 heads gives head size 32, the smallest vLLM CPU supports.
-_DECODER = dict(
+_LAYERS = dict(
     vocab_size=VOCAB_SIZE,
     hidden_size=128,
     intermediate_size=256,
     num_hidden_layers=2,
     num_attention_heads=4,
-    num_key_value_heads=2,
     max_position_embeddings=MAX_POSITIONS,
-    bos_token_id=2,
-    eos_token_id=3,
     pad_token_id=1,
 )
+_DECODER = dict(_LAYERS, num_key_value_heads=2, bos_token_id=2, eos_token_id=3)
 
 
 def _archs() -> dict[str, tuple[str, str, dict]]:
@@ -63,19 +61,7 @@ def _archs() -> dict[str, tuple[str, str, dict]]:
                 pad_token_id=1,
             ),
         ),
-        "bert": (
-            "BertConfig",
-            "BertModel",
-            dict(
-                vocab_size=VOCAB_SIZE,
-                hidden_size=128,
-                intermediate_size=256,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=MAX_POSITIONS,
-                pad_token_id=1,
-            ),
-        ),
+        "bert": ("BertConfig", "BertModel", dict(_LAYERS)),
     }
     if hasattr(transformers, "Qwen3ForCausalLM"):
         archs["qwen3"] = ("Qwen3Config", "Qwen3ForCausalLM", dict(_DECODER, head_dim=32))

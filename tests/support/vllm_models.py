@@ -122,7 +122,7 @@ def run_jobs(jobs: list[dict], workdir: Path, timeout: float = 900, env: dict | 
 
 
 def engine_env() -> dict:
-    """The environment for vLLM processes: this test directory importable, no network."""
+    """The environment for vLLM processes: the test support modules importable, no network."""
     env = dict(os.environ)
     here = str(Path(__file__).resolve().parent)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))

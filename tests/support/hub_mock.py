@@ -56,10 +56,27 @@ def is_lfs(name: str, data: bytes) -> bool:
     return name.endswith(LFS_SUFFIXES) or len(data) > 10 << 20
 
 
+@dataclass(frozen=True)
+class HubFile:
+    """A file of a commit, with what the Hub says of it (computed once, at the commit)."""
+
+    data: bytes
+    lfs: bool
+    sha256: str   # of the bytes
+    blob_id: str  # the git blob ID of what git holds: the bytes, or an LFS file's pointer
+    pointer_size: int
+
+    @classmethod
+    def of(cls, name: str, data: bytes) -> HubFile:
+        sha256, lfs = hashlib.sha256(data).hexdigest(), is_lfs(name, data)
+        pointer = (f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {len(data)}\n").encode()
+        return cls(data, lfs, sha256, git_blob_id(pointer if lfs else data), len(pointer))
+
+
 @dataclass
 class Repo:
     gated: bool = False
-    commits: dict = field(default_factory=dict)  # sha -> {file name: bytes}
+    commits: dict = field(default_factory=dict)  # sha -> {file name: HubFile}
     refs: dict = field(default_factory=dict)      # branch or tag -> sha
 
     def sha_of(self, revision: str) -> str | None:
@@ -73,7 +90,8 @@ class MockHub:
 
     def __init__(self, url_lifetime_s: float = 3600.0):
         self.repos: dict = {}
-        self.blobs: dict = {}  # sha256 -> bytes
+        self.blobs: dict = {}  # sha256 -> bytes (LFS files: what the CDN serves)
+        self.cdn_etags: dict = {}  # sha256 -> the CDN's ETag of the blob
         self.url_lifetime_s = url_lifetime_s
         self.secret = secrets.token_bytes(16)
         self.counts: Counter = Counter()
@@ -99,11 +117,12 @@ class MockHub:
             if gated is not None:
                 repo.gated = gated
             sha = hashlib.sha1(secrets.token_bytes(16)).hexdigest()
-            repo.commits[sha] = dict(files)
+            repo.commits[sha] = {name: HubFile.of(name, data) for name, data in files.items()}
             repo.refs[branch] = sha
-            for name, data in files.items():
-                if is_lfs(name, data):
-                    self.blobs[hashlib.sha256(data).hexdigest()] = data
+            for f in repo.commits[sha].values():
+                if f.lfs:
+                    self.blobs[f.sha256] = f.data
+                    self.cdn_etags[f.sha256] = hashlib.md5(f.data).hexdigest()
             return sha
 
     def tag(self, repo_id: str, tag: str, sha: str) -> None:
@@ -268,16 +287,14 @@ def _hub_handler(hub: MockHub):
             sha = repo.sha_of(revision)
             if sha is None:
                 return self.error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
-            data = repo.commits[sha].get(name)
-            if data is None:
+            f = repo.commits[sha].get(name)
+            if f is None:
                 return self.error(404, "EntryNotFound", f"{name} does not exist at revision {sha}")
-            headers = {"X-Repo-Commit": sha}
-            if not is_lfs(name, data):
-                return self.serve_bytes(data, {**headers, "ETag": f'"{git_blob_id(data)}"'})
-            sha256 = hashlib.sha256(data).hexdigest()
-            self.answer(302, b"", {**headers, "ETag": f'"{git_blob_id(_pointer(data))}"',
-                                   "X-Linked-Etag": f'"{sha256}"', "X-Linked-Size": str(len(data)),
-                                   "Location": hub.sign(sha256)})
+            headers = {"X-Repo-Commit": sha, "ETag": f'"{f.blob_id}"'}
+            if not f.lfs:
+                return self.serve_bytes(f.data, headers)
+            self.answer(302, b"", {**headers, "X-Linked-Etag": f'"{f.sha256}"', "X-Linked-Size": str(len(f.data)),
+                                   "Location": hub.sign(f.sha256)})
 
     return Hub
 
@@ -301,8 +318,7 @@ def _cdn_handler(hub: MockHub):
             if sha256 not in hub.blobs or not hub.signature_ok(sha256, urllib.parse.parse_qs(query)):
                 return self.error(403, "AccessDenied", "Request has expired or its signature is wrong")
             # An S3-like ETag, unlike the Hub's (clients must not take it for the file's sha256).
-            data = hub.blobs[sha256]
-            self.serve_bytes(data, {"ETag": f'"{hashlib.md5(data).hexdigest()}"'})
+            self.serve_bytes(hub.blobs[sha256], {"ETag": f'"{hub.cdn_etags[sha256]}"'})
 
     return Cdn
 
@@ -313,28 +329,17 @@ def _last_byte(headers) -> float:
     return int(m[1]) if m and m[1] else float("inf")
 
 
-def _pointer(data: bytes) -> bytes:
-    """The git LFS pointer file kept in git in place of ``data``."""
-    return (f"version https://git-lfs.github.com/spec/v1\noid sha256:{hashlib.sha256(data).hexdigest()}\n"
-            f"size {len(data)}\n").encode()
-
-
-def _sibling(name: str, data: bytes, blobs: bool) -> dict:
+def _sibling(name: str, f: HubFile, blobs: bool) -> dict:
     if not blobs:
         return {"rfilename": name}
-    entry = {"rfilename": name, "size": len(data), "blobId": git_blob_id(_pointer(data) if is_lfs(name, data)
-                                                                          else data)}
-    if is_lfs(name, data):
-        entry["lfs"] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
-                        "pointerSize": len(_pointer(data))}
+    entry = {"rfilename": name, "size": len(f.data), "blobId": f.blob_id}
+    if f.lfs:
+        entry["lfs"] = {"sha256": f.sha256, "size": len(f.data), "pointerSize": f.pointer_size}
     return entry
 
 
-def _tree_entry(name: str, data: bytes) -> dict:
-    lfs = is_lfs(name, data)
-    entry = {"type": "file", "path": name, "size": len(data),
-             "oid": git_blob_id(_pointer(data) if lfs else data)}
-    if lfs:
-        entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data),
-                        "pointerSize": len(_pointer(data))}
+def _tree_entry(name: str, f: HubFile) -> dict:
+    entry = {"type": "file", "path": name, "size": len(f.data), "oid": f.blob_id}
+    if f.lfs:
+        entry["lfs"] = {"oid": f.sha256, "size": len(f.data), "pointerSize": f.pointer_size}
     return entry

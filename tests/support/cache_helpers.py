@@ -15,14 +15,10 @@ from flashtensors import FlashError
 from flashtensors.daemon import spawn
 from flashtensors.daemon.client import DaemonClient
 
-from concurrency_workers import report
+from helpers import state_dict
+from processes import report
 
 START_TIMEOUT_S = 90.0
-
-
-def state_dict(seed: int, n: int = 8, numel: int = 64 * 1024) -> dict:
-    gen = torch.Generator().manual_seed(seed)
-    return {f"layer.{i}": torch.randn(numel, generator=gen) for i in range(n)}
 
 
 @contextlib.contextmanager
@@ -70,6 +66,8 @@ class Daemon:
 
 
 def same_tensors(a: dict, b: dict) -> bool:
+    """The same names in the same order, and tensors equal in dtype, shape, strides and
+    values (a predicate, unlike helpers.assert_same: the daemon's tensors keep their views)."""
     return list(a) == list(b) and all(
         a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and a[k].stride() == b[k].stride()
         and torch.equal(a[k], b[k]) for k in a)

@@ -69,26 +69,37 @@ class Faults:
             return self.seen[name]
 
 
-class FaultServer:
+class _ServedInThread:
+    """A loopback HTTP server (``self.httpd``, set by the subclass through ``_serve``) that
+    answers at ``.url`` on a thread of its own inside a ``with`` block."""
+
+    def _serve(self, httpd) -> None:
+        self.httpd = httpd
+        self.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        self.thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class FaultServer(_ServedInThread):
     """Serves ``root`` at ``.url`` (HTTP/1.1, keep-alive, ranges), with ``.faults``."""
 
     def __init__(self, root):
         self.root = os.fspath(root)
         self.faults = Faults()
-        handler = _handler(self.root, self.faults)
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> FaultServer:
-        self.thread.start()
-        return self
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self.root, self.faults))
+        httpd.daemon_threads = True
+        self._serve(httpd)
 
     def __exit__(self, *exc):
-        self.faults.stop.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.faults.stop.set()  # stalled replies end now, not after their 120 s
+        super().__exit__(*exc)
 
 
 def _handler(root: str, faults: Faults):
@@ -445,7 +456,7 @@ class Tinyproxy:
         self.proc.stderr.close()
 
 
-class MotoServer:
+class MotoServer(_ServedInThread):
     """moto's S3 REST server on loopback (``.url``), in a thread, with every request it
     answers recorded in ``.requests`` as ``(method, path, Range header or None)``."""
 
@@ -469,17 +480,7 @@ class MotoServer:
             def log_request(self, *args, **kwargs):
                 pass
 
-        self.server = make_server("127.0.0.1", 0, recorded, threaded=True, request_handler=Quiet)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> MotoServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+        self._serve(make_server("127.0.0.1", 0, recorded, threaded=True, request_handler=Quiet))
 
 
 def point_aws_at(monkeypatch, url: str) -> None:

@@ -34,6 +34,13 @@ def patched_transformers():
         flash_tf.unpatch()
 
 
+def load_model(arch: str, path, **kwargs):
+    """``from_pretrained(path, **kwargs)`` of the Auto class for ``arch`` (a tiny_models.ARCHS key)."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    return (AutoModel if arch == "bert" else AutoModelForCausalLM).from_pretrained(path, **kwargs)
+
+
 def output(model):
     """The model's logits (or last hidden state) for INPUT_IDS."""
     with torch.no_grad():

@@ -1,5 +1,5 @@
 """Drives the native core's CUDA path against the asynchronous stand-in runtime
-(tests/async_cudart.cpp), in a process of its own: the runtime is chosen once per
+(tests/support/async_cudart.cpp), in a process of its own: the runtime is chosen once per
 process, through FLASHTENSORS_CUDART.
 
     FLASHTENSORS_CUDART=libasync_cudart.so python async_cuda_driver.py SCENARIO DATA_FILE ROUNDS FIRST_SEED
@@ -96,6 +96,14 @@ def load(path, plan: Plan, threads: int, chunk: int, what: str, io: str = "auto"
     plan.check(what)
 
 
+PINNED_BLOCK = (16 << 20) + 2 * 4096  # csrc/pinned_pool.h, PinnedPool::kBlockBytes
+
+
+def pinned_blocks_for(slices: int, chunk: int) -> int:
+    per_block = PINNED_BLOCK // (chunk + 4096)
+    return -(-slices // per_block)
+
+
 def length_of_some_size(rng: random.Random, chunk: int) -> int:
     """Pieces of every size: tiny, around the block and chunk sizes, several chunks."""
     return rng.choice([1, rng.randint(1, 64), rng.randint(1, 4096), 4096, rng.randint(4097, chunk + 1),
@@ -149,9 +157,10 @@ def ring_reuse(path, data, rng, seed):
         if load_number:
             assert cuda.acu_host_allocs() == allocs, "a later load pinned memory again"
         assert cuda.acu_copies() - copies == -(-(size // 2) // chunk) + -(-(size - size // 2) // chunk)
-        # Two staging buffers per thread, each a chunk and a block (room to read a piece
-        # from the block holding its start, so unaligned offsets stay O_DIRECT).
-        assert C.pinned_bytes() == 2 * threads * (chunk + 4096), C.pinned_bytes()
+        # Two staging slices per thread, each a chunk and a block (room to read a piece
+        # from the block holding its start, so unaligned offsets stay O_DIRECT), carved
+        # from the pool's blocks of one size.
+        assert C.pinned_bytes() == pinned_blocks_for(2 * threads, chunk) * PINNED_BLOCK, C.pinned_bytes()
         plan.free()
 
 
@@ -264,17 +273,130 @@ def errors_mid_load(path, data, rng, seed):
 
 
 def pinning_fails(path, data, rng, seed):
-    """cudaHostAlloc fails on the calling thread (torch's): the load raises, and no
-    error is left behind for torch's next cudaGetLastError to report as its own."""
+    """cudaHostAlloc fails (the first or the second block of the ring): the load raises,
+    no error is left on the calling thread (torch's) for its next cudaGetLastError to
+    report as its own, and the next load works. Through flash.load_dict: FlashDeviceError."""
+    from async_cuda_torch import pinning_failure_is_a_device_error
+
     C.release_pinned()
-    cuda.acu_fail_host_alloc(rng.randrange(4))
+    cuda.acu_fail_host_alloc(rng.randrange(2))  # one thread, two slices: two blocks
     plan = Plan(data)
     plan.read(0, len(data), plan.buffer(0, len(data)), 0)
-    expect_failure(path, plan, 2, 1 << 16, RuntimeError, ["cudaHostAlloc", "out of memory"],
+    expect_failure(path, plan, 2, 16 << 20, RuntimeError, ["cudaHostAlloc", "out of memory"],
                    f"seed {seed}: pinning fails")
     cuda.acu_fail_host_alloc(-1)
-    load(path, plan, 2, 1 << 16, f"seed {seed}: the load after pinning failed")
+    load(path, plan, 2, 16 << 20, f"seed {seed}: the load after pinning failed")
     plan.free()
+    C.release_pinned()
+    pinning_failure_is_a_device_error(cuda, seed, check_quiet)
+
+
+def one_ring_for_every_piece_size(path, data, rng, seed):
+    """Local loads (16 MiB pieces, t threads) and remote ones (the same file over loopback
+    HTTP, pieces of 8 MiB and less on up to 4t connections) taking turns reuse the blocks the
+    first local load pinned: no cudaHostAlloc after it, the same pinned bytes."""
+    from remote_servers import FaultServer
+
+    C.release_pinned()
+    threads = rng.randint(1, 6)
+    pinned = None
+    with FaultServer(os.path.dirname(path)) as server:
+        url = f"{server.url}/{os.path.basename(path)}"
+        for n in range(6):
+            remote = n % 2 == 1
+            plan = Plan(data)
+            for _ in range(2 * threads):  # a piece each at least: every thread busy
+                length = rng.randint(1, len(data) // 4)
+                plan.read(rng.randrange(len(data) - length), length, plan.buffer(rng.choice([0, 1]), length), 0)
+            allocs = cuda.acu_host_allocs()
+            what = f"seed {seed} load {n} ({'remote' if remote else 'local'}, {threads} threads)"
+            C.execute_plan([url if remote else path], plan.ops, threads, 16 << 20, "auto",
+                           connections=rng.randint(1, 4 * threads) if remote else 0)
+            check_quiet(what)
+            plan.check(what)
+            plan.free()
+            if pinned is not None:
+                assert cuda.acu_host_allocs() == allocs, f"{what}: pinned memory again"
+                assert C.pinned_bytes() == pinned, (what, C.pinned_bytes(), pinned)
+            pinned = C.pinned_bytes()
+
+
+def pinned_on_the_target_device(path, data, rng, seed):
+    """A load to device 1 alone, called from a thread whose current device is 0 (as
+    torch's is by default): pinning the ring, and everything else, happens with device 1
+    current; device 0 gets no context, and the caller's current device stays 0."""
+    C.release_pinned()
+    plan = Plan(data)
+    length = rng.randint(1, len(data))
+    plan.read(0, length, plan.buffer(1, length), 0)
+    assert cuda.cudaSetDevice(0) == 0
+    cuda.acu_reset_contexts()
+    load(path, plan, rng.randint(1, 8), 4096 * rng.choice([1, 16]), f"seed {seed}: a load to device 1")
+    plan.free()
+    assert cuda.acu_contexts() == 0b10, f"seed {seed}: contexts made on devices {cuda.acu_contexts():#b}, not 0b10"
+
+
+def fork_after_a_load(path, data, rng, seed):
+    """A child forked after a load (or while another thread loads) drops the inherited
+    pinned ring without freeing it, pins its own and loads; the parent loads on."""
+    busy = threading.Event()
+    stop = threading.Event()
+
+    def load_in_a_loop():
+        while not stop.is_set():
+            plan = Plan(data)
+            plan.read(0, len(data), plan.buffer(rng.choice([0, 1]), len(data)), 0)
+            C.execute_plan([path], plan.ops, 2, 4096 * 4, "auto")
+            plan.check(f"seed {seed}: the parent's loads during fork")
+            plan.free()
+            busy.set()
+
+    plan = Plan(data)
+    plan.read(0, len(data), plan.buffer(0, len(data)), 0)
+    load(path, plan, rng.randint(1, 4), 4096 * 4, f"seed {seed}: before fork")
+    plan.free()
+    loader = threading.Thread(target=load_in_a_loop) if rng.random() < 0.5 else None
+    if loader:
+        loader.start()
+        busy.wait()
+    pid = os.fork()
+    if pid == 0:  # the child: whatever happens, it leaves through os._exit
+        code = 1
+        try:
+            assert C.pinned_bytes() == 0, "the child kept its parent's pinned ring"
+            plan = Plan(data)
+            plan.read(0, len(data), plan.buffer(1, len(data)), 0)
+            if loader is None:
+                load(path, plan, rng.randint(1, 4), 4096 * 4, f"seed {seed}: in the child")
+            else:  # the parent's loader thread is not here, but its streams were
+                C.execute_plan([path], plan.ops, rng.randint(1, 4), 4096 * 4, "auto")
+                assert cuda.acu_violations() == 0, cuda.acu_report().decode()
+                plan.check(f"seed {seed}: in the child")
+            code = 0
+        except BaseException as e:  # noqa: BLE001 -- reported through the exit status
+            print(f"child: {e!r}", file=sys.stderr, flush=True)
+        finally:
+            os._exit(code)
+    if loader:
+        stop.set()
+        loader.join()
+    _, status = wait_for(pid, 60)
+    assert status == 0, f"seed {seed}: the forked child failed (status {status:#x})"
+    check_quiet(f"seed {seed}: the parent after fork")
+
+
+def wait_for(pid: int, seconds: float):
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return done, status
+        time.sleep(0.01)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    raise AssertionError(f"the forked child hung for {seconds} s (a lock held at fork?)")
 
 
 def python_load_dict(path, data, rng, seed):
@@ -284,16 +406,39 @@ def python_load_dict(path, data, rng, seed):
     load_dict_to_pretend_gpus(cuda, rng, seed, check_quiet)
 
 
+def odd_safetensors_offsets(path, data, rng, seed):
+    """A hand-written safetensors file with tensors at odd offsets, to two GPUs: aligned addresses."""
+    from async_cuda_torch import odd_offsets_to_pretend_gpus
+
+    odd_offsets_to_pretend_gpus(cuda, rng, seed, check_quiet)
+
+
+def load_into_after_pending_work(path, data, rng, seed):
+    """flash.load_into GPU parameters another stream is still writing: ordered after it."""
+    from async_cuda_torch import load_into_after_other_streams
+
+    load_into_after_other_streams(cuda, rng, seed, check_quiet)
+
+
 SCENARIOS = {f.__name__: f for f in (ring_reuse, devices_and_host, odd_lengths_and_offsets, random_plans,
-                                      concurrent_loads, errors_mid_load, pinning_fails, python_load_dict)}
+                                      concurrent_loads, errors_mid_load, pinning_fails, python_load_dict,
+                                      odd_safetensors_offsets, one_ring_for_every_piece_size,
+                                      pinned_on_the_target_device, fork_after_a_load, load_into_after_pending_work)}
+
+
+def runtime_expected() -> str:
+    """The stand-in the core must use: FLASHTENSORS_CUDART, or, where that is unset, the one
+    FLASH_ASYNC_RUNTIME names (linked by the torch-like CUDA library preloaded, see main)."""
+    return os.environ.get("FLASHTENSORS_CUDART") or os.environ["FLASH_ASYNC_RUNTIME"]
 
 
 def connect():
     global C, cuda
     C = _native.module()
-    cuda = ctypes.CDLL(os.environ["FLASHTENSORS_CUDART"])
+    cuda = ctypes.CDLL(runtime_expected())
     cuda.acu_configure.argtypes = [ctypes.c_uint64, ctypes.c_int]
     cuda.acu_report.restype = ctypes.c_char_p
+    cuda.acu_contexts.restype = ctypes.c_uint
     cuda.cudaMalloc.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t]
     cuda.cudaFree.argtypes = [ctypes.c_void_p]
     cuda.acu_register_device_memory.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
@@ -301,8 +446,13 @@ def connect():
 
 
 def main(scenario, path, rounds, first_seed):
+    # FLASH_ASYNC_PRELOAD: libraries mapped first, in order, as other packages (CuPy, JAX)
+    # and torch map theirs (privately: RTLD_LOCAL), before the core looks for a runtime.
+    preloaded = [ctypes.CDLL(lib) for lib in filter(None, os.environ.get("FLASH_ASYNC_PRELOAD", "").split(":"))]
     connect()
-    assert C.cuda_runtime_available() and C.cuda_runtime_path() == os.environ["FLASHTENSORS_CUDART"]
+    assert C.cuda_runtime_available(), "the core found no CUDA runtime"
+    found, expected = os.path.realpath(C.cuda_runtime_path()), os.path.realpath(runtime_expected())
+    assert found == expected, f"the core uses {found}, not {expected}"
     data = open(path, "rb").read()
     for seed in range(first_seed, first_seed + rounds):
         cuda.acu_configure(seed, 200)
@@ -310,6 +460,9 @@ def main(scenario, path, rounds, first_seed):
     C.release_pinned()
     assert C.pinned_bytes() == 0
     check_quiet("releasing the pinned ring")
+    for lib in preloaded:  # a runtime mapped first but not torch's was never called
+        if os.path.basename(lib._name).startswith("libcudart") and os.path.realpath(lib._name) != expected:
+            assert lib.acu_copies() == 0 and lib.acu_host_allocs() == 0, f"{lib._name} was used"
     print("ok")
 
 

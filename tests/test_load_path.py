@@ -1,6 +1,6 @@
-"""Regression tests for combinations that used to misbehave silently (issue 19): every
-caller chooses the same files, tuning values reach every path, the local tier works in a
-group, the group read-once property holds."""
+"""One load path for every caller: convert, load_dict and is_checkpoint choose the same
+files, a tuning value reaches every path, the local tier works in a group, and an error
+while reading names the tensor being read."""
 
 import os
 
@@ -11,14 +11,13 @@ from safetensors.torch import load_file, save_file
 from flashtensors import flash, reading
 from flashtensors.checkpoint import checkpoint_files, holds_flash, open_checkpoint
 
-from helpers import assert_same, flashtensors, save_shards
-from matrix_workers import run_group
+from helpers import assert_same, flashtensors, save_shards, state_dict
+from matrix_workers import run_cases
 from remote_servers import nginx, upload
 
 
 def _sd(seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    return {f"w{i}": torch.randn(200, 64, generator=gen) for i in range(4)}
+    return state_dict(seed, 4, (200, 64), name="w{i}")
 
 
 def test_convert_and_load_choose_the_same_files(tmp_path):
@@ -32,7 +31,7 @@ def test_convert_and_load_choose_the_same_files(tmp_path):
     assert sorted(loaded) == ["w0", "w1", "w2", "w3"]
     result = flashtensors("convert", src, tmp_path / "dst")
     assert result.returncode == 0, result.stderr
-    assert_same(dict(sorted(flash.load_dict(tmp_path / "dst").items())), dict(sorted(loaded.items())))
+    assert_same(flash.load_dict(tmp_path / "dst"), loaded, ordered=False)
     assert checkpoint_files(src) == ("safetensors", [str(src / "model.safetensors")])
 
 
@@ -77,17 +76,17 @@ def test_a_group_fills_the_local_tier_then_reads_from_it(s3_server, s3, tmp_path
     w = {"expected_file": str(tmp_path / "expected.safetensors")}
     cases = [{"location": f"s3://{bucket}/m", "method": "load_dict",
               "options": {"cache_dir": str(tmp_path / "tier"), "verify": True}}]
-    first = run_group(tmp_path, w["expected_file"], cases)
+    first = run_cases(tmp_path, w["expected_file"], cases)
     assert all(r[0][0] == "ok" for r in first.values()), first
     copies = [f for _, _, files in os.walk(tmp_path / "tier") for f in files if f.endswith(".flash")]
     assert len(copies) == 1
     s3_server.requests.clear()
-    second = run_group(tmp_path, w["expected_file"], cases)
+    second = run_cases(tmp_path, w["expected_file"], cases)
     assert all(r[0][0] == "ok" for r in second.values()), second
     data = [r for r in s3_server.requests if r[0] == "GET" and r[1].endswith(".flash")]
     assert not data, data
     expected = load_file(w["expected_file"])
-    assert_same(dict(sorted(flash.load_dict(f"s3://{bucket}/m", cache_dir=tmp_path / "tier").items())), expected)
+    assert_same(flash.load_dict(f"s3://{bucket}/m", cache_dir=tmp_path / "tier"), expected, ordered=False)
 
 
 def test_a_remote_error_names_the_tensor_being_read(tmp_path):

@@ -9,6 +9,8 @@
 // when its stream reaches it. Whatever real CUDA would reject, or tolerate at a cost
 // the loader must not pay, is counted as a violation (acu_violations/acu_report); the
 // acu_* functions are the tests' controls. Built by tests/test_cuda_path_async.py.
+#include <pthread.h>
+
 #include <condition_variable>
 #include <cstdarg>
 #include <cstdint>
@@ -84,12 +86,34 @@ struct State {
   bool fail_copy_async = false;
   int violations = 0;
   std::string report;
+  unsigned contexts = 0;  // bit d: some call made device d's primary context (CUDA 12: cudaSetDevice does)
 };
 
 // Never destroyed: stream threads may still be waiting on it at process exit.
 State& g = *new State();
+
+// fork: the state is consistent at the fork (its lock held across it); the child has no
+// stream threads, and none of its parent's GPU work, streams, events or pinned memory
+// (what the parent pinned is plain copy-on-write memory in the child: copies from it
+// count as pageable, freeing it as not pinned).
+const int fork_handlers = pthread_atfork(
+    [] { g.mu.lock(); }, [] { g.mu.unlock(); },
+    [] {
+      for (auto& s : g.running) new (&s->wake) std::condition_variable();
+      new (&g.progress) std::condition_variable();  // no waiter of the parent's is left
+      g.streams.clear();
+      g.running.clear();
+      g.events.clear();
+      g.pinned.clear();
+      g.pending = 0;
+      g.mu.unlock();
+    });
 thread_local int current_device = 0;
 thread_local int last_error = kSuccess;
+
+// A call that needs the current device's primary context creates it (hundreds of MB of
+// device memory on a real GPU). Called with g.mu held.
+void touch(int device) { g.contexts |= 1u << device; }
 
 int ret(int status) {
   if (status != kSuccess) last_error = status;
@@ -191,6 +215,8 @@ int cudaGetDeviceCount(int* n) {
 int cudaSetDevice(int device) {
   if (device < 0 || device >= kDevices) return ret(kInvalidDevice);
   current_device = device;
+  std::lock_guard<std::mutex> lock(g.mu);
+  touch(device);
   return kSuccess;
 }
 
@@ -212,6 +238,7 @@ int cudaStreamCreateWithFlags(void** handle, unsigned flags) {
   auto s = std::make_shared<Stream>();
   s->device = current_device;
   std::lock_guard<std::mutex> lock(g.mu);
+  touch(current_device);
   const uint64_t seed = g.seed * 0x9E3779B97F4A7C15ull + ++g.streams_made;
   *handle = s.get();
   g.streams[s.get()] = s;
@@ -243,11 +270,27 @@ int cudaStreamSynchronize(void* handle) {
   return ret(s->error);
 }
 
+// Waits for every stream of the current device, whoever made it (torch.cuda.synchronize).
+int cudaDeviceSynchronize(void) {
+  const int device = current_device;
+  std::unique_lock<std::mutex> lock(g.mu);
+  touch(device);
+  int error = kSuccess;
+  const auto streams = g.running;  // the set changes while we wait
+  for (const auto& s : streams) {
+    if (s->device != device) continue;
+    g.progress.wait(lock, [&] { return s->done == s->queued; });
+    if (!error) error = s->error;
+  }
+  return ret(error);
+}
+
 int cudaEventCreateWithFlags(void** handle, unsigned flags) {
   (void)flags;
   auto e = std::make_unique<Event>();
   e->device = current_device;
   std::lock_guard<std::mutex> lock(g.mu);
+  touch(current_device);
   *handle = e.get();
   g.events[e.get()] = std::move(e);
   return kSuccess;
@@ -309,6 +352,7 @@ int cudaMemcpyAsync(void* dst, const void* src, size_t n, int kind, void* stream
   const bool fail = g.fail_copy_in >= 0 && g.fail_copy_in-- == 0;
   if (fail && !g.fail_copy_async) return ret(kIllegalAddress);
   const int device = current_device;
+  touch(device);
   // Stricter than CUDA, which copies through whichever context the stream has: the
   // loader means to use the target device's own stream and copy engines.
   if ((*s)->device != device)
@@ -331,6 +375,7 @@ int cudaMemcpyAsync(void* dst, const void* src, size_t n, int kind, void* stream
 
 int cudaHostAlloc(void** p, size_t n, unsigned flags) {
   std::lock_guard<std::mutex> lock(g.mu);
+  touch(current_device);
   ++g.host_allocs;
   if (g.fail_host_alloc_in >= 0 && g.fail_host_alloc_in-- == 0) return ret(kMemoryAllocation);
   if (posix_memalign(p, 4096, n ? n : 1) != 0) return ret(kMemoryAllocation);
@@ -354,6 +399,7 @@ int cudaFreeHost(void* p) {
 
 int cudaMalloc(void** p, size_t n) {
   std::lock_guard<std::mutex> lock(g.mu);
+  touch(current_device);
   if (posix_memalign(p, 256, n ? n : 1) != 0) return ret(kMemoryAllocation);
   std::memset(*p, 0xA5, n);  // never zeroed on a GPU either
   g.device_memory[reinterpret_cast<uintptr_t>(*p)] = Block{n, current_device, false};
@@ -454,6 +500,17 @@ int acu_live_events(void) {
 int acu_copies(void) {
   std::lock_guard<std::mutex> lock(g.mu);
   return g.copies;
+}
+
+// Devices whose primary context some call made (bit d for device d), since the last reset.
+unsigned acu_contexts(void) {
+  std::lock_guard<std::mutex> lock(g.mu);
+  return g.contexts;
+}
+
+void acu_reset_contexts(void) {
+  std::lock_guard<std::mutex> lock(g.mu);
+  g.contexts = 0;
 }
 
 int acu_host_allocs(void) {

@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 from flashtensors import flash, group
 
-import group_workers
+from group_workers import run_group
+from helpers import assert_same
 
 
 def device_map(rank: int):
@@ -23,19 +24,15 @@ def run_case(rank: int, world: int, case: dict, expected: dict, group_=None):
     """One load as the case says; raises AssertionError when the tensors differ."""
     location, method, options = case["location"], case["method"], case.get("options", {})
     if method == "load_dict":
-        got = flash.load_dict(location, device_map(rank), group=group_, **options)
-        assert sorted(got) == sorted(expected), (sorted(got), sorted(expected))
+        got, want = flash.load_dict(location, device_map(rank), group=group_, **options), expected
     else:
         names = [n for i, n in enumerate(sorted(expected)) if group_ is None or i % world == rank]
-        got = {n: torch.zeros_like(expected[n]) for n in names}
+        got, want = {n: torch.zeros_like(expected[n]) for n in names}, {n: expected[n] for n in names}
         flash.load_into(location, got, group=group_, **options)
-    for name, t in got.items():
-        want = expected[name]
-        assert t.dtype == want.dtype and t.shape == want.shape, name
-        assert torch.equal(t.view(-1).view(torch.uint8), want.view(-1).view(torch.uint8)), name
+    assert_same(got, want, ordered=False)
 
 
-def rank_main(rank, world, rdv, queue, cases, expected_file):
+def rank_main(rank, world, rdv, cases, expected_file, queue):
     group.TIMEOUT_S = 20.0
     results = []
     try:
@@ -71,11 +68,11 @@ def flip_byte(path: str, offset: int) -> None:
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-def run_group(scratch, expected_file: str, cases: list, world_size: int = 2, timeout: float = 600) -> dict:
+def run_cases(scratch, expected_file: str, cases: list, world_size: int = 2, timeout: float = 600) -> dict:
     """Runs ``cases`` on ``world_size`` spawned ranks (rendezvous in directory ``scratch``);
     returns ``{rank: [(status, seconds) per case]}``, every rank having reported."""
     reports = {rank: report[0] for rank, report in
-               group_workers.spawn(rank_main, world_size, scratch, cases, expected_file, timeout=timeout).items()}
+               run_group(rank_main, world_size, scratch, cases, expected_file, timeout=timeout).items()}
     assert set(reports) == set(range(world_size)), reports
     assert all(isinstance(r, list) for r in reports.values()), reports
     return reports
