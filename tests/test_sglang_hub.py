@@ -1,5 +1,5 @@
 """SGLang's ``--load-format flash`` with ``--model-path org/name``: a model named by Hub repo
-ID, read from the mock Hub on loopback (tests/hub_mock.py) through SGLang's real model
+ID, read from the mock Hub on loopback (tests/support/hub_mock.py) through SGLang's real model
 loader on the CPU (see test_sglang_loader.py), at a ``--revision`` the main branch has moved
 past, into ``--download-dir`` as the Hub cache. Every parameter must equal what SGLang's own
 safetensors loader gives for that revision's weights."""

@@ -1,5 +1,5 @@
 """transformers' ``from_pretrained("org/name")`` with the patch on: a model named by Hub repo
-ID, served by the mock Hub on loopback (tests/hub_mock.py), has its weights streamed by
+ID, served by the mock Hub on loopback (tests/support/hub_mock.py), has its weights streamed by
 flashtensors from ``hf://org/name@revision`` into the Hub cache; transformers fetches the
 config itself and never reads (or downloads) a weight file. Each load is compared bit for
 bit with an unpatched load of the same weights."""

@@ -1,5 +1,5 @@
 """vLLM with a model named by Hub repo ID: ``LLM(model="testorg/tiny", load_format="flash")``
-online with an empty Hub cache, against the mock Hub on loopback (tests/hub_mock.py), whose
+online with an empty Hub cache, against the mock Hub on loopback (tests/support/hub_mock.py), whose
 API and resolve URLs vLLM itself uses for the config and tokenizer. The main branch has
 moved past the commit the engines ask for (``revision``); the flash engine must give the
 tokens vLLM's own safetensors loader gives for that commit, leave the weights in the Hub

@@ -1,5 +1,5 @@
 """Support for the tests that name models by Hub repo ID through an engine or transformers:
-a model directory published to the mock Hub (tests/hub_mock.py), and the environment that
+a model directory published to the mock Hub (tests/support/hub_mock.py), and the environment that
 points huggingface_hub at it, for this process and for the processes a test starts.
 
 Example::
