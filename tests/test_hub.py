@@ -1,5 +1,5 @@
 """Models by name: Hugging Face Hub locations (``org/name``, ``hf://org/name[@revision]``)
-loaded from the mock Hub on loopback (tests/hub_mock.py: the Hub's API, resolve URLs
+loaded from the mock Hub on loopback (tests/support/hub_mock.py: the Hub's API, resolve URLs
 redirected to a signed CDN origin), as a user would, with the Hub's cache as their local
 tier; checked against safetensors' own ``load_file`` and huggingface_hub itself."""
 
