@@ -2,10 +2,32 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..checkpoint import open_checkpoint
-from .shapes import QWEN3, digest, make_checkpoint, moe_shapes, shape_for_size, tensor_shapes
+from .shapes import QWEN3, digest, make_checkpoint, moe_shapes, numel, shape_for_size, tensor_shapes
+
+HUB_SHARDS = 4
+
+
+def prepare_hub_model(args, log=print):
+    """A Hugging Face model directory for ``bench --hub``: about ``args.size`` GB (default
+    1 GiB) of bf16 tensors in HUB_SHARDS safetensors shards, their index and a config.
+    Returns (the directory, expected {name: crc32c})."""
+    gigabytes = args.size or 2**30 / 1e9
+    shapes = tensor_shapes(shape_for_size(gigabytes))
+    root = Path(args.dir) / f"hub-{gigabytes:.2f}gb"
+    log(f"preparing a {gigabytes:.2f} GB model in {HUB_SHARDS} shards in {root} (reused if present)")
+    expected = make_checkpoint(shapes, root, log=log, shards=HUB_SHARDS)
+    model = root / "safetensors"
+    total = sum(2 * numel(dims) for dims in shapes.values())
+    weight_map = {name: f.name for f in sorted(model.glob("*.safetensors"))
+                  for name in open_checkpoint(f).index.tensors}
+    (model / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total},
+                                                                    "weight_map": weight_map}))
+    (model / "config.json").write_text(json.dumps({"model_type": "qwen3", "torch_dtype": "bfloat16"}))
+    return model, expected
 
 
 def prepare(args, log=print):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -98,9 +99,34 @@ def bench_sources(sources: list, device="cpu", *, runs: int = 5, connections=Non
     return out
 
 
+def hub_source(hub, wire_url: str, expected: dict, nbytes: int) -> dict:
+    """The source of a model on a BenchHub (benchmark/hub.py): the peers load ``hf://repo``
+    with an empty Hub cache each; curl reads the weight files from ``wire_url`` (the same
+    blobs, uncapped: the wire)."""
+    rate = hub.cdn.limit_rate
+    return {"label": f"Hub, CDN {rate + '/conn' if rate else 'uncapped'}", "url": f"hf://{hub.repo_id}",
+            "kind": "safetensors", "bytes": nbytes, "index_files": {}, "s3_safetensors": None, "endpoint": None,
+            "data_files": [(name, f"{wire_url}/{sha}") for name, _, sha in hub.weight_files()],
+            "expected": expected, "capped": True, "hub": True,
+            "sizes": {name: size for name, size, _ in hub.weight_files()},
+            "env": {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0",
+                    "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}}
+
+
 def _sample(source: dict, key: str, device, env: dict, scratch: str, checked: bool):
-    """(seconds, peak RSS bytes or None, error) of one fresh-process sample of a peer."""
-    run_env = {**env, **(S3_CLIENT_ENV if source.get("endpoint") else {})}
+    """(seconds, peak RSS bytes or None, error) of one fresh-process sample of a peer; a
+    Hub source's sample gets an empty Hub cache, removed after it."""
+    if not source.get("hub") or key == "curl":
+        return _run_sample(source, key, device, env, scratch, checked)
+    cache = tempfile.mkdtemp(prefix="hub-cache-", dir=scratch)
+    try:
+        return _run_sample({**source, "cache_dir": cache}, key, device, env, scratch, checked)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def _run_sample(source: dict, key: str, device, env: dict, scratch: str, checked: bool):
+    run_env = {**env, **(S3_CLIENT_ENV if source.get("endpoint") else {}), **source.get("env", {})}
     if source.get("endpoint"):
         run_env["AWS_ENDPOINT_URL"] = run_env["AWS_ENDPOINT_URL_S3"] = source["endpoint"]
     if key == "curl":
@@ -169,7 +195,8 @@ def _ratios(sources: list) -> list:
         if wire:
             what = "curl's rate" if s is sources[0] else f"the {sources[0]['label']} curl rate"
             parts.append(f"{wire / ours:.0%} of {what}")
-        for key, short in (("runai", "runai"), ("s5cmd", "s5cmd-then-load"), ("curl+load", "curl-then-load")):
+        for key, short in (("runai", "runai"), ("s5cmd", "s5cmd-then-load"), ("curl+load", "curl-then-load"),
+                           ("hf", "snapshot_download-then-load_file")):
             theirs = median(s, key)
             if theirs:
                 parts.append(f"{theirs / ours:.2f}x {short}")

@@ -1,7 +1,8 @@
 """The loaders the remote benchmark puts side by side, each timed as the first load in a
 fresh process: flashtensors streaming the URL, runai-model-streamer reading ``s3://``,
-s5cmd downloading then safetensors loading, and curl downloading then flashtensors
-loading. Peers that are not installed are skipped, never required.
+s5cmd downloading then safetensors loading, curl downloading then flashtensors loading,
+and, for a model on the Hub (``bench --hub``), huggingface_hub's ``snapshot_download``
+then safetensors loading. Peers that are not installed are skipped, never required.
 
 Run by the benchmark as ``python -m flashtensors.benchmark.remote_peers SPEC_FILE`` (JSON:
 ``peer``, ``device``, ``source`` and, for a checked run, ``expected``); prints one JSON
@@ -72,10 +73,30 @@ def _needs_s5cmd(source: dict) -> str:
     return "" if source.get("s3_safetensors") else "needs the checkpoint as safetensors on s3://"
 
 
+def _needs_hub(source: dict) -> str:
+    return "" if source.get("hub") else "needs a model on the Hub (bench --hub)"
+
+
 def _stream(source: dict, device) -> dict:
+    """``load_dict(url)``; a Hub model is also written into the (empty) Hub cache of the sample."""
     from .. import flash
 
-    return flash.load_dict(source["url"], {"": device}, threads=source.get("threads"))
+    hub_cache = {"cache_dir": source["cache_dir"]} if source.get("hub") else {}
+    return flash.load_dict(source["url"], {"": device}, threads=source.get("threads"), **hub_cache)
+
+
+def _snapshot_download_then_load(source: dict, device) -> dict:
+    """What a user of huggingface_hub does: the repository downloaded into the (empty) Hub
+    cache of the sample, then each weight file loaded by safetensors."""
+    from huggingface_hub import snapshot_download
+    from safetensors.torch import load_file
+
+    snapshot = snapshot_download(source["url"].removeprefix("hf://"), cache_dir=source["cache_dir"])
+    out = {}
+    for name, _ in source["data_files"]:
+        out.update(load_file(os.path.join(snapshot, name), device=str(device)))
+    _settle(out, device)  # load_file maps the file
+    return out
 
 
 def _runai(source: dict, device) -> dict:
@@ -129,6 +150,19 @@ def _curl_then_load(source: dict, device) -> dict:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _hub_cache_error(source: dict) -> str:
+    """'' when the sample's Hub cache holds every weight file whole, as huggingface_hub finds
+    a downloaded model, else what is missing."""
+    import glob
+
+    folder = "models--" + source["url"].removeprefix("hf://").replace("/", "--")
+    for name, _ in source["data_files"]:
+        found = glob.glob(os.path.join(source["cache_dir"], folder, "snapshots", "*", name))
+        if not found or os.path.getsize(found[0]) != source["sizes"][name]:
+            return f"the Hub cache holds no whole {name} after the load"
+    return ""
+
+
 def _settle(tensors: dict, device) -> None:
     from .runner import settle
 
@@ -142,6 +176,8 @@ PEERS = [
     RemotePeer("s5cmd", "s5cmd cp, then load_file", "safetensors.torch", _needs_s5cmd, _s5cmd_then_load),
     RemotePeer("curl+load", "curl download, then load_dict(dir)", "flashtensors.flash", _needs_curl_one_connection,
                _curl_then_load),
+    RemotePeer("hf", "hf snapshot_download, then load_file", "huggingface_hub", _needs_hub,
+               _snapshot_download_then_load),
 ]
 
 
@@ -164,6 +200,8 @@ def main(argv) -> int:
         _settle(tensors, device)
         seconds = time.perf_counter() - start
         error = check(tensors, spec["expected"]) if spec.get("expected") else ""
+        if spec.get("expected") and spec["source"].get("hub"):
+            error = error or _hub_cache_error(spec["source"])
     except Exception as e:  # a peer's failure is reported, not fatal
         seconds, error = None, f"{type(e).__name__}: {e}".splitlines()[0][:200]
     print(json.dumps({"seconds": seconds, "peak_rss": peak_rss(), "error": error}))

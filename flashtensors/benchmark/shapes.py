@@ -68,31 +68,32 @@ def moe_shapes(tensors: int, tensor_kb: int) -> dict:
 def shape_for_size(gigabytes: float) -> Shape:
     """A Qwen3-like shape of about ``gigabytes`` GB in bf16 (small vocab, 2048 wide)."""
     base = Shape(2048, 6144, 1, 16, 8, vocab=32768, tied=True)
-    per_layer = 2 * sum(_numel(v) for k, v in tensor_shapes(base).items() if ".layers." in k)
+    per_layer = 2 * sum(numel(v) for k, v in tensor_shapes(base).items() if ".layers." in k)
     embed = 2 * base.vocab * base.hidden
     layers = max(1, round((gigabytes * 1e9 - embed) / per_layer))
     return Shape(**{**asdict(base), "layers": layers})
 
 
-def _numel(shape) -> int:
+def numel(shape) -> int:
     n = 1
     for d in shape:
         n *= d
     return n
 
 
-def make_checkpoint(shapes: dict, root: Path, log=print) -> dict:
-    """Writes ``root/flash`` and ``root/safetensors/*.safetensors`` with the same random
-    bf16 tensors of ``shapes`` (name -> shape), one shard in memory at a time. Reuses them
-    if already made for the same shapes. Returns {name: crc32c} of every tensor, to check
-    loads against."""
+def make_checkpoint(shapes: dict, root: Path, log=print, shards: int | None = None) -> dict:
+    """Writes ``root/flash`` and ``root/safetensors/*.safetensors`` (shards of at most
+    SHARD_BYTES, or ``shards`` shards of about equal size) with the same random bf16 tensors
+    of ``shapes`` (name -> shape), one shard in memory at a time. Reuses them if already made
+    for the same shapes and shards. Returns {name: crc32c} of every tensor, to check loads
+    against."""
     import torch
     from safetensors.torch import save_file
 
     from ..writer import CheckpointWriter
 
     marker = root / "bench.json"
-    key = json.loads(json.dumps(list(shapes.items())))  # as it reads back from the marker
+    key = json.loads(json.dumps(list(shapes.items()) + ([shards] if shards else [])))  # as read back
     if marker.is_file() and json.loads(marker.read_text()).get("shapes") == key:
         return json.loads(marker.read_text())["crc32c"]
     root.mkdir(parents=True, exist_ok=True)
@@ -101,7 +102,8 @@ def make_checkpoint(shapes: dict, root: Path, log=print) -> dict:
     for old in st_dir.glob("*.safetensors"):
         old.unlink()
     gen = torch.Generator().manual_seed(0)
-    crcs, shard, shard_bytes, n_shard = {}, {}, 0, 0
+    crcs, shard, shard_bytes, n_shard, done = {}, {}, 0, 0, 0
+    total = sum(2 * numel(dims) for dims in shapes.values())
     with CheckpointWriter(root / "flash", overwrite=True) as writer:
         def flush():
             nonlocal shard, shard_bytes, n_shard
@@ -113,8 +115,9 @@ def make_checkpoint(shapes: dict, root: Path, log=print) -> dict:
         for name, dims in shapes.items():
             t = torch.randn(dims, generator=gen, dtype=torch.float32).to(torch.bfloat16)
             crcs[name] = digest(t)
-            if shard_bytes + t.nbytes > SHARD_BYTES:
+            if (shard_bytes + t.nbytes > SHARD_BYTES) if shards is None else (done * shards // total > n_shard):
                 flush()
+            done += t.nbytes
             shard[name] = t
             shard_bytes += t.nbytes
         flush()

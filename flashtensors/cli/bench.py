@@ -20,6 +20,7 @@ EXAMPLE = """examples:
   flashtensors bench --path s3://bucket/models/qwen --device cpu    # a remote checkpoint vs curl
   flashtensors bench --size 1 --nginx --device cpu      # served by a loopback nginx, vs curl and peers
   flashtensors bench --size 1 --nginx --limit-rate 100m --device cpu --runs 5   # and capped as S3 is
+  flashtensors bench --hub --device cpu --runs 5        # 1 GiB in 4 shards from a loopback Hub, CDN at 100 MB/s/conn
 """
 
 
@@ -54,6 +55,10 @@ def register(subparsers) -> None:
     p.add_argument("--nginx", action="store_true",
                    help="serve the checkpoint with a throwaway nginx on loopback and time streaming it "
                         "against curl and download-then-load")
+    p.add_argument("--hub", action="store_true",
+                   help="load a model in 4 shards (--size GB, default 1 GiB) by repo ID from a Hugging Face Hub "
+                        "on loopback whose CDN (nginx) is capped per connection (--limit-rate, default 100m), "
+                        "into an empty Hub cache, against huggingface_hub's snapshot_download then load_file")
     p.add_argument("--limit-rate", metavar="RATE",
                    help="with --nginx: also serve the checkpoint capped at RATE bytes/s per connection "
                         "(nginx limit_rate: 100m = 100 MB/s, about what S3 gives one connection) and "
@@ -89,14 +94,19 @@ def _run(args, log) -> int:
     from ..checkpoint import open_checkpoint
     from ..device_map import to_device
 
-    if not (args.model or args.size or args.path or args.tensors):
+    if not (args.model or args.size or args.path or args.tensors or args.hub):
         args.size = 1.0
     device = to_device(args.device, f"--device {args.device}") if args.device else \
         torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     from ..stores import is_remote
 
-    if args.limit_rate and not args.nginx:
-        raise SystemExit("flashtensors bench: --limit-rate needs --nginx")
+    if args.limit_rate and not (args.nginx or args.hub):
+        raise SystemExit("flashtensors bench: --limit-rate needs --nginx or --hub")
+    if args.hub:
+        if args.path or args.model or args.tensors or args.nginx:
+            raise SystemExit("flashtensors bench: --hub makes its own model (--size GB); it takes no --path, "
+                             "--model, --tensors or --nginx")
+        return _hub(args, device, log)
     if args.path and is_remote(args.path):
         from ..benchmark.remote import http_source
 
@@ -168,6 +178,25 @@ def _nginx(args, flash_dir, st_files, expected, device, log) -> int:
                                        s3_safetensors=[f"s3://{bucket}/{k}" for k in st_keys] or None,
                                        capped=cap is not None))
         return _remote(args, sources, device, log)
+
+
+def _hub(args, device, log) -> int:
+    """Serves a generated model from a loopback Hub (its CDN capped per connection, and the
+    same blobs uncapped for curl: the wire) and benches loading it by repo ID."""
+    from ..benchmark.hub import BenchHub
+    from ..benchmark.nginx import Nginx
+    from ..benchmark.prepare import prepare_hub_model
+    from ..benchmark.remote import http_source, hub_source
+
+    model, expected = prepare_hub_model(args, log)
+    blobs = os.path.join(os.path.dirname(model), "blobs")
+    with BenchHub(f"bench/{os.path.basename(os.path.dirname(model))}", model, blobs,
+                  limit_rate=args.limit_rate or "100m") as hub, Nginx(blobs) as wire, Nginx(model) as plain:
+        nbytes = sum(size for _, size, _ in hub.weight_files())
+        # The same shards over plain uncapped HTTP, no Hub and no cache: what streaming costs this machine.
+        return _remote(args, [hub_source(hub, wire.url, expected, nbytes),
+                              http_source(plain.url, "plain HTTP uncapped, no cache", expected=expected)],
+                       device, log)
 
 
 def _remote(args, sources, device, log) -> int:

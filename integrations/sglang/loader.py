@@ -8,6 +8,9 @@ DIR``) are read from:
 * a flash checkpoint: ``DIR/flash_index.json`` + ``*.flash`` (``flash.save_dict(model.state_dict(),
   DIR)``, the transformers adapter, ``flashtensors convert``);
 * else the directory's own safetensors files, never converted;
+* a model named by Hub repo ID (``--model-path org/name``, no such local path): streamed
+  from ``hf://org/name@<revision>`` (``--revision``) into the Hub cache (``--download-dir``
+  if given), where huggingface_hub then finds it downloaded;
 * or, with ``--model-loader-extra-config '{"weights": URL}'``, the flash checkpoint or the
   safetensors at ``s3://`` or ``http(s)://`` URL, streamed (``DIR`` then needs only the
   config and tokenizer: ``flashtensors fetch URL``).
@@ -38,6 +41,7 @@ from flashtensors.errors import FlashFormatError
 from flashtensors.stores import is_remote
 
 from ..full_checkpoint import hand_over, layout_of, no_weights_error, stage, tp_group_for
+from ..hub import hub_location, with_hub_cache
 from ..loader_options import FlashConfigError, FlashLoaderConfig
 
 log = logging.getLogger("sglang.flashtensors")
@@ -62,7 +66,7 @@ class FlashModelLoader(DefaultModelLoader):
 
     def download_model(self, model_config: ModelConfig) -> None:
         """Nothing to download: checks that the weights are there (a URL's index or headers are read)."""
-        self._layout(self._root(model_config.model_path, primary=True))
+        self._layout(self._root(model_config.model_path, model_config.revision, primary=True))
 
     def resolve_model_weights(self, model_config: ModelConfig, model: torch.nn.Module):
         """SGLang's startup-overlap path (``--startup-weight-load-mode overlap``): refused."""
@@ -73,10 +77,10 @@ class FlashModelLoader(DefaultModelLoader):
         """``source``'s weights as ``(prefix + name, tensor)``, read before this returns (so that a
         missing or broken checkpoint fails before any weight is loaded), freed as they are consumed."""
         primary = source.model_config is not None and source.model_or_path == source.model_config.model_path
-        root = self._root(source.model_or_path, primary)
+        root = self._root(source.model_or_path, source.revision, primary)
         layout = self._layout(root)
         started = time.perf_counter()
-        tensors = stage(root, layout, _current_device(), self.options, self._group_for(), log)
+        tensors = stage(root, layout, _current_device(), self._options_for(root), self._group_for(), log)
         shared = _tp_size() if self.options.distributed else 1
         log.info("flashtensors: read %s (%s layout%s) in %.2f s", root, layout,
                  f", once by the {shared} tensor-parallel ranks" if shared > 1 else "", time.perf_counter() - started)
@@ -87,11 +91,15 @@ class FlashModelLoader(DefaultModelLoader):
             return self._filter_mtp_weights(weights, source.prefix, self.load_config.draft_model_idx)
         return ((source.prefix + name, tensor) for name, tensor in weights)
 
-    def _root(self, model_path: str, primary: bool) -> Path | str:
+    def _root(self, model_path: str, revision: str | None, primary: bool) -> Path | str:
         """The URL of ``weights`` (for the model's own weights, not a model's secondary
-        sources), a URL given as the model path, or the local directory."""
+        sources), the Hub repository a model path names (at ``revision``), a URL given as
+        the model path, or the local directory."""
         if self.options.weights and primary:
             return self.options.weights
+        hub = hub_location(model_path, revision)
+        if hub is not None:
+            return hub
         if is_remote(model_path):
             return model_path
         root = Path(model_path)
@@ -99,6 +107,9 @@ class FlashModelLoader(DefaultModelLoader):
             raise FlashFormatError(f"--load-format flash reads a local model directory, and {model_path!r} "
                                    f"is not one (download it first, e.g. with `hf download`)")
         return root
+
+    def _options_for(self, root: Path | str) -> FlashLoaderConfig:
+        return with_hub_cache(self.options, root, self.load_config.download_dir)
 
     def _layout(self, root: Path | str) -> str:
         layout = layout_of(root, self.options.timeout)

@@ -6,14 +6,17 @@ accelerate, dtype casting, key renaming, tied weights, missing and unexpected ke
 disk offload) stays transformers' own work:
 
 * ``resolve_checkpoint_files`` answers "which files?" with the flash index of a
-  local directory that holds a flash checkpoint. Other directories resolve as
-  transformers resolves them (safetensors shards through their index, a variant, ...).
+  local directory that holds a flash checkpoint, and with the Hub location
+  ``hf://org/name@revision`` (a :class:`HubWeights`) for a model named by Hub repo ID whose
+  repository holds a flash checkpoint or safetensors: its weights are streamed from the
+  Hub into the Hub cache, never downloaded first. Other models resolve as transformers
+  resolves them (safetensors shards through their index, a variant, ...).
 * ``get_dtype`` lets ``dtype="auto"`` read the dtype from the flash index, or from the
   safetensors header as flashtensors parses it, when the config names none.
 * ``load_pretrained_model`` reads the tensors with ``flash.load_dict``, each straight
   onto the device transformers placed its parameter on, and hands them to
-  transformers as a state dict: the flash checkpoint, or (``settings["safetensors"]``)
-  the safetensors files transformers resolved.
+  transformers as a state dict: the flash checkpoint, the Hub repository's weights, or
+  (``settings["safetensors"]``) the safetensors files transformers resolved.
 
 ``patching.patch()`` installs them; nothing here is called directly.
 """
@@ -31,8 +34,12 @@ from flashtensors import INDEX_FILENAME, flash
 from flashtensors.checkpoint import checkpoint_files, holds_flash, open_checkpoint
 from flashtensors.device_map import normalize_device_map
 from flashtensors.errors import FlashDeviceError, FlashFormatError
+from flashtensors.formats import find_format
 from flashtensors.formats.index import torch_dtype
 from flashtensors.formats.safetensors import SUFFIX
+from flashtensors.stores import open_store
+
+from ..hub import hub_location
 
 # Set by patching.patch(): ``verify`` is passed to flash.load_dict; ``safetensors`` says
 # whether safetensors files are read by flashtensors too (else left to transformers).
@@ -47,6 +54,41 @@ def flash_dir(checkpoint_files) -> str | None:
         if name == INDEX_FILENAME:
             return directory
     return None
+
+
+class HubWeights(list):
+    """What ``resolve_checkpoint_files`` answers for a model named by Hub repo ID: a list
+    holding its Hub location (``hf://org/name@revision``), with the index of the checkpoint
+    there (``.index``, from the Hub's listing and the files' headers), the Hub cache
+    (``.cache_dir``, None for huggingface_hub's) and transformers' own resolution, for the
+    loads flashtensors leaves to it (``.resolve_by_transformers()``)."""
+
+    def __init__(self, location: str, index, cache_dir, resolve_by_transformers):
+        super().__init__([location])
+        self.location, self.index, self.cache_dir = location, index, cache_dir
+        self.resolve_by_transformers = resolve_by_transformers
+
+
+def _hub_weights(original, args, kwargs, arguments) -> HubWeights | None:
+    """The HubWeights of a model named by Hub repo ID whose weights flashtensors reads, or
+    None (a local path; offline, where transformers finds the cached files, which are then
+    read by flashtensors as local files; a token, proxies or a subfolder given to
+    from_pretrained; a repository without a flash checkpoint or safetensors)."""
+    from huggingface_hub import constants
+
+    download = arguments["download_kwargs"] or {}
+    location = hub_location(arguments["pretrained_model_name_or_path"], download.get("revision"))
+    if (location is None or download.get("local_files_only") or constants.is_offline_mode()
+            or download.get("token") not in (None, True) or download.get("proxies") or download.get("subfolder")
+            or download.get("force_download") or arguments["use_safetensors"] is False):
+        return None
+    cache_dir = download.get("cache_dir")
+    store = open_store(location, cache_dir=cache_dir)
+    found = find_format(store)
+    if found is None or (found.kind != "flash" and not settings["safetensors"]):
+        return None
+    index, _ = found.format.index(store, found)
+    return HubWeights(location, index, cache_dir, lambda: original(*args, **kwargs))
 
 
 def safetensors_files(checkpoint_files) -> list | None:
@@ -118,6 +160,9 @@ def resolve_checkpoint_files(original, *args, **kwargs):
         directory = os.path.join(str(path), subfolder)
         if os.path.isdir(directory) and holds_flash(directory):
             return [os.path.join(directory, INDEX_FILENAME)], None
+        hub = _hub_weights(original, args, kwargs, arguments)
+        if hub is not None:
+            return hub, None
     return original(*args, **kwargs)
 
 
@@ -130,13 +175,17 @@ def get_dtype(original, *args, **kwargs):
     files = arguments["checkpoint_files"]
     directory = flash_dir(files)
     safetensors = safetensors_files(files) if directory is None else None
+    hub = files if isinstance(files, HubWeights) else None
     if (
-        (directory is not None or safetensors is not None)
+        (directory is not None or safetensors is not None or hub is not None)
         and arguments["state_dict"] is None
         and arguments["dtype"] == "auto"
         and getattr(arguments["config"], "dtype", None) is None
     ):
-        index = flash.read_index(directory) if directory is not None else open_checkpoint(safetensors[0]).index
+        if hub is not None:
+            index = hub.index
+        else:
+            index = flash.read_index(directory) if directory is not None else open_checkpoint(safetensors[0]).index
         arguments["state_dict"] = {
             name: torch.empty(entry.shape, dtype=torch_dtype(entry.dtype), device="meta")
             for name, entry in index.tensors.items()
@@ -187,6 +236,8 @@ def load_pretrained_model(original, *args, **kwargs):
     bound = _bind(original, args, kwargs)
     arguments = bound.arguments
     files = arguments["checkpoint_files"]
+    if isinstance(files, HubWeights):
+        return _load_from_hub(original, bound, files)
     if arguments["state_dict"] is not None:
         return original(*args, **kwargs)
     directory = flash_dir(files)
@@ -211,7 +262,31 @@ def load_pretrained_model(original, *args, **kwargs):
         for source in sources:
             state_dict.update(flash.load_dict(source, device_map=placement))
         # checkpoint_files stay: transformers points disk-offloaded weights at them, as unpatched.
-    arguments["state_dict"] = state_dict
+    return _hand_to_transformers(original, bound, state_dict)
+
+
+def _load_from_hub(original, bound: inspect.BoundArguments, hub: HubWeights):
+    """Streams the Hub repository's weights onto the planned devices (and into the Hub
+    cache) and passes them on as ``state_dict``; where flashtensors cannot place them
+    (tensor parallelism, a device it cannot target), or where the caller gave a state dict,
+    transformers downloads and reads the files as unpatched."""
+    arguments = bound.arguments
+    placement = device_placement(arguments["model"], arguments["load_config"], list(hub.index.tensors))
+    if (arguments["state_dict"] is not None or arguments["load_config"].device_mesh is not None
+            or not _engine_places(placement)):
+        arguments["checkpoint_files"], arguments["load_config"].sharded_metadata = hub.resolve_by_transformers()
+        return original(*bound.args, **bound.kwargs)
+    if hub.index.kind != "flash":
+        _refuse_verify(hub)
+    state_dict = flash.load_dict(hub.location, device_map=placement, verify=settings["verify"],
+                                 cache_dir=hub.cache_dir)
+    arguments["checkpoint_files"] = None  # nothing left for transformers to read
+    return _hand_to_transformers(original, bound, state_dict)
+
+
+def _hand_to_transformers(original, bound: inspect.BoundArguments, state_dict: dict):
+    """transformers' own loading of ``state_dict`` (already on the planned devices)."""
+    bound.arguments["state_dict"] = state_dict
     if not any(t.is_cuda for t in state_dict.values()):
         return original(*bound.args, **bound.kwargs)
     # The weights already sit on their GPUs: transformers' allocator warm-up would reserve

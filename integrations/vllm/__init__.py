@@ -16,6 +16,12 @@ Example::
     from vllm import LLM
     llm = LLM(model="/models/qwen-flash", load_format="flash")
 
+A model named by Hub repo ID has its weights streamed from the Hub into the Hub cache
+(``download_dir`` if given), at the model's ``revision``; with ``HF_HUB_OFFLINE=1`` the
+cached snapshot is read::
+
+    vllm serve Qwen/Qwen3-8B --load-format flash --revision main
+
 Weights in object storage or on a web server (vLLM's own ``--model s3://...`` needs its
 runai extra and then only takes the runai load formats, so the URL goes in the options,
 and the model directory holds the config and tokenizer only)::

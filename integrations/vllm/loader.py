@@ -18,6 +18,12 @@ weights are read by flashtensors' engine from one of three layouts:
 Per-rank checkpoints saved for the engine's tensor-parallel size win; otherwise the full
 flash checkpoint, otherwise the safetensors are read.
 
+**Models by Hub repo ID** (``LLM(model="org/name", load_format="flash")``, no such local
+path): vLLM fetches the config and tokenizer itself; the weights are streamed from
+``hf://org/name@<revision>`` (the model's ``revision``) into the Hub cache (``download_dir``
+if given), where vLLM and huggingface_hub then find them downloaded. With
+``HF_HUB_OFFLINE=1`` vLLM names the cached snapshot's directory instead, read as a local one.
+
 **Remote weights**: with ``model_loader_extra_config={"weights": URL}`` (``s3://`` or
 ``http(s)://``), the full or safetensors layout at that URL is streamed by
 ``flash.load_dict(URL, ...)`` and the model directory needs only the config and tokenizer
@@ -32,6 +38,7 @@ Example::
 
     vllm serve /models/qwen --load-format flash            # plain safetensors directory
     vllm serve /models/qwen-flash --load-format flash      # flashtensors convert output
+    vllm serve Qwen/Qwen3-8B --load-format flash            # streamed from the Hub
     LLM(model="/models/qwen-flash", load_format="flash",
         model_loader_extra_config={"threads": 8})
     LLM(model=fetch_model_files("s3://bucket/qwen"), load_format="flash",   # config, tokenizer
@@ -55,7 +62,15 @@ from flashtensors.checkpoint import holds_flash
 from flashtensors.errors import FlashFormatError
 from flashtensors.stores import is_remote
 
-from ..full_checkpoint import hand_over, layout_of, model_device, no_weights_error, stage, tp_group_for
+from ..full_checkpoint import (
+    hand_over,
+    layout_of,
+    model_device,
+    no_weights_error,
+    stage,
+    tp_group_for,
+)
+from ..hub import hub_location, with_hub_cache
 from ..loader_options import FlashLoaderConfig, verify_needs_flash
 from . import per_rank
 
@@ -153,18 +168,24 @@ class FlashModelLoader(BaseModelLoader):
         returns them as ``(name, tensor)`` pairs for ``load_weights``."""
         _, tp_size = per_rank.tp_rank_and_size()
         group_for = tp_group_for(tp_size, self.options.distributed, _vllm_tp_group)
-        return hand_over(stage(root, layout, model_device(model), self.options, group_for, log))
+        return hand_over(stage(root, layout, model_device(model), self._options_for(root), group_for, log))
+
+    def _options_for(self, root: Path | str) -> FlashLoaderConfig:
+        return with_hub_cache(self.options, root, self.load_config.download_dir)
+
 
     def _weights(self, model_config: ModelConfig) -> Path | str:
-        """Where the weights are read from: the URL of ``weights``, else the local directory."""
-        return self.options.weights or _weights_dir(model_config)
+        """Where the weights are read from: the URL of ``weights``, else the Hub repository
+        the model is named by (at the model's revision), else the local directory."""
+        model = model_config.model_weights or model_config.model
+        return self.options.weights or hub_location(model, model_config.revision) or _weights_dir(model_config)
 
     def _reload_source(self, model_config: ModelConfig, model: nn.Module) -> Path | str:
         """Where a reload reads: a URL vLLM put in ``model_config.model`` (``weights_path=URL``);
         the ``weights`` URL while ``model_config.model`` is still the directory the engine
         started with; else that directory (a ``weights_path``, or the starting one)."""
         if is_remote(model_config.model):
-            return model_config.model
+            return hub_location(model_config.model, model_config.revision) or model_config.model
         if self.options.weights and getattr(model, _STARTED_FROM, None) in (None, str(model_config.model)):
             return self.options.weights
         return _weights_dir(model_config)

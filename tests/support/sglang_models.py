@@ -102,7 +102,8 @@ def _load(place: tuple, argv: list[str] | None, reference: str | None = None):
     publish(args, role="scheduler", ranks=SpawnRanks(world_rank=rank))
     _init_process_groups(rank, tp_size, init)
     model_config = ModelConfig.from_server_args(args)
-    load_config = LoadConfig(load_format=args.load_format, model_loader_extra_config=args.model_loader_extra_config)
+    load_config = LoadConfig(load_format=args.load_format, model_loader_extra_config=args.model_loader_extra_config,
+                             download_dir=args.download_dir)  # as SGLang's model runner makes it
     loader = type(get_model_loader(load_config, model_config)).__name__
     model = get_model(model_config=model_config, load_config=load_config, device_config=DeviceConfig("cpu"))
     return model, loader, model_config

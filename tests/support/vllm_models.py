@@ -96,7 +96,7 @@ class Run:
     log: str  # everything the process and vLLM's processes printed
 
 
-def run_jobs(jobs: list[dict], workdir: Path, timeout: float = 900) -> Run:
+def run_jobs(jobs: list[dict], workdir: Path, timeout: float = 900, env: dict | None = None) -> Run:
     """Runs ``jobs`` in one fresh process and returns their results.
 
     A job: ``model`` (a directory), ``load_format``, optional ``engine_args`` (more
@@ -105,14 +105,15 @@ def run_jobs(jobs: list[dict], workdir: Path, timeout: float = 900) -> Run:
     FlashWorkerExtension), ``save_per_rank`` (a directory for save_vllm_checkpoint
     after generating) and ``reloads`` (steps run after generating, see :func:`_reload`;
     their results in ``"reloads"``). A job whose engine fails gives ``{"error": ...}``; a
-    FlashError from saving is kept as ``"save_error"``.
+    FlashError from saving is kept as ``"save_error"``. ``env``: more environment for the
+    process, set before vLLM is imported (huggingface_hub reads ``HF_HUB_OFFLINE`` then).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     spec, out = workdir / "jobs.json", workdir / "results.json"
     spec.write_text(json.dumps(jobs, default=str))  # paths, anywhere in a job, as strings
     proc = subprocess.run(
         [sys.executable, __file__, str(spec), str(out)],
-        check=False, capture_output=True, text=True, timeout=timeout, cwd=workdir, env=engine_env(),
+        check=False, capture_output=True, text=True, timeout=timeout, cwd=workdir, env={**engine_env(), **(env or {})},
     )
     log = proc.stdout + proc.stderr
     if proc.returncode != 0 or not out.exists():
