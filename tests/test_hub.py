@@ -5,10 +5,6 @@ tier; checked against safetensors' own ``load_file`` and huggingface_hub itself.
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -20,6 +16,7 @@ from flashtensors.formats.safetensors import HEADER_PROBE_BYTES
 
 from helpers import assert_same, flashtensors
 from hub_mock import TOKEN, MockHub
+from processes import kill_when
 
 
 @pytest.fixture
@@ -304,15 +301,7 @@ def test_a_killed_load_leaves_no_blob_and_no_link(hub):
     hub.stall_past = HEADER_PROBE_BYTES  # the headers are read, the tensors past them never arrive
     repo = hub.cache / "models--org--tiny"
     code = "from flashtensors import flash; flash.load_dict('org/tiny', timeout=120)"
-    child = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE)
-    try:
-        while not list(repo.glob("blobs/*.part")):  # streaming has begun
-            assert child.poll() is None, child.stderr.read().decode()
-            time.sleep(0.05)
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-        child.stderr.close()
+    kill_when(code, lambda: list(repo.glob("blobs/*.part")))  # once streaming has begun
     assert all(p.name.endswith(".part") for p in (repo / "blobs").iterdir()), list((repo / "blobs").iterdir())
     assert not list(repo.glob("snapshots/*/*")) and not (repo / "refs").exists()
     hub.stall_past = None

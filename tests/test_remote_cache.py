@@ -6,9 +6,6 @@ again, and a failed or killed load leaves nothing that looks complete."""
 import filecmp
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -19,6 +16,7 @@ from flashtensors import FlashRemoteError, flash
 from flashtensors.stores.tier import META_SUFFIX, PART_SUFFIX
 
 from helpers import assert_same, mixed_state_dict
+from processes import kill_when
 from remote_servers import FaultServer, nginx, upload
 
 pytestmark = pytest.mark.usefixtures("small_pieces")
@@ -179,15 +177,7 @@ def test_a_killed_load_leaves_only_a_part_file(site, tmp_path):
         server.faults.stall_big = True
         code = ("from flashtensors import flash; import sys; "
                 f"flash.load_dict({server.url + '/m'!r}, cache_dir={str(cache)!r}, timeout=120)")
-        child = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE)
-        try:
-            while not any(f.endswith(PART_SUFFIX) for f in cached_files(cache)):  # streaming has begun
-                assert child.poll() is None, child.stderr.read().decode()
-                time.sleep(0.05)
-        finally:
-            child.send_signal(signal.SIGKILL)
-            child.wait()
-            child.stderr.close()
+        kill_when(code, lambda: any(f.endswith(PART_SUFFIX) for f in cached_files(cache)))  # streaming began
         left = cached_files(cache)
         assert len(left) == 1 and left[0].endswith(PART_SUFFIX)
         server.faults.stall_big = False

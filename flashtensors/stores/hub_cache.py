@@ -31,7 +31,7 @@ import re
 
 from .. import _native
 from ..files import fsync_dir, unlink_quietly
-from .tier import part_path, remove_stale_parts
+from .tier import discard_copy, part_path, remove_stale_parts
 
 log = logging.getLogger("flashtensors")
 
@@ -171,12 +171,7 @@ class HubTier:
             return False
 
     def discard(self, tee) -> None:
-        """Closes ``tee`` and removes its part file (a failed or partial load)."""
-        try:
-            tee.close(False)
-        except OSError:
-            pass
-        unlink_quietly(tee.path)
+        discard_copy(tee)
 
     def _keep_small(self) -> None:
         """The whole files the load read (:meth:`remember`), now that its copies are kept."""

@@ -132,12 +132,7 @@ class LocalTier:
             return False
 
     def discard(self, tee) -> None:
-        """Closes ``tee`` and removes its part file (a failed or partial load)."""
-        try:
-            tee.close(False)
-        except OSError:
-            pass
-        unlink_quietly(tee.path)
+        discard_copy(tee)
 
     @contextmanager
     def _locked(self, how: int, create: bool):
@@ -162,6 +157,16 @@ def remove_stale_parts(directory: str, name: str) -> None:
         m = pattern.fullmatch(entry)
         if m and not _alive(int(m[1])):
             unlink_quietly(os.path.join(directory, entry))
+
+
+def discard_copy(tee) -> None:
+    """Closes copy ``tee`` (a native FileTee) and removes its part file: a failed or
+    partial load keeps nothing."""
+    try:
+        tee.close(False)
+    except OSError:
+        pass
+    unlink_quietly(tee.path)
 
 
 def directory_name(identity: str) -> str:

@@ -45,3 +45,21 @@ def report(queue, body, *args):
         queue.put("ok")
     except BaseException as e:  # report, never leave the parent waiting
         queue.put(f"{type(e).__name__}: {e}")
+
+
+def kill_when(code: str, started) -> None:
+    """Runs Python ``code`` in a child process and kills it (SIGKILL) once ``started()`` is
+    true: a load cut mid-stream. Fails the test if the child ends first, with its stderr."""
+    import signal
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE)
+    try:
+        while not started():
+            assert child.poll() is None, child.stderr.read().decode()
+            time.sleep(0.05)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        child.stderr.close()
