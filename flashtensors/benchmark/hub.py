@@ -66,9 +66,9 @@ class BenchHub:
         for name, (path, size, sha) in self.files.items():
             entry = {"rfilename": name}
             if blobs:
-                entry.update(size=size, blobId=_git_blob_id(_pointer(sha, size) if sha else _read(path)))
+                entry.update(size=size, blobId=git_blob_id(lfs_pointer(sha, size) if sha else _read(path)))
                 if sha:
-                    entry["lfs"] = {"sha256": sha, "size": size, "pointerSize": len(_pointer(sha, size))}
+                    entry["lfs"] = {"sha256": sha, "size": size, "pointerSize": len(lfs_pointer(sha, size))}
             siblings.append(entry)
         return {"_id": self.repo_id, "id": self.repo_id, "modelId": self.repo_id, "sha": self.commit,
                 "private": False, "gated": False, "disabled": False, "tags": [], "siblings": siblings,
@@ -125,8 +125,8 @@ def _handler(hub: BenchHub):
             headers = {"X-Repo-Commit": hub.commit}
             if sha is None:
                 data = _read(path)
-                return self.answer(200, data, {**headers, "ETag": f'"{_git_blob_id(data)}"', "Accept-Ranges": "bytes"})
-            self.answer(302, b"", {**headers, "ETag": f'"{_git_blob_id(_pointer(sha, size))}"',
+                return self.answer(200, data, {**headers, "ETag": f'"{git_blob_id(data)}"', "Accept-Ranges": "bytes"})
+            self.answer(302, b"", {**headers, "ETag": f'"{git_blob_id(lfs_pointer(sha, size))}"',
                                    "X-Linked-Etag": f'"{sha}"', "X-Linked-Size": str(size), "Location": hub.sign(sha)})
 
         def answer(self, status: int, body: bytes, headers: dict) -> None:
@@ -160,11 +160,11 @@ def _sha256_of(path: str) -> str:
     return digest.hexdigest()
 
 
-def _git_blob_id(data: bytes) -> str:
+def git_blob_id(data: bytes) -> str:
     """A file's git object ID (the Hub's ETag of a file kept in git)."""
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
-def _pointer(sha256: str, size: int) -> bytes:
+def lfs_pointer(sha256: str, size: int) -> bytes:
     """The git LFS pointer kept in git in place of a weight file."""
     return f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n".encode()

@@ -42,14 +42,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from flashtensors.benchmark.hub import git_blob_id, lfs_pointer
+
 TOKEN = "hf_mocktoken0123456789"
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5", ".onnx")
 COMMIT_RE = re.compile(r"[0-9a-f]{40}")
-
-
-def git_blob_id(data: bytes) -> str:
-    """The git object ID of a file's bytes (the Hub's ETag of a file kept in git)."""
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
 def is_lfs(name: str, data: bytes) -> bool:
@@ -69,7 +66,7 @@ class HubFile:
     @classmethod
     def of(cls, name: str, data: bytes) -> HubFile:
         sha256, lfs = hashlib.sha256(data).hexdigest(), is_lfs(name, data)
-        pointer = (f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {len(data)}\n").encode()
+        pointer = lfs_pointer(sha256, len(data))
         return cls(data, lfs, sha256, git_blob_id(pointer if lfs else data), len(pointer))
 
 
